@@ -1,0 +1,154 @@
+"""`sketchreid evaluate` (a trained bundle) and `sketchreid crossval` (train per split)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from app.cli.common import (
+    add_split_options,
+    arch_list,
+    command_line,
+    existing_dir,
+    load_dataset,
+    positive_int,
+    resolve_splits,
+)
+from app.cli.train_cmd import preset_from_args
+from app.ml.bundle import load_bundle
+from app.ml.crossval import cross_validate
+from app.ml.evaluate import RerankParams, evaluate_bundle
+from app.ml.plots import plot_cmc
+from app.ml.train.config import PRESETS
+from app.ml.train.pipeline import TrainPlan
+from app.ml.train.reid import pick_device
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser(
+        "evaluate",
+        help="Rank-1/5/10, mAP and CMC of a bundle: test sketches against test photos",
+    )
+    ev.add_argument("--data-root", type=existing_dir, required=True)
+    ev.add_argument("--model", type=existing_dir, required=True, help="bundle folder")
+    add_split_options(ev, required=True)
+    _rerank_options(ev)
+    ev.add_argument(
+        "--no-translate",
+        action="store_true",
+        help="embed the sketches themselves, not their translations",
+    )
+    ev.add_argument("--json", type=Path, required=True, help="where to write the figures")
+    ev.add_argument("--plot", type=Path, help="draw the CMC curve into this PNG")
+    ev.set_defaults(func=run_evaluate)
+
+    cv = sub.add_parser(
+        "crossval",
+        help="train and evaluate one model per random identity split (mean ± std)",
+    )
+    cv.add_argument("--data-root", type=existing_dir, required=True)
+    cv.add_argument("--pretrain-root", type=existing_dir)
+    cv.add_argument("--arch", type=arch_list, default=["resnet56", "resnet110"])
+    cv.add_argument("--fc", type=positive_int)
+    cv.add_argument("--epochs", type=positive_int)
+    cv.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    cv.add_argument("--splits", type=positive_int, default=10)
+    cv.add_argument("--split-seed", type=int, default=0)
+    cv.add_argument("--test-size", type=positive_int)
+    cv.add_argument("--seed", type=int, default=0)
+    cv.add_argument("--translator", action="store_true", help="also train and test a translator")
+    cv.add_argument("--device", default="auto")
+    cv.add_argument("--workdir", type=Path, default=Path("runs"))
+    cv.add_argument("--no-progress", action="store_true")
+    _rerank_options(cv)
+    cv.add_argument("--json", type=Path, required=True)
+    cv.add_argument("--plot", type=Path)
+    cv.set_defaults(func=run_crossval)
+
+
+def _rerank_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
+    p.add_argument("--k1", type=positive_int, default=20)
+    p.add_argument("--k2", type=positive_int, default=6)
+    p.add_argument("--lambda-value", type=float, default=0.3)
+
+
+def _rerank(args: argparse.Namespace) -> RerankParams | None:
+    if not args.rerank:
+        return None
+    return RerankParams(args.k1, args.k2, args.lambda_value)
+
+
+def _write(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _fmt(report: dict[str, Any]) -> str:
+    def f(key: str) -> str:
+        value = report[key]
+        if isinstance(value, dict):
+            return f"{key} {100 * value['mean']:.1f}±{100 * value['std']:.1f}%"
+        return f"{key} {100 * value:.1f}%"
+
+    return ", ".join(f(k) for k in ("rank1", "rank5", "rank10", "mAP"))
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    dataset = load_dataset(args.data_root)
+    bundle = load_bundle(args.model)
+    splits = resolve_splits(args, dataset)
+    if not args.no_translate and bundle.translator is None:
+        print(
+            "note: the bundle has no translator; evaluating untranslated sketches", file=sys.stderr
+        )
+    report = evaluate_bundle(
+        bundle, dataset, splits, translate=not args.no_translate, rerank=_rerank(args)
+    )
+    report["command"] = command_line(args)
+    overlap = sum(s["train_test_overlap"] for s in report["splits"])
+    if overlap:
+        print(
+            f"warning: the bundle was trained on {overlap} of the test identities; these "
+            "figures do not measure generalisation (use `sketchreid crossval`)",
+            file=sys.stderr,
+        )
+    _write(args.json, report)
+    if args.plot:
+        cmc = report["cmc"]["mean"] if isinstance(report["cmc"], dict) else report["cmc"]
+        plot_cmc({bundle.name: cmc}, args.plot)
+    print(_fmt(report))
+    return 0
+
+
+def run_crossval(args: argparse.Namespace) -> int:
+    dataset = load_dataset(args.data_root)
+    args.test_ids = None
+    args.split_file = None
+    splits = resolve_splits(args, dataset)
+    plan = TrainPlan(
+        dataset=dataset,
+        train_pids=[],
+        archs=args.arch,
+        preset=preset_from_args(args),
+        seed=args.seed,
+        pretrain_root=args.pretrain_root,
+        device=pick_device(args.device),
+        workdir=args.workdir,
+        progress=not args.no_progress,
+    )
+    rerank = _rerank(args) or RerankParams()
+    report = cross_validate(
+        plan, splits, with_translator=args.translator, rerank=rerank, command=command_line(args)
+    )
+    report["command"] = command_line(args)
+    _write(args.json, report)
+    if args.plot:
+        curves = {name: v["cmc"]["mean"] for name, v in report["variants"].items()}
+        plot_cmc(curves, args.plot)
+    for name, variant in report["variants"].items():
+        print(f"{name:>18}: {_fmt(variant)}")
+    return 0

@@ -1,0 +1,84 @@
+"""`sketchreid model info|verify BUNDLE`: inspect and check model bundles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from app.ml.bundle import Manifest, load_bundle, read_manifest
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("model", help="inspect and verify model bundles")
+    sub = parser.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+
+    info = sub.add_parser("info", help="print a summary of a bundle's manifest")
+    info.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
+    info.set_defaults(func=cmd_info)
+
+    verify = sub.add_parser("verify", help="check checksums and load every network")
+    verify.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
+    verify.set_defaults(func=cmd_verify)
+
+
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def format_manifest(manifest: Manifest) -> str:
+    """A readable multi-line summary of ``manifest``."""
+    h, w = manifest.input_size
+    lines = [
+        f"bundle      {manifest.name} {manifest.version} (format {manifest.format_version})",
+        f"created     {manifest.created_at}",
+        f"input       {h}x{w} (HxW), sketch grey: {manifest.sketch_grey}, "
+        f"flip TTA: {manifest.tta_flip}, combine: {manifest.combine}",
+        f"members     {len(manifest.members)}",
+    ]
+    dim = 0
+    for m in manifest.members:
+        s = m.spec
+        dim += s.fc_dim
+        pool = "spp" if s.spp else "gap"
+        neck = ", bn-neck" if s.bn_neck else ""
+        lines.append(
+            f"  - {m.name}: {s.arch} {pool}, fc {s.fc_dim}{neck}, {s.num_classes} classes, "
+            f"{m.parameters / 1e6:.3f} M params ({m.embedding_parameters / 1e6:.3f} M embedding)"
+        )
+    lines.append(f"embedding   {dim} dims")
+    t = manifest.translator
+    if t is None:
+        lines.append("translator  none")
+    else:
+        th, tw = t.spec.input_size
+        lines.append(
+            f"translator  resnet generator ngf {t.spec.ngf}, {t.spec.n_blocks} blocks, "
+            f"{t.spec.norm} norm, {th}x{tw}, {t.parameters / 1e6:.3f} M params"
+        )
+    if manifest.evaluation:
+        lines.append("evaluation")
+        lines += [f"  {k}: {_fmt_value(v)}" for k, v in sorted(manifest.evaluation.items())]
+    else:
+        lines.append("evaluation  none recorded")
+    lines += [f"note        {note}" for note in manifest.notes]
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    print(format_manifest(read_manifest(args.bundle)))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    bundle = load_bundle(args.bundle)
+    translator = "with translator" if bundle.translator is not None else "no translator"
+    print(
+        f"OK {bundle.name} {bundle.version}: {len(bundle.members)} member(s), "
+        f"{bundle.embedder.dim}-d embedding, {translator}; checksums and architectures verified"
+    )
+    return 0

@@ -1,0 +1,103 @@
+"""Service settings: one pydantic-settings ``Settings``, read from ``SKETCHREID_*`` variables.
+
+``ENV=production`` refuses the defaults that are only fit for a laptop: a SQLite database
+(the audit trail belongs in a server database with backups) and a relative ``DATA_DIR``
+(blobs and the index must not depend on the working directory).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.errors import SketchReidError
+
+IndexType = Literal["flat", "hnsw", "ivf"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SKETCHREID_", env_file=None, extra="ignore", case_sensitive=False
+    )
+
+    ENV: Literal["development", "production"] = "development"
+    DATA_DIR: Path = Path("var")
+    # Empty means sqlite:///<DATA_DIR>/sketchreid.db (filled in by the validator below).
+    DATABASE_URL: str = ""
+    MODEL_DIR: Path = Path("model_store/default")
+    MODEL_DEVICE: str = "cpu"
+
+    MAX_UPLOAD_MB: float = Field(default=20.0, gt=0, le=1024)
+    MAX_IMAGE_PIXELS: int = Field(default=40_000_000, gt=0)
+    # Images are downscaled to this longest side right after decoding (the model sees 64x32).
+    DECODE_MAX_SIDE: int = Field(default=1024, ge=64)
+    MAX_BATCH_FILES: int = Field(default=100, ge=1, le=10_000)
+
+    INDEX_TYPE: IndexType = "flat"
+    INDEX_HNSW_M: int = Field(default=32, ge=4, le=256)
+    INDEX_HNSW_EF_SEARCH: int = Field(default=128, ge=1)
+    INDEX_IVF_NPROBE: int = Field(default=16, ge=1)
+    # Seconds between checks that the in-memory index matches the database (picks up items
+    # ingested by `sketchreid ingest` while the server runs). 0 disables the check.
+    INDEX_SYNC_SECONDS: float = Field(default=30.0, ge=0)
+
+    RERANK_CANDIDATES: int = Field(default=100, ge=2, le=2000)
+    EMBED_BATCH_SIZE: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _defaults_and_safety(self) -> Settings:
+        if not self.DATABASE_URL:
+            self.DATABASE_URL = f"sqlite:///{self.DATA_DIR / 'sketchreid.db'}"
+        if self.ENV == "production":
+            problems = []
+            if self.DATABASE_URL.startswith("sqlite"):
+                problems.append(
+                    "SKETCHREID_DATABASE_URL must point at PostgreSQL "
+                    "(postgresql+psycopg://user:password@host/db), not SQLite"
+                )
+            if not self.DATA_DIR.is_absolute():
+                problems.append(
+                    f"SKETCHREID_DATA_DIR must be an absolute path, not {self.DATA_DIR}"
+                )
+            if problems:
+                raise ValueError("unsafe settings for ENV=production: " + "; ".join(problems))
+        return self
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.MAX_UPLOAD_MB * 1024 * 1024)
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.DATA_DIR / "blobs"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.DATA_DIR / "index"
+
+    @property
+    def search_dir(self) -> Path:
+        """Per-search artefacts (the sketch as uploaded, the translated image)."""
+        return self.DATA_DIR / "searches"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return load_settings()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build ``Settings`` (environment + ``overrides``); bad values raise ``SketchReidError``."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            lines.append(f"{where}: {err['msg']}")
+        raise SketchReidError("invalid settings: " + "; ".join(lines)) from None

@@ -1,0 +1,119 @@
+"""Tables of the retrieval service (SQLAlchemy 2 typed declarative models).
+
+The database is the source of truth: the FAISS index is rebuilt from ``embeddings`` whenever
+its saved copy is missing or disagrees.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from app.db.types import UTCDateTime, utcnow
+
+ROLES = ("admin", "operator", "investigator")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT identity.
+IdType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    __table_args__ = (CheckConstraint(f"role IN {ROLES!r}", name="role"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    # sha256 hex of the whole key ("skr_" + secret); the key itself is never stored.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # First characters of the key, so a person can tell keys apart in `apikey list`.
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class GalleryItem(Base):
+    __tablename__ = "gallery_items"
+    __table_args__ = (Index(None, "camera_id", "captured_at"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    # Relative to DATA_DIR/blobs, e.g. "ab/cd/abcd....jpg".
+    blob_path: Mapped[str] = mapped_column(String(300))
+    content_type: Mapped[str] = mapped_column(String(50))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    camera_id: Mapped[str | None] = mapped_column(String(100), default=None)
+    captured_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    location: Mapped[str | None] = mapped_column(String(500), default=None)
+    external_id: Mapped[str | None] = mapped_column(String(200), default=None, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_by: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL"), default=None
+    )
+
+    embeddings: Mapped[list[Embedding]] = relationship(
+        back_populates="item", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Embedding(Base):
+    __tablename__ = "embeddings"
+    __table_args__ = (UniqueConstraint("item_id", "model_version"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("gallery_items.id", ondelete="CASCADE"))
+    model_version: Mapped[str] = mapped_column(String(200), index=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    # float32 little-endian, L2-normalised, `dim` values.
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+    item: Mapped[GalleryItem] = relationship(back_populates="embeddings")
+
+
+class Search(Base):
+    __tablename__ = "searches"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    api_key_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    sketch_sha256: Mapped[str] = mapped_column(String(64))
+    # Relative to DATA_DIR/searches.
+    sketch_path: Mapped[str] = mapped_column(String(300))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # [{"rank", "gallery_id", "score", "distance"}], best first.
+    results: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    model_name: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[str] = mapped_column(String(200))
+    translated_image_path: Mapped[str | None] = mapped_column(String(300), default=None)

@@ -1,0 +1,619 @@
+"""Model bundles: a folder with ``manifest.json`` and plain state-dict weight files.
+
+A bundle holds one or more ResNet-CIFAR ensemble members (``<name>.pt``) and optionally a
+sketch -> photo generator (``translator.pt``). The manifest records each file's
+architecture and sha256; :func:`load_bundle` verifies both, so a corrupt or inconsistent
+bundle fails with :class:`app.errors.BundleError` naming the file and the problem.
+
+:class:`Embedder` turns PIL images into L2-normalised ensemble embeddings (the one
+embedding path used by evaluation and the service) and :class:`Translator` turns sketches
+into synthetic photos.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from app.errors import BundleError
+from app.ml.models.cyclegan import (
+    GeneratorSpec,
+    build_generator,
+    from_gan_output,
+    to_gan_input,
+)
+from app.ml.models.resnet_cifar import MemberSpec, build_member, count_parameters
+from app.ml.transforms import DEFAULT_MEAN, DEFAULT_STD, image_to_uint8, normalize, to_uint8_batch
+
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = (1,)
+MANIFEST_FILE = "manifest.json"
+TRANSLATOR_FILE = "translator.pt"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_STRIP_PREFIXES = ("module.", "_orig_mod.")
+
+Modality = Literal["photo", "sketch"]
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+class MemberEntry(BaseModel):
+    """One ensemble member: its architecture, weights file and provenance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    spec: MemberSpec
+    weights: str
+    sha256: str
+    parameters: int
+    embedding_parameters: int
+    training: dict[str, Any] = Field(default_factory=dict)
+
+
+class TranslatorEntry(BaseModel):
+    """The sketch -> photo generator: architecture, weights file and provenance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: GeneratorSpec
+    weights: str
+    sha256: str
+    parameters: int
+    training: dict[str, Any] = Field(default_factory=dict)
+
+
+class Manifest(BaseModel):
+    """Contents of ``manifest.json``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    version: str
+    created_at: str
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float] = DEFAULT_MEAN
+    std: tuple[float, float, float] = DEFAULT_STD
+    sketch_grey: bool = True
+    tta_flip: bool = True
+    combine: Literal["concat-l2"] = "concat-l2"
+    members: list[MemberEntry] = Field(min_length=1)
+    translator: TranslatorEntry | None = None
+    training: dict[str, Any] = Field(default_factory=dict)
+    evaluation: dict[str, Any] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
+
+
+def _manifest_json(manifest: Manifest) -> str:
+    return json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_write(path: Path, text: str) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copy of the state dict without ``module.``/``_orig_mod.`` prefixes."""
+    state: dict[str, torch.Tensor] = {}
+    for key, value in module.state_dict().items():
+        for prefix in _STRIP_PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        state[key] = value.detach().to("cpu").clone().contiguous()
+    return state
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    while isinstance(module, wrappers):
+        module = module.module
+    inner = getattr(module, "_orig_mod", None)  # torch.compile
+    return inner if isinstance(inner, nn.Module) else module
+
+
+def _check_state(what: str, fresh: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` strictly into ``fresh``; on mismatch raise a short BundleError."""
+    own = fresh.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = [
+        f"{len(items)} {label} (e.g. {', '.join(items[:3])})"
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches, file vs architecture", shapes),
+        )
+        if items
+    ]
+    if problems:
+        raise BundleError(f"{what}: weights do not match the architecture: {'; '.join(problems)}")
+    try:
+        fresh.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise BundleError(f"{what}: weights do not match the architecture: {detail[:400]}") from exc
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_bundle(
+    out_dir: str | os.PathLike[str],
+    *,
+    name: str,
+    version: str,
+    members: Sequence[tuple[str, MemberSpec, nn.Module, dict[str, Any]]],
+    translator: tuple[GeneratorSpec, nn.Module, dict[str, Any]] | None = None,
+    input_size: tuple[int, int] = (64, 32),
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
+    sketch_grey: bool = True,
+    tta_flip: bool = True,
+    training: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
+    overwrite: bool = False,
+) -> Manifest:
+    """Write a bundle folder atomically and return its manifest.
+
+    Each member is ``(name, spec, module, training_info)``; its weights go to ``<name>.pt``
+    as a plain dict of CPU tensors after checking they load strictly into ``spec``'s
+    architecture. Files are written to a temporary folder beside ``out_dir`` that is then
+    renamed, so a reader never sees a half-written bundle. An existing non-empty
+    ``out_dir`` is replaced only with ``overwrite=True``.
+    """
+    out = Path(out_dir)
+    if not members:
+        raise BundleError("a bundle needs at least one member")
+    names = [m[0] for m in members]
+    for member_name in names:
+        if not _NAME_RE.match(member_name) or member_name == "translator":
+            raise BundleError(
+                f"member name {member_name!r} must be a plain file stem (letters, digits, _.-)"
+            )
+    if len(set(names)) != len(names):
+        raise BundleError(f"member names must be unique, got {names}")
+    size = (int(input_size[0]), int(input_size[1]))
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"{out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise BundleError(f"{out} already exists; pass overwrite=True to replace it")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        entries = []
+        for member_name, spec, module, info in members:
+            if tuple(spec.input_size) != size:
+                raise BundleError(
+                    f"member {member_name!r}: spec input_size {spec.input_size} differs "
+                    f"from the bundle input_size {size}"
+                )
+            state = _plain_state_dict(_unwrap(module))
+            fresh = build_member(spec)
+            _check_state(f"member {member_name!r}", fresh, state)
+            file_name = f"{member_name}.pt"
+            torch.save(state, tmp / file_name)
+            entries.append(
+                MemberEntry(
+                    name=member_name,
+                    spec=spec,
+                    weights=file_name,
+                    sha256=_sha256(tmp / file_name),
+                    parameters=count_parameters(fresh),
+                    embedding_parameters=count_parameters(fresh)
+                    - count_parameters(fresh.classifier),
+                    training=dict(info or {}),
+                )
+            )
+        translator_entry = None
+        if translator is not None:
+            gen_spec, generator, info = translator
+            state = _plain_state_dict(_unwrap(generator))
+            fresh_gen = build_generator(gen_spec)
+            _check_state("translator", fresh_gen, state)
+            torch.save(state, tmp / TRANSLATOR_FILE)
+            translator_entry = TranslatorEntry(
+                spec=gen_spec,
+                weights=TRANSLATOR_FILE,
+                sha256=_sha256(tmp / TRANSLATOR_FILE),
+                parameters=count_parameters(fresh_gen),
+                training=dict(info or {}),
+            )
+        manifest = Manifest(
+            name=name,
+            version=version,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            input_size=size,
+            mean=tuple(float(v) for v in mean),
+            std=tuple(float(v) for v in std),
+            sketch_grey=sketch_grey,
+            tta_flip=tta_flip,
+            members=entries,
+            translator=translator_entry,
+            training=dict(training or {}),
+            evaluation=dict(evaluation or {}),
+            notes=list(notes or []),
+        )
+        _fsync_write(tmp / MANIFEST_FILE, _manifest_json(manifest))
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``, moving an existing ``out`` aside first."""
+    backup = None
+    if out.exists():
+        backup = out.parent / f".{out.name}.old-{os.getpid()}-{threading.get_ident()}"
+        os.replace(out, backup)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, out)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def read_manifest(bundle_dir: str | os.PathLike[str]) -> Manifest:
+    """Parse and validate ``manifest.json`` (weights are not checked; see load_bundle)."""
+    root = Path(bundle_dir)
+    if not root.is_dir():
+        raise BundleError(f"bundle folder {root} does not exist")
+    path = root / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(f"{path}: manifest file is missing")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise BundleError(f"{path}: expected a JSON object")
+    fmt = raw.get("format_version", FORMAT_VERSION)
+    if fmt not in SUPPORTED_FORMAT_VERSIONS:
+        raise BundleError(
+            f"{path}: format_version {fmt!r} is not supported "
+            f"(this program reads {list(SUPPORTED_FORMAT_VERSIONS)})"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+            for err in exc.errors()[:5]
+        )
+        raise BundleError(f"{path}: invalid manifest: {problems}") from exc
+
+
+def update_manifest(bundle_dir: str | os.PathLike[str], **fields: Any) -> Manifest:
+    """Replace top-level manifest fields (e.g. ``evaluation=...``) and rewrite it atomically.
+
+    ``members``, ``translator`` and ``format_version`` describe the weight files and cannot
+    be changed this way.
+    """
+    frozen = {"members", "translator", "format_version"} & set(fields)
+    if frozen:
+        raise ValueError(f"update_manifest cannot change {sorted(frozen)}")
+    root = Path(bundle_dir)
+    current = read_manifest(root)
+    data = current.model_dump(mode="json")
+    data.update(fields)
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise BundleError(f"{root / MANIFEST_FILE}: invalid update: {exc.errors()[:3]}") from exc
+    tmp = root / f".{MANIFEST_FILE}.tmp-{os.getpid()}-{threading.get_ident()}"
+    try:
+        _fsync_write(tmp, _manifest_json(manifest))
+        os.replace(tmp, root / MANIFEST_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return manifest
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def _member_embedding(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    embed = getattr(model, "embed", None)
+    if callable(embed):
+        return embed(x)
+    out = model(x)
+    return out[1] if isinstance(out, tuple) else out
+
+
+def _resolve_device(models: Sequence[nn.Module], device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    for model in models:
+        for param in model.parameters():
+            return param.device
+    return torch.device("cpu")
+
+
+class Embedder:
+    """Ensemble embedding of person images (photos or sketches).
+
+    Each member's embedding is L2-normalised (with flip-TTA: the normalised mean of the
+    image's and its mirror's), members are concatenated, divided by sqrt(M) and
+    L2-normalised, so the cosine of two outputs is the mean of the member cosines.
+
+    Models are moved to ``device`` (``None``: keep them where they are, useful for
+    evaluating training models). Forward passes run in eval mode under a lock; each model's
+    previous train/eval mode is restored afterwards.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        input_size: tuple[int, int],
+        mean: Sequence[float] = DEFAULT_MEAN,
+        std: Sequence[float] = DEFAULT_STD,
+        *,
+        sketch_grey: bool = True,
+        tta_flip: bool = True,
+        device: str | torch.device | None = "cpu",
+    ) -> None:
+        if not models:
+            raise ValueError("Embedder needs at least one model")
+        self.device = _resolve_device(models, device)
+        self.models = [m.to(self.device) for m in models]
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.sketch_grey = sketch_grey
+        self.tta_flip = tta_flip
+        self._lock = threading.Lock()
+        self.member_dims = [self._member_dim(m) for m in self.models]
+        self.dim = sum(self.member_dims)
+
+    def _member_dim(self, model: nn.Module) -> int:
+        dim = getattr(model, "embedding_dim", None)
+        if isinstance(dim, int):
+            return dim
+        probe = torch.zeros((1, 3, *self.input_size), dtype=torch.uint8)
+        return int(self._forward([model], probe).shape[1])
+
+    def _forward(self, models: Sequence[nn.Module], batch_uint8: torch.Tensor) -> torch.Tensor:
+        x = normalize(batch_uint8.to(self.device), self.mean, self.std)
+        n = x.shape[0]
+        if self.tta_flip:
+            x = torch.cat([x, torch.flip(x, dims=[3])], 0)
+        parts = []
+        with self._lock, torch.inference_mode():
+            modes = [m.training for m in models]
+            try:
+                for model in models:
+                    model.eval()
+                    emb = F.normalize(_member_embedding(model, x).float(), dim=1)
+                    if self.tta_flip:
+                        emb = F.normalize(emb[:n] + emb[n:], dim=1)
+                    parts.append(emb)
+            finally:
+                for model, mode in zip(models, modes, strict=True):
+                    model.train(mode)
+            combined = torch.cat(parts, 1) / math.sqrt(len(parts))
+            return F.normalize(combined, dim=1)
+
+    def embed_tensor(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[N, 3, H, W]`` at ``input_size`` -> float32 ``[N, dim]`` on ``self.device``.
+
+        Grey conversion for sketches is the caller's job here (``image_to_uint8(...,
+        grey=True)``); :meth:`embed` does it for PIL images.
+        """
+        if batch_uint8.dtype != torch.uint8 or batch_uint8.dim() != 4:
+            raise ValueError(
+                f"expected a uint8 [N,3,H,W] tensor, got {batch_uint8.dtype} "
+                f"{tuple(batch_uint8.shape)}"
+            )
+        if tuple(batch_uint8.shape[1:]) != (3, *self.input_size):
+            raise ValueError(
+                f"expected [N,3,{self.input_size[0]},{self.input_size[1]}], "
+                f"got {tuple(batch_uint8.shape)}"
+            )
+        if batch_uint8.shape[0] == 0:
+            return torch.zeros((0, self.dim), dtype=torch.float32, device=self.device)
+        return self._forward(self.models, batch_uint8)
+
+    def embed(
+        self,
+        images: Sequence[Image.Image],
+        modality: Modality = "photo",
+        batch_size: int = 64,
+    ) -> np.ndarray:
+        """PIL images -> float32 ``(N, dim)`` L2-normalised embeddings."""
+        if modality not in ("photo", "sketch"):
+            raise ValueError(f"modality must be 'photo' or 'sketch', got {modality!r}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        grey = modality == "sketch" and self.sketch_grey
+        chunks = [np.zeros((0, self.dim), dtype=np.float32)]
+        for start in range(0, len(images), batch_size):
+            batch = to_uint8_batch(images[start : start + batch_size], self.input_size, grey=grey)
+            chunks.append(self.embed_tensor(batch).cpu().numpy().astype(np.float32, copy=False))
+        return np.concatenate(chunks, 0)
+
+
+class Translator:
+    """Sketch -> synthetic photo with a CycleGAN generator (thread-safe).
+
+    Sketches are converted to grey (3 equal channels), resized to ``input_size`` (H, W),
+    scaled to [-1, 1]; the output is an RGB image of the same size. The generator runs in
+    eval mode under a lock and its previous mode is restored; ``device=None`` keeps it
+    where it is.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        input_size: tuple[int, int],
+        device: str | torch.device | None = "cpu",
+    ) -> None:
+        self.device = _resolve_device([generator], device)
+        self.generator = generator.to(self.device)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self._lock = threading.Lock()
+
+    def translate_tensor(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[N, 3, H, W]`` grey sketches -> uint8 ``[N, 3, H, W]`` photos (CPU)."""
+        x = to_gan_input(batch_uint8.to(self.device))
+        with self._lock, torch.inference_mode():
+            mode = self.generator.training
+            try:
+                y = self.generator.eval()(x)
+            finally:
+                self.generator.train(mode)
+        return from_gan_output(y).cpu()
+
+    def translate_batch(
+        self, images: Sequence[Image.Image], batch_size: int = 16
+    ) -> list[Image.Image]:
+        out: list[Image.Image] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            batch = torch.stack([image_to_uint8(im, self.input_size, grey=True) for im in chunk])
+            for arr in self.translate_tensor(batch).permute(0, 2, 3, 1).numpy():
+                out.append(Image.fromarray(np.ascontiguousarray(arr)))
+        return out
+
+    def translate(self, image: Image.Image) -> Image.Image:
+        return self.translate_batch([image])[0]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _load_weights(root: Path, file_name: str, expected_sha: str) -> dict[str, torch.Tensor]:
+    if Path(file_name).name != file_name or file_name in ("", ".", ".."):
+        raise BundleError(f"{root / MANIFEST_FILE}: weights name {file_name!r} is not a plain file")
+    path = root / file_name
+    if not path.is_file():
+        raise BundleError(f"{path}: weights file is missing")
+    actual = _sha256(path)
+    if actual != expected_sha.lower():
+        raise BundleError(
+            f"{path}: sha256 mismatch (manifest {expected_sha[:12]}…, file {actual[:12]}…); "
+            "the file is corrupt or was replaced"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BundleError(f"{path}: cannot read weights ({exc})") from exc
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise BundleError(f"{path}: expected a plain state dict of tensors")
+    return state
+
+
+class Bundle:
+    """A verified, loaded bundle: manifest, member networks, embedder, optional translator."""
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: Manifest,
+        members: list[nn.Module],
+        embedder: Embedder,
+        translator: Translator | None,
+    ) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.members = members
+        self.embedder = embedder
+        self.translator = translator
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Bundle:
+        return load_bundle(path, device=device)
+
+    def __repr__(self) -> str:
+        return f"Bundle({self.name!r}, {self.version!r}, members={len(self.members)})"
+
+
+def load_bundle(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Bundle:
+    """Load and verify a bundle; any problem raises :class:`BundleError`."""
+    root = Path(path)
+    manifest = read_manifest(root)
+    if manifest.combine != "concat-l2":  # pragma: no cover - guarded by the Literal
+        raise BundleError(f"{root / MANIFEST_FILE}: unknown combine {manifest.combine!r}")
+    members: list[nn.Module] = []
+    for entry in manifest.members:
+        if tuple(entry.spec.input_size) != tuple(manifest.input_size):
+            raise BundleError(
+                f"{root / MANIFEST_FILE}: member {entry.name!r} input_size "
+                f"{entry.spec.input_size} differs from the bundle's {manifest.input_size}"
+            )
+        state = _load_weights(root, entry.weights, entry.sha256)
+        model = build_member(entry.spec)
+        _check_state(f"{root / entry.weights} (member {entry.name!r})", model, state)
+        if count_parameters(model) != entry.parameters:
+            raise BundleError(
+                f"{root / entry.weights}: {count_parameters(model)} parameters, "
+                f"manifest says {entry.parameters}"
+            )
+        members.append(model.eval())
+    translator = None
+    if manifest.translator is not None:
+        entry_t = manifest.translator
+        state = _load_weights(root, entry_t.weights, entry_t.sha256)
+        generator = build_generator(entry_t.spec)
+        _check_state(f"{root / entry_t.weights} (translator)", generator, state)
+        translator = Translator(generator.eval(), entry_t.spec.input_size, device=device)
+    embedder = Embedder(
+        members,
+        manifest.input_size,
+        manifest.mean,
+        manifest.std,
+        sketch_grey=manifest.sketch_grey,
+        tta_flip=manifest.tta_flip,
+        device=device,
+    )
+    return Bundle(root, manifest, members, embedder, translator)

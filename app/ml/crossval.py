@@ -1,0 +1,86 @@
+"""Cross-validation over identity splits: train on each split's training identities, evaluate
+on its test identities, report mean ± standard deviation.
+
+This is the protocol that chooses settings: a bundle trained on every identity cannot be
+evaluated honestly on those identities, so each split gets its own models.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from app.ml.bundle import load_bundle
+from app.ml.data.splits import Split
+from app.ml.evaluate import RerankParams, embed_test_set, score
+from app.ml.metrics import mean_std
+from app.ml.train.pipeline import TrainPlan, add_translator, save_members, train_members
+
+
+def cross_validate(
+    plan: TrainPlan,
+    splits: Sequence[Split],
+    *,
+    with_translator: bool = False,
+    rerank: RerankParams | None = None,
+    keep_bundles: bool = False,
+    command: str = "",
+) -> dict[str, Any]:
+    """Train and evaluate one model per split. Returns per-split figures and, per variant
+    (plain / rerank / translated / translated+rerank, as applicable), their mean and std."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    timings = []
+    for i, split in enumerate(splits):
+        t0 = time.perf_counter()
+        split_plan = replace(plan, train_pids=list(split.train))
+        members = train_members(split_plan)
+        bundle_dir = plan.workdir / "splits" / f"split{i:02d}"
+        save_members(
+            bundle_dir, split_plan, members, name=f"cv-split{i}", version="cv", command=command
+        )
+        if with_translator:
+            add_translator(
+                bundle_dir,
+                plan.dataset,
+                list(split.train),
+                plan.preset,
+                seed=plan.seed,
+                device=plan.device,
+                workdir=plan.workdir,
+                command=command,
+                progress=plan.progress,
+            )
+        train_seconds = time.perf_counter() - t0
+        bundle = load_bundle(bundle_dir)
+        for translate in (False, True) if with_translator else (False,):
+            embedded = embed_test_set(
+                bundle.embedder, bundle.translator, plan.dataset, split.test, translate=translate
+            )
+            for rr in (None, rerank) if rerank else (None,):
+                name = ("translated" if translate else "plain") + ("+rerank" if rr else "")
+                name = "rerank" if name == "plain+rerank" else name
+                result = score(embedded, rerank=rr)
+                result.update(split=i, seed=split.seed, train_seconds=round(train_seconds, 1))
+                rows.setdefault(name, []).append(result)
+        timings.append(train_seconds)
+        if not keep_bundles:
+            shutil.rmtree(bundle_dir, ignore_errors=True)
+    report: dict[str, Any] = {
+        "protocol": {
+            "data_root": str(plan.dataset.root),
+            "n_splits": len(splits),
+            "split_seeds": [s.seed for s in splits],
+            "test_identities": [len(s.test) for s in splits],
+            "train_identities": [len(s.train) for s in splits],
+        },
+        "archs": plan.archs,
+        "preset": plan.preset.model_dump(mode="json"),
+        "pretrain_root": str(plan.pretrain_root) if plan.pretrain_root else None,
+        "seed": plan.seed,
+        "train_seconds_mean": round(sum(timings) / len(timings), 1),
+        "variants": {name: {**mean_std(r), "splits": r} for name, r in rows.items()},
+    }
+    return report

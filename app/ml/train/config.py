@@ -1,0 +1,171 @@
+"""Hyper-parameters of one training stage, and the named presets.
+
+``paper`` is Rachmadi et al.'s recipe (SGD lr 0.1, ×0.1 every 40 epochs, 100 epochs, random
+crop, random erasing, cross-entropy only, 64×32 input). ``cpu`` is the same recipe cut to
+finish on a 2-core machine. ``best`` adds what lifts sketch→photo retrieval while keeping the
+networks light: 128×64 input, pseudo-sketch augmentation of photos, batch-hard triplet loss
+with identity-balanced batches, label smoothing and flip test-time augmentation.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StageConfig(BaseModel):
+    """One training stage of one ensemble member (pre-training or fine-tuning)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    step_size: int = Field(40, ge=1)
+    gamma: float = 0.1
+    warmup_epochs: int = Field(0, ge=0)
+    random_erasing: float = Field(0.5, ge=0, le=1)
+    crop_pad: int | None = Field(None, ge=0, description="default: input height / 16")
+    flip: bool = True
+    pseudo_sketch: float = Field(0.0, ge=0, le=1)
+    triplet_weight: float = Field(0.0, ge=0)
+    triplet_margin: float = 0.3
+    instances_per_id: int = Field(4, ge=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class ModelConfig(BaseModel):
+    """What each member looks like (the architectures come from the CLI's ``--arch``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fc_dim: int = Field(512, gt=0)
+    spp: bool = False
+    bn_neck: bool = False
+    dropout: float = Field(0.5, ge=0, lt=1)
+    input_size: tuple[int, int] = (64, 32)
+    tta_flip: bool = False
+
+
+class TranslatorConfig(BaseModel):
+    """CycleGAN sketch→photo translator training (Zhu et al. 2017 defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_size: tuple[int, int] = (128, 64)
+    ngf: int = Field(64, ge=4)
+    ndf: int = Field(64, ge=4)
+    n_blocks: int = Field(9, ge=1)
+    epochs_constant: int = Field(100, ge=0)
+    epochs_decay: int = Field(100, ge=0)
+    batch_size: int = Field(1, ge=1)
+    lr: float = 2e-4
+    beta1: float = 0.5
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 0.5
+    pool_size: int = 50
+
+
+class Preset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["paper", "cpu", "best", "smoke"]
+    description: str
+    model: ModelConfig
+    pretrain: StageConfig
+    finetune: StageConfig
+    translator: TranslatorConfig
+
+
+_PAPER_STAGE = StageConfig()
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset(
+        name="paper",
+        description="Rachmadi et al.: SGD 0.1, x0.1 every 40 epochs, 100 epochs, 64x32, CE only",
+        model=ModelConfig(),
+        pretrain=_PAPER_STAGE,
+        finetune=_PAPER_STAGE,
+        translator=TranslatorConfig(),
+    ),
+    "cpu": Preset(
+        name="cpu",
+        description="the paper's recipe shortened to finish on a 2-core CPU",
+        model=ModelConfig(fc_dim=512),
+        pretrain=StageConfig(epochs=6, step_size=4, batch_size=64),
+        finetune=StageConfig(epochs=40, step_size=30, batch_size=32),
+        translator=TranslatorConfig(
+            input_size=(64, 32), ngf=16, ndf=16, n_blocks=3, epochs_constant=3, epochs_decay=3
+        ),
+    ),
+    "best": Preset(
+        name="best",
+        description=(
+            "128x64 input, pseudo-sketch augmentation, batch-hard triplet + label-smoothed CE, "
+            "warm-up, flip test-time augmentation"
+        ),
+        model=ModelConfig(fc_dim=512, input_size=(128, 64), tta_flip=True),
+        pretrain=StageConfig(
+            epochs=60,
+            step_size=40,
+            warmup_epochs=5,
+            triplet_weight=1.0,
+            label_smoothing=0.1,
+            pseudo_sketch=0.3,
+            instances_per_id=4,
+            batch_size=64,
+        ),
+        finetune=StageConfig(
+            epochs=100,
+            step_size=40,
+            lr=0.05,
+            warmup_epochs=5,
+            triplet_weight=1.0,
+            label_smoothing=0.1,
+            pseudo_sketch=0.5,
+            instances_per_id=4,
+            batch_size=64,
+        ),
+        translator=TranslatorConfig(
+            ngf=32, ndf=64, n_blocks=6, epochs_constant=50, epochs_decay=50, batch_size=4
+        ),
+    ),
+    "smoke": Preset(
+        name="smoke",
+        description="seconds-long run for tests and demos on synthetic data",
+        model=ModelConfig(fc_dim=128, input_size=(64, 32), tta_flip=True),
+        pretrain=StageConfig(epochs=2, step_size=10, batch_size=32),
+        finetune=StageConfig(
+            epochs=12,
+            step_size=10,
+            batch_size=32,
+            lr=0.05,
+            random_erasing=0.2,
+            pseudo_sketch=0.5,
+            triplet_weight=1.0,
+        ),
+        translator=TranslatorConfig(
+            input_size=(64, 32),
+            ngf=8,
+            ndf=8,
+            n_blocks=1,
+            epochs_constant=1,
+            epochs_decay=1,
+            batch_size=4,
+        ),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    from app.errors import UserInputError
+
+    try:
+        return PRESETS[name].model_copy(deep=True)
+    except KeyError:
+        raise UserInputError(
+            f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}"
+        ) from None

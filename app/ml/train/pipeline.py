@@ -1,0 +1,275 @@
+"""From data folders to a model bundle: pre-train, fine-tune, save; add a translator.
+
+The CLI (``sketchreid train reid`` / ``train translator``), the cross-validation protocol
+and the script that rebuilds the shipped bundle all go through these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.errors import UserInputError
+from app.ml.bundle import Bundle, Manifest, load_bundle, save_bundle
+from app.ml.data.market import load_market
+from app.ml.data.pku import PKUSketchDataset
+from app.ml.data.splits import relabel_pids
+from app.ml.models.resnet_cifar import MemberSpec, ResNetCifar, count_parameters
+from app.ml.train.config import Preset
+from app.ml.train.reid import (
+    classifier_free_parameters,
+    json_logger,
+    new_member,
+    train_stage,
+)
+from app.ml.train.tensorset import build_tensor_set, decode_samples
+from app.ml.train.translator import train_translator
+
+BundleMember = tuple[str, MemberSpec, ResNetCifar, dict[str, Any]]
+
+
+@dataclass
+class TrainPlan:
+    """Everything one `train reid` run needs."""
+
+    dataset: PKUSketchDataset
+    train_pids: list[int]
+    archs: list[str]
+    preset: Preset
+    seed: int = 0
+    pretrain_root: Path | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    workdir: Path = Path("runs")
+    progress: bool = True
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def environment() -> dict[str, str]:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
+    return {"torch": torch.__version__, "python": platform.python_version(), "device": device}
+
+
+def _spec(plan: TrainPlan, arch: str, num_classes: int) -> MemberSpec:
+    m = plan.preset.model
+    return MemberSpec(
+        arch=arch,
+        fc_dim=m.fc_dim,
+        spp=m.spp,
+        bn_neck=m.bn_neck,
+        dropout=m.dropout,
+        num_classes=num_classes,
+        input_size=m.input_size,
+    )
+
+
+def pretrain_member(plan: TrainPlan, arch: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Pre-train ``arch`` on the Market-style folder (cached by configuration in workdir)."""
+    assert plan.pretrain_root is not None
+    samples = load_market(plan.pretrain_root)
+    labels = relabel_pids(s.pid for s in samples)
+    spec = _spec(plan, arch, len(labels))
+    key = _digest(
+        str(Path(plan.pretrain_root).resolve()),
+        len(samples),
+        spec.model_dump(),
+        plan.preset.pretrain.model_dump(),
+        plan.seed,
+    )
+    out = plan.workdir / "pretrain" / f"{arch}-{key}.pt"
+    info = {
+        "data": str(plan.pretrain_root),
+        "images": len(samples),
+        "identities": len(labels),
+        "config": plan.preset.pretrain.model_dump(mode="json"),
+    }
+    if out.exists():
+        cached = torch.load(out, weights_only=False)
+        return cached["state"], cached["info"]
+    t0 = time.perf_counter()
+    train = build_tensor_set(
+        samples,
+        spec.input_size,
+        label_of=labels,
+        cache_dir=plan.workdir / "cache",
+        desc=f"decoding {Path(plan.pretrain_root).name}",
+    )
+    model = train_stage(
+        new_member(spec, None),
+        train,
+        plan.preset.pretrain,
+        device=plan.device,
+        seed=plan.seed,
+        desc=f"pretrain {arch}",
+        log=json_logger(plan.workdir / "logs" / f"pretrain-{arch}-{key}.jsonl"),
+        checkpoint=plan.workdir / "pretrain" / f"{arch}-{key}.ckpt",
+        progress=plan.progress,
+    )
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state": state, "info": info}, out)
+    (plan.workdir / "pretrain" / f"{arch}-{key}.ckpt").unlink(missing_ok=True)
+    return state, info
+
+
+def train_members(plan: TrainPlan) -> list[BundleMember]:
+    """Pre-train (when asked) and fine-tune each architecture on the training identities."""
+    if not plan.train_pids:
+        raise UserInputError("no training identities: the split leaves nothing to train on")
+    subset = plan.dataset.subset(plan.train_pids)
+    samples = subset.photos + subset.sketches
+    labels = relabel_pids(s.pid for s in samples)
+    size = plan.preset.model.input_size
+    train = build_tensor_set(samples, size, label_of=labels, cache_dir=plan.workdir / "cache")
+    run_key = _digest(
+        sorted(plan.train_pids), plan.preset.model_dump(), plan.seed, str(plan.pretrain_root)
+    )
+    members: list[BundleMember] = []
+    for arch in plan.archs:
+        init, pre_info = (None, None)
+        if plan.pretrain_root is not None:
+            init, pre_info = pretrain_member(plan, arch)
+        spec = _spec(plan, arch, len(labels))
+        t0 = time.perf_counter()
+        model = train_stage(
+            new_member(spec, init),
+            train,
+            plan.preset.finetune,
+            device=plan.device,
+            seed=plan.seed,
+            desc=f"finetune {arch}",
+            log=json_logger(plan.workdir / "logs" / f"finetune-{arch}-{run_key}.jsonl"),
+            checkpoint=plan.workdir / "finetune" / f"{arch}-{run_key}.ckpt",
+            progress=plan.progress,
+        )
+        (plan.workdir / "finetune" / f"{arch}-{run_key}.ckpt").unlink(missing_ok=True)
+        info = {
+            "pretrain": pre_info,
+            "finetune": {
+                "data": str(plan.dataset.root),
+                "identities": len(labels),
+                "photos": len(subset.photos),
+                "sketches": len(subset.sketches),
+                "config": plan.preset.finetune.model_dump(mode="json"),
+                "seconds": round(time.perf_counter() - t0, 1),
+            },
+            "seed": plan.seed,
+            "embedding_parameters": classifier_free_parameters(model),
+            "parameters": count_parameters(model),
+        }
+        members.append((arch, spec, model, info))
+    return members
+
+
+def save_members(
+    out: Path,
+    plan: TrainPlan,
+    members: list[BundleMember],
+    *,
+    name: str,
+    version: str,
+    command: str,
+) -> Manifest:
+    return save_bundle(
+        out,
+        name=name,
+        version=version,
+        members=members,
+        input_size=plan.preset.model.input_size,
+        tta_flip=plan.preset.model.tta_flip,
+        training={
+            "command": command,
+            "preset": plan.preset.model_dump(mode="json"),
+            "seed": plan.seed,
+            "data_root": str(plan.dataset.root),
+            "train_pids": sorted(plan.train_pids),
+            "pretrain_root": str(plan.pretrain_root) if plan.pretrain_root else None,
+            "environment": environment(),
+        },
+        overwrite=True,
+    )
+
+
+def add_translator(
+    bundle_dir: Path,
+    dataset: PKUSketchDataset,
+    train_pids: list[int],
+    preset: Preset,
+    *,
+    seed: int,
+    device: torch.device,
+    workdir: Path,
+    command: str,
+    progress: bool = True,
+) -> Manifest:
+    """Train the sketch->photo CycleGAN on the training identities and add it to the bundle."""
+    bundle = load_bundle(bundle_dir)
+    subset = dataset.subset(train_pids)
+    if not subset.sketches:
+        raise UserInputError("the training identities have no sketches to learn a translator from")
+    cfg = preset.translator
+    sketches = decode_samples(subset.sketches, cfg.input_size, cache_dir=workdir / "cache")
+    photos = decode_samples(subset.photos, cfg.input_size, cache_dir=workdir / "cache")
+    t0 = time.perf_counter()
+    key = _digest(sorted(train_pids), cfg.model_dump(), seed)
+    spec, generator = train_translator(
+        sketches,
+        photos,
+        cfg,
+        device=device,
+        seed=seed,
+        log=json_logger(workdir / "logs" / f"translator-{key}.jsonl"),
+        checkpoint=workdir / "translator" / f"{key}.ckpt",
+        progress=progress,
+    )
+    (workdir / "translator" / f"{key}.ckpt").unlink(missing_ok=True)
+    info = {
+        "command": command,
+        "data": str(dataset.root),
+        "train_pids": sorted(train_pids),
+        "sketches": len(subset.sketches),
+        "photos": len(subset.photos),
+        "config": cfg.model_dump(mode="json"),
+        "seed": seed,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "environment": environment(),
+    }
+    return resave(bundle, bundle_dir, translator=(spec, generator, info))
+
+
+def resave(bundle: Bundle, bundle_dir: Path, **changes: Any) -> Manifest:
+    """Write ``bundle`` back with some fields changed (e.g. a new translator)."""
+    m = bundle.manifest
+    members = [
+        (e.name, e.spec, model, e.training)
+        for e, model in zip(m.members, bundle.members, strict=True)
+    ]
+    translator = None
+    if m.translator is not None and bundle.translator is not None:
+        translator = (m.translator.spec, bundle.translator.generator, m.translator.training)
+    kwargs: dict[str, Any] = {
+        "name": m.name,
+        "version": m.version,
+        "members": members,
+        "translator": translator,
+        "input_size": m.input_size,
+        "mean": m.mean,
+        "std": m.std,
+        "sketch_grey": m.sketch_grey,
+        "tta_flip": m.tta_flip,
+        "training": m.training,
+        "evaluation": m.evaluation,
+        "notes": m.notes,
+    }
+    kwargs.update(changes)
+    return save_bundle(bundle_dir, overwrite=True, **kwargs)

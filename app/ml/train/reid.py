@@ -1,0 +1,186 @@
+"""Training one ensemble member: pre-training on photos, fine-tuning on photos and sketches.
+
+The loop is plain PyTorch on tensors already in memory (:mod:`app.ml.train.tensorset`):
+augment on the device, cross-entropy (plus an optional batch-hard triplet term), SGD with
+momentum, step decay (optionally after a linear warm-up). Each epoch appends one JSON line to
+``log_file`` and, when ``checkpoint`` is given, saves a checkpoint from which an interrupted
+run resumes with the same result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from app.ml.models.resnet_cifar import MemberSpec, ResNetCifar, build_member
+from app.ml.train import augment
+from app.ml.train.config import StageConfig
+from app.ml.train.losses import batch_hard_triplet
+from app.ml.train.sampler import identity_balanced_batches, shuffled_batches
+from app.ml.train.tensorset import PHOTO, TensorSet
+from app.ml.transforms import DEFAULT_MEAN, DEFAULT_STD
+
+LogFn = Callable[[dict[str, Any]], None]
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_factor(epoch: int, cfg: StageConfig) -> float:
+    """Learning-rate multiplier for ``epoch`` (0-based): linear warm-up, then step decay."""
+    if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
+        return (epoch + 1) / cfg.warmup_epochs
+    return cfg.gamma ** (epoch // cfg.step_size)
+
+
+def _batches(train: TensorSet, cfg: StageConfig, gen: torch.Generator) -> list[torch.Tensor]:
+    if cfg.triplet_weight > 0:
+        return list(
+            identity_balanced_batches(train.labels, cfg.batch_size, cfg.instances_per_id, gen)
+        )
+    return list(shuffled_batches(len(train), cfg.batch_size, gen))
+
+
+def _augment(x_uint8: torch.Tensor, is_photo: torch.Tensor, cfg: StageConfig) -> torch.Tensor:
+    x = augment.to_unit(x_uint8)
+    x = augment.pseudo_sketch(x, cfg.pseudo_sketch, is_photo)
+    pad = cfg.crop_pad if cfg.crop_pad is not None else max(1, x.shape[-2] // 16)
+    x = augment.random_crop_flip(x, pad, cfg.flip)
+    mean = torch.tensor(DEFAULT_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(DEFAULT_STD, device=x.device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    return augment.random_erasing(x, cfg.random_erasing)
+
+
+def new_member(spec: MemberSpec, init_state: dict[str, torch.Tensor] | None) -> ResNetCifar:
+    """Build a member; copy every pre-trained weight whose name and shape match."""
+    model = build_member(spec)
+    if init_state:
+        own = model.state_dict()
+        compatible = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}
+        own.update(compatible)
+        model.load_state_dict(own)
+    return model
+
+
+def train_stage(
+    model: ResNetCifar,
+    train: TensorSet,
+    cfg: StageConfig,
+    *,
+    device: torch.device,
+    seed: int,
+    desc: str = "train",
+    log: LogFn | None = None,
+    checkpoint: Path | None = None,
+    progress: bool = True,
+) -> ResNetCifar:
+    """Train ``model`` on ``train`` in place and return it (in eval mode, on the CPU)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model.to(device).train()
+    data = train.to(device)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        nesterov=False,
+    )
+    start_epoch = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if state.get("config") == cfg.model_dump(mode="json") and state.get("seed") == seed:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            start_epoch = int(state["epoch"])
+    use_amp = device.type == "cuda"
+    bar = tqdm(
+        range(start_epoch, cfg.epochs), desc=desc, leave=False, disable=not progress, unit="ep"
+    )
+    for epoch in bar:
+        t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(epoch, cfg)
+        totals = {"loss": 0.0, "ce": 0.0, "triplet": 0.0, "correct": 0, "seen": 0}
+        for index in _batches(train, cfg, gen):
+            index = index.to(device)
+            x = _augment(data.images[index], data.modality[index] == PHOTO, cfg)
+            y = data.labels[index]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits, emb = model(x)
+            ce = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            loss = ce
+            if cfg.triplet_weight > 0:
+                tri = batch_hard_triplet(emb, y, cfg.triplet_margin)
+                loss = loss + cfg.triplet_weight * tri
+                totals["triplet"] += float(tri.detach()) * len(y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            totals["loss"] += float(loss.detach()) * len(y)
+            totals["ce"] += float(ce.detach()) * len(y)
+            totals["correct"] += int((logits.argmax(1) == y).sum())
+            totals["seen"] += len(y)
+        seen = max(1, int(totals["seen"]))
+        record = {
+            "stage": desc,
+            "epoch": epoch + 1,
+            "lr": opt.param_groups[0]["lr"],
+            "loss": totals["loss"] / seen,
+            "ce": totals["ce"] / seen,
+            "triplet": totals["triplet"] / seen,
+            "train_acc": totals["correct"] / seen,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        if not math.isfinite(record["loss"]):
+            raise FloatingPointError(f"{desc}: loss became {record['loss']} at epoch {epoch + 1}")
+        bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.2f}")
+        if log is not None:
+            log(record)
+        if checkpoint is not None:
+            tmp = checkpoint.with_suffix(".tmp")
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "epoch": epoch + 1,
+                    "config": cfg.model_dump(mode="json"),
+                    "seed": seed,
+                },
+                tmp,
+            )
+            tmp.replace(checkpoint)
+    return model.cpu().eval()
+
+
+def json_logger(path: Path) -> LogFn:
+    """Append each record as one JSON line to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(record: dict[str, Any]) -> None:
+        with path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    return write
+
+
+def classifier_free_parameters(model: nn.Module) -> int:
+    """Parameters that produce the embedding (everything but the identity classifier)."""
+    return sum(p.numel() for n, p in model.named_parameters() if not n.startswith("classifier."))

@@ -1,0 +1,25 @@
+"""Errors of the service layer; the API maps each class to one HTTP status."""
+
+from __future__ import annotations
+
+from app.errors import SketchReidError, UserInputError
+
+
+class NotFoundError(UserInputError):
+    """An id that does not exist (or that the caller may not see): HTTP 404."""
+
+
+class PayloadTooLargeError(UserInputError):
+    """An upload over the size limit: HTTP 413."""
+
+
+class AuthenticationError(SketchReidError):
+    """No API key, an unknown key or a revoked key: HTTP 401."""
+
+
+class PermissionDeniedError(SketchReidError):
+    """A valid key whose role may not do this: HTTP 403."""
+
+
+class NotReadyError(SketchReidError):
+    """The service cannot answer right now (e.g. the index is being rebuilt): HTTP 503."""

@@ -18,7 +18,8 @@ test: install
 	$(BIN)/pytest -q
 
 run: install
-	$(BIN)/sketchreid demo
+	$(BIN)/sketchreid db upgrade
+	$(BIN)/sketchreid serve
 
 lint: install
 	$(BIN)/ruff check app tests benchmarks scripts

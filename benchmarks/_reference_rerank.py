@@ -83,4 +83,4 @@ def reference_rerank(
         jaccard[i] = 1.0 - shared / (2.0 - shared)
 
     final = jaccard * (1.0 - lambda_value) + original * lambda_value
-    return final[:, num_query:]
+    return final[:, num_query:].astype(np.float32, copy=False)

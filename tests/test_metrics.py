@@ -211,7 +211,8 @@ def test_mean_std_uses_sample_std() -> None:
     assert agg["rank1"]["std"] == pytest.approx(math.sqrt(0.02))  # ddof = 1
     assert agg["rank5"] == {"mean": pytest.approx(0.8), "std": pytest.approx(0.0)}
     assert agg["mAP"]["mean"] == pytest.approx(0.5)
-    assert agg["cmc"] == pytest.approx([0.6, 0.7])  # common length of the curves
+    assert agg["cmc"]["mean"] == pytest.approx([0.6, 0.7])  # common length of the curves
+    assert agg["cmc"]["std"] == pytest.approx([math.sqrt(0.02), math.sqrt(0.02)])
     assert agg["n_splits"] == 2
     assert json.loads(json.dumps(agg)) == agg
 
@@ -220,6 +221,7 @@ def test_mean_std_single_split_and_errors() -> None:
     single = mean_std([summarize([0.25, 0.5], 0.3, 4, 2)])
     assert single["rank1"] == {"mean": 0.25, "std": 0.0}
     assert single["rank10"]["mean"] == 0.5
+    assert single["cmc"] == {"mean": [0.25, 0.5], "std": [0.0, 0.0]}
     with pytest.raises(UserInputError):
         mean_std([])
     with pytest.raises(UserInputError, match="mAP"):

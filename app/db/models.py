@@ -47,7 +47,10 @@ class Base(DeclarativeBase):
 
 class ApiKey(Base):
     __tablename__ = "api_keys"
-    __table_args__ = (CheckConstraint(f"role IN {ROLES!r}", name="role"),)
+    __table_args__ = (
+        CheckConstraint(f"role IN {ROLES!r}", name="role"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -63,7 +66,9 @@ class ApiKey(Base):
 
 class GalleryItem(Base):
     __tablename__ = "gallery_items"
-    __table_args__ = (Index(None, "camera_id", "captured_at"),)
+    # Ids are never reused (SQLite would otherwise hand out a deleted maximum id again), so a
+    # gallery id in an old search record never points at a different crop.
+    __table_args__ = (Index(None, "camera_id", "captured_at"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
@@ -88,7 +93,7 @@ class GalleryItem(Base):
 
 class Embedding(Base):
     __tablename__ = "embeddings"
-    __table_args__ = (UniqueConstraint("item_id", "model_version"),)
+    __table_args__ = (UniqueConstraint("item_id", "model_version"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("gallery_items.id", ondelete="CASCADE"))

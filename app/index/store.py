@@ -30,6 +30,9 @@ from app.core.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
+# faiss's bundled type stubs lag its SWIG API (search parameters, ownership flags).
+_faiss: Any = faiss
+
 INDEX_FILE = "gallery.faiss"
 META_FILE = "gallery.json"
 IVF_MIN_TRAIN = 1000
@@ -81,10 +84,11 @@ class VectorIndex:
 
     # -- construction -------------------------------------------------------------------
     def _empty(self, kind: str, nlist: int = 1) -> Any:
+        base: Any
         if kind == "hnsw":
             base = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         elif kind == "ivf":
-            quantizer = faiss.IndexFlatIP(self.dim)
+            quantizer: Any = faiss.IndexFlatIP(self.dim)
             base = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
             base.own_fields = True
             quantizer.this.disown()
@@ -232,10 +236,10 @@ class VectorIndex:
 
     def _params(self, selector: Any) -> Any:
         if self._kind == "hnsw":
-            return faiss.SearchParametersHNSW(sel=selector, efSearch=self.hnsw_ef_search)
+            return _faiss.SearchParametersHNSW(sel=selector, efSearch=self.hnsw_ef_search)
         if self._kind == "ivf":
-            return faiss.SearchParametersIVF(sel=selector, nprobe=self.ivf_nprobe)
-        return faiss.SearchParameters(sel=selector) if selector is not None else None
+            return _faiss.SearchParametersIVF(sel=selector, nprobe=self.ivf_nprobe)
+        return _faiss.SearchParameters(sel=selector) if selector is not None else None
 
     # -- persistence --------------------------------------------------------------------
     def save(self, directory: Path, model_version: str) -> None:
@@ -289,7 +293,7 @@ class VectorIndex:
                 "(or another id set)"
             )
         try:
-            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+            index: Any = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except RuntimeError as exc:
             return f"saved index cannot be read: {str(exc).splitlines()[0]}"
         stored = np.unique(faiss.vector_to_array(index.id_map).astype(np.int64))

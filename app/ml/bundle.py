@@ -260,8 +260,8 @@ def save_bundle(
             version=version,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             input_size=size,
-            mean=tuple(float(v) for v in mean),
-            std=tuple(float(v) for v in std),
+            mean=_triple("mean", mean),
+            std=_triple("std", std),
             sketch_grey=sketch_grey,
             tta_flip=tta_flip,
             members=entries,
@@ -276,6 +276,12 @@ def save_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _triple(what: str, values: Sequence[float]) -> tuple[float, float, float]:
+    if len(values) != 3:
+        raise BundleError(f"{what} needs 3 values (R, G, B), got {list(values)}")
+    return (float(values[0]), float(values[1]), float(values[2]))
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

@@ -19,7 +19,7 @@ from app.ml.bundle import Bundle, Embedder, Translator
 from app.ml.data.pku import PKUSketchDataset, Sample
 from app.ml.data.splits import Split
 from app.ml.images import load_image
-from app.ml.metrics import evaluate_ranking, mean_std, summarize
+from app.ml.metrics import mean_std, ranking_result
 from app.ml.rerank import k_reciprocal_rerank
 
 
@@ -92,8 +92,9 @@ def score(e: Embedded, *, rerank: RerankParams | None = None, max_rank: int = 50
             k2=rerank.k2,
             lambda_value=rerank.lambda_value,
         )
-    cmc, m_ap = evaluate_ranking(dist, e.q_pids, e.g_pids, e.q_camids, e.g_camids, max_rank)
-    result = summarize(cmc, m_ap, len(e.q_pids), len(e.g_pids))
+    result = ranking_result(
+        dist, e.q_pids, e.g_pids, e.q_camids, e.g_camids, max_rank
+    ).to_dict()
     result["translated"] = e.translated
     result["reranked"] = rerank is not None
     return result

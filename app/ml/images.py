@@ -68,12 +68,10 @@ def load_image(
     name = getattr(source, "name", None)
     label = name if isinstance(name, str) else None
     try:
-        start = source.tell()
-        source.seek(start)
-        fp: BinaryIO = source
+        source.seek(source.tell())
     except (AttributeError, OSError):  # a pipe or socket: read it all
-        fp = io.BytesIO(source.read())
-    return _decode(fp, label, max_side, max_pixels)
+        return _decode(io.BytesIO(source.read()), label, max_side, max_pixels)
+    return _decode(source, label, max_side, max_pixels)
 
 
 def _decode(fp: BinaryIO, label: str | None, max_side: int | None, max_pixels: int) -> Image.Image:
@@ -114,8 +112,7 @@ def _decode(fp: BinaryIO, label: str | None, max_side: int | None, max_pixels: i
         raise ImageError(f"not enough memory to decode the image{where}") from exc
     except _DECODE_ERRORS as exc:
         raise ImageError(f"truncated or corrupt image data{where}") from exc
-    finally:
-        im.close()
+    # No im.close(): it would close a file object the caller owns (paths: closed by the with).
     return out
 
 

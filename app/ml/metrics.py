@@ -232,10 +232,10 @@ def mean_std(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Aggregate :func:`summarize` dicts over splits.
 
     Returns ``{"rank1": {"mean", "std"}, "rank5": ..., "rank10": ..., "mAP": ...,
-    "cmc": [mean curve], "n_splits": n}``. ``std`` is the *sample* standard deviation
-    (``ddof=1``) when there are two or more splits, and 0.0 for a single split. The mean CMC
-    is taken over the common length (the shortest curve) of the splits. All values are
-    Python floats (fractions).
+    "cmc": {"mean": [curve], "std": [curve]}, "n_splits": n}``. ``std`` is the *sample*
+    standard deviation (``ddof=1``) when there are two or more splits, and 0.0 for a single
+    split. The CMC mean and std are taken rank by rank over the common length (the shortest
+    curve) of the splits. All values are Python floats (fractions).
     """
     if not results:
         raise UserInputError("mean_std needs at least one result")
@@ -252,6 +252,11 @@ def mean_std(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     length = min(c.size for c in curves)
     if length == 0:
         raise UserInputError("every result must have a non-empty 'cmc' curve")
-    out["cmc"] = [float(x) for x in np.mean([c[:length] for c in curves], axis=0)]
+    stacked = np.stack([c[:length] for c in curves])
+    curve_std = stacked.std(axis=0, ddof=1) if n > 1 else np.zeros(length)
+    out["cmc"] = {
+        "mean": [float(x) for x in stacked.mean(axis=0)],
+        "std": [float(x) for x in curve_std],
+    }
     out["n_splits"] = n
     return out

@@ -11,8 +11,11 @@ dense ``V`` / ``V_qe`` matrices it
 * stores the k-reciprocal encodings ``V`` and their query expansion as sparse CSR arrays
   (plain numpy, float32) and computes the Jaccard distance with an inverted (CSC) index;
 
-so that, beyond the caller's three distance matrices, memory is O((Q+G)·k1²) in the worst
-case and O((Q+G)·k1) in practice, plus the Q x G result and fixed-size working blocks.
+so that, beyond the caller's three distance matrices and the Q x G result, memory is the
+neighbour lists, O((Q+G)·k1), the sparse encodings — ``V`` has at most
+(k1+1)·(round(k1/2)+2) non-zeros per row and ~k1 in practice, its query expansion up to k2
+times that (about 20 and 70 per row at k1=20, k2=6 on embeddings) — and working blocks
+bounded by ``_BLOCK_ELEMS`` (~25 MB peak in all).
 
 Distances, not similarities
 ---------------------------
@@ -20,7 +23,7 @@ All three matrices are *distances* (smaller = more alike), e.g. squared Euclidea
 or ``1 - cosine``. Like the reference, the function squares them before use, so the value
 that reaches the exp(-d) weights and the final mix is ``d**2`` normalised per item. The
 service and the evaluation pass squared L2 distances of L2-normalised embeddings,
-``2 - 2·cos`` (exactly what torchreid does with its squared-Euclidean distance matrices).
+``2 - 2·cos`` (torchreid likewise passes squared-Euclidean distance matrices).
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from app.errors import UserInputError
 __all__ = ["k_reciprocal_rerank"]
 
 # Upper bound on the number of elements of one temporary working block (rows x columns of
-# distances, neighbour tensors, gathered sparse entries). 1M elements = 4-8 MB each.
-_BLOCK_ELEMS = 1 << 20
+# distances, neighbour tensors, gathered sparse entries): 256k elements, 1-2 MB each.
+_BLOCK_ELEMS = 1 << 18
 
 # A distance below this is taken as a sign that similarities were passed instead.
 _NEGATIVE_TOLERANCE = -1e-4

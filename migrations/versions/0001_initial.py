@@ -35,6 +35,7 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "role IN ('admin', 'operator', 'investigator')", name="ck_api_keys_role"
         ),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "gallery_items",
@@ -49,7 +50,9 @@ def upgrade() -> None:
         sa.Column("location", sa.String(500), nullable=True),
         sa.Column("external_id", sa.String(200), nullable=True),
         sa.Column("created_at", TS, nullable=False),
-        sa.Column("created_by", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
+        sa.Column(
+            "created_by", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_gallery_items"),
         sa.UniqueConstraint("sha256", name="uq_gallery_items_sha256"),
         sa.ForeignKeyConstraint(
@@ -58,6 +61,7 @@ def upgrade() -> None:
             name="fk_gallery_items_created_by_api_keys",
             ondelete="SET NULL",
         ),
+        sqlite_autoincrement=True,
     )
     op.create_index(
         "ix_gallery_items_camera_id_captured_at", "gallery_items", ["camera_id", "captured_at"]
@@ -78,12 +82,15 @@ def upgrade() -> None:
             name="fk_embeddings_item_id_gallery_items",
             ondelete="CASCADE",
         ),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_embeddings_model_version", "embeddings", ["model_version"])
     op.create_table(
         "searches",
         sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("api_key_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
+        sa.Column(
+            "api_key_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
         sa.Column("created_at", TS, nullable=False),
         sa.Column("sketch_sha256", sa.String(64), nullable=False),
         sa.Column("sketch_path", sa.String(300), nullable=False),

@@ -13,6 +13,7 @@ Output is byte-for-byte deterministic for a seed.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from dataclasses import dataclass
@@ -365,8 +366,11 @@ def body_parts(p: Person) -> list[_Part]:
     else:
         parts.append(
             _Part(
-                _ellipse(0, head_y - h * 0.05, h * 0.9, h * 1.02, 180, 360, 12)
-                + [(h * 0.9, head_y + h * 0.1), (-h * 0.9, head_y + h * 0.1)],
+                [
+                    *_ellipse(0, head_y - h * 0.05, h * 0.9, h * 1.02, 180, 360, 12),
+                    (h * 0.88, head_y - h * 0.3),
+                    (-h * 0.88, head_y - h * 0.3),
+                ],
                 p.hair_colour,
             )
         )
@@ -405,7 +409,7 @@ def body_parts(p: Person) -> list[_Part]:
         x, y = hand
         parts.append(
             _Part(
-                _ellipse(x, y, 0.03, 0.03, 180, 360, 10) + [(x + 0.02, y), (x - 0.02, y)],
+                [*_ellipse(x, y, 0.03, 0.03, 180, 360, 10), (x + 0.02, y), (x - 0.02, y)],
                 p.bag_colour,
             )
         )
@@ -531,10 +535,10 @@ def render_photo(person: Person, camera: Camera, rng: random.Random) -> tuple[Im
             )
     canvas = canvas.resize((width, height), Image.Resampling.LANCZOS)
 
-    arr = np.asarray(canvas, dtype=np.float32)
     gains = np.array(camera.gains) * camera.brightness * rng.uniform(0.9, 1.1)
-    arr = arr * gains[None, None, :] + nrng.normal(0, rng.uniform(2, 6), arr.shape)
-    photo = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="RGB")
+    pixels = np.asarray(canvas, dtype=np.float64) * gains[None, None, :]
+    pixels += nrng.normal(0, rng.uniform(2, 6), pixels.shape)
+    photo = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
     if camera.blur > 0.2:
         photo = photo.filter(ImageFilter.GaussianBlur(camera.blur))
     return photo, min(95, max(50, camera.quality + rng.randint(-8, 8)))
@@ -555,7 +559,8 @@ def _background(
         t = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
         arr = np.broadcast_to(base * (1 - t) + other * t, (height, width, 3))
     elif kind == "noise":
-        small = nrng.uniform(-50, 50, (max(2, height // 24), max(2, width // 24), 3))
+        grid = (max(2, height // 24), max(2, width // 24), 1)
+        small = nrng.uniform(-45, 45, grid) + nrng.uniform(-12, 12, (*grid[:2], 3))
         blobs = Image.fromarray(np.clip(small + 128, 0, 255).astype(np.uint8), mode="RGB")
         arr = base + np.asarray(blobs.resize(size, Image.Resampling.BILINEAR), np.float32) - 128
     else:
@@ -664,7 +669,7 @@ def _hatch(layer: Image.Image, spacing: float, angle: float, ink: int, ss: int) 
 def _wobbly(pts: list[Point], amount: float, rng: random.Random) -> list[Point]:
     """Points along the polyline every few pixels, each nudged by up to ``amount``."""
     out: list[Point] = []
-    for a, b in zip(pts, pts[1:], strict=False):
+    for a, b in itertools.pairwise(pts):
         steps = max(1, int(math.hypot(b[0] - a[0], b[1] - a[1]) // 12))
         for i in range(steps):
             x, y = _lerp(a, b, i / steps)

@@ -153,6 +153,10 @@ class GANLoss(nn.Module):
     ``"lsgan"`` is the mean squared error used by CycleGAN; ``"vanilla"`` is BCE on logits.
     """
 
+    loss: nn.Module
+    real_label: torch.Tensor
+    fake_label: torch.Tensor
+
     def __init__(
         self,
         gan_mode: Literal["lsgan", "vanilla"] = "lsgan",
@@ -164,7 +168,7 @@ class GANLoss(nn.Module):
         self.register_buffer("fake_label", torch.tensor(target_fake_label))
         self.gan_mode = gan_mode
         if gan_mode == "lsgan":
-            self.loss: nn.Module = nn.MSELoss()
+            self.loss = nn.MSELoss()
         elif gan_mode == "vanilla":
             self.loss = nn.BCEWithLogitsLoss()
         else:
@@ -242,7 +246,10 @@ def init_weights(net: nn.Module, init_type: str = "normal", init_gain: float = 0
     def init_func(m: nn.Module) -> None:
         name = m.__class__.__name__
         weight = getattr(m, "weight", None)
-        if weight is not None and ("Conv" in name or "Linear" in name):
+        bias = getattr(m, "bias", None)
+        if not isinstance(weight, torch.Tensor):
+            return
+        if "Conv" in name or "Linear" in name:
             if init_type == "normal":
                 nn.init.normal_(weight, 0.0, init_gain)
             elif init_type == "xavier":
@@ -253,11 +260,12 @@ def init_weights(net: nn.Module, init_type: str = "normal", init_gain: float = 0
                 nn.init.orthogonal_(weight, gain=init_gain)
             else:
                 raise ValueError(f"initialisation method {init_type!r} is not implemented")
-            if getattr(m, "bias", None) is not None:
-                nn.init.zeros_(m.bias)
-        elif "BatchNorm2d" in name and weight is not None:
+            if isinstance(bias, torch.Tensor):
+                nn.init.zeros_(bias)
+        elif "BatchNorm2d" in name:
             nn.init.normal_(weight, 1.0, init_gain)
-            nn.init.zeros_(m.bias)
+            if isinstance(bias, torch.Tensor):
+                nn.init.zeros_(bias)
 
     net.apply(init_func)
     return net

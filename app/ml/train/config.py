@@ -136,13 +136,13 @@ PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke",
         description="seconds-long run for tests and demos on synthetic data",
-        model=ModelConfig(fc_dim=128, input_size=(64, 32), tta_flip=True),
+        model=ModelConfig(fc_dim=128, input_size=(64, 32), tta_flip=True, dropout=0.0),
         pretrain=StageConfig(epochs=2, step_size=10, batch_size=32),
         finetune=StageConfig(
-            epochs=12,
-            step_size=10,
-            batch_size=32,
-            lr=0.05,
+            epochs=40,
+            step_size=30,
+            batch_size=16,
+            lr=0.01,
             random_erasing=0.2,
             pseudo_sketch=0.5,
             triplet_weight=1.0,

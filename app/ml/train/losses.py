@@ -9,8 +9,12 @@ import torch.nn.functional as F
 def batch_hard_triplet(
     embeddings: torch.Tensor, labels: torch.Tensor, margin: float
 ) -> torch.Tensor:
-    """Batch-hard triplet loss (Hermans et al., 2017) on Euclidean distances."""
-    x = embeddings.float()
+    """Batch-hard triplet loss (Hermans et al., 2017) on L2-normalised embeddings.
+
+    Normalising first matches retrieval (cosine) and removes the trivial minimum in which every
+    embedding shrinks towards zero, which starves the identity classifier on small data.
+    """
+    x = F.normalize(embeddings.float(), dim=1)
     dist = torch.cdist(x, x).clamp_min(1e-12)
     same = labels.view(-1, 1) == labels.view(1, -1)
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)

@@ -136,6 +136,7 @@ def train_translator(
         if log is not None:
             log(record)
         if checkpoint is not None:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
             tmp = checkpoint.with_suffix(".tmp")
             torch.save(
                 {

@@ -1,0 +1,63 @@
+"""Dependencies as ``Annotated`` aliases: a route's signature says what it needs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+from sqlalchemy.orm import Session
+
+from app.db.models import ApiKey
+from app.db.session import session_scope
+from app.services.apikeys import authenticate
+from app.services.context import ServiceContext
+from app.services.errors import NotReadyError, PermissionDeniedError
+
+API_KEY_HEADER = "X-API-Key"
+_api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
+
+
+def get_ctx(request: Request) -> ServiceContext:
+    ctx = getattr(request.app.state, "ctx", None)
+    if ctx is None:
+        raise NotReadyError("the service is starting")
+    return ctx  # type: ignore[no-any-return]
+
+
+CtxDep = Annotated[ServiceContext, Depends(get_ctx)]
+
+
+def get_session(ctx: CtxDep) -> Iterator[Session]:
+    with session_scope(ctx.sessions) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_api_key(
+    session: SessionDep, key: Annotated[str | None, Security(_api_key_header)]
+) -> ApiKey:
+    return authenticate(session, key)
+
+
+ApiKeyDep = Annotated[ApiKey, Depends(get_api_key)]
+
+
+def require_role(*roles: str) -> Callable[[ApiKey], ApiKey]:
+    def check(key: ApiKeyDep) -> ApiKey:
+        if key.role not in roles:
+            raise PermissionDeniedError(
+                f"the {key.role} role may not do this (needs: {' or '.join(roles)})"
+            )
+        return key
+
+    return check
+
+
+ReaderDep = Annotated[ApiKey, Depends(require_role("admin", "operator", "investigator"))]
+InvestigatorDep = Annotated[ApiKey, Depends(require_role("admin", "investigator"))]
+OperatorDep = Annotated[ApiKey, Depends(require_role("admin", "operator"))]
+AdminDep = Annotated[ApiKey, Depends(require_role("admin"))]

@@ -1,0 +1,77 @@
+"""Exception -> JSON ``{"detail": "..."}`` with the right status; bad input is never a 500."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from app.errors import BundleError, SketchReidError, UserInputError
+from app.services.errors import (
+    AuthenticationError,
+    NotFoundError,
+    NotReadyError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+)
+
+log = logging.getLogger(__name__)
+
+# Most specific first.
+STATUS_BY_ERROR: tuple[tuple[type[SketchReidError], int], ...] = (
+    (AuthenticationError, 401),
+    (PermissionDeniedError, 403),
+    (NotFoundError, 404),
+    (PayloadTooLargeError, 413),
+    (UserInputError, 400),
+    (NotReadyError, 503),
+    (BundleError, 503),
+)
+
+
+def status_for(exc: SketchReidError) -> int:
+    for cls, status in STATUS_BY_ERROR:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def _location(loc: tuple[object, ...] | list[object]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
+    return ".".join(parts) or "request"
+
+
+async def sketchreid_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SketchReidError)
+    status = status_for(exc)
+    if status >= 500:
+        log.error("%s %s failed: %s", request.method, request.url.path, exc)
+    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
+    return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "field": _location(e.get("loc", ())),
+            "message": str(e.get("msg", "")),
+            "type": e.get("type"),
+        }
+        for e in exc.errors()
+    ]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
+    return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(SketchReidError, sketchreid_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected_error)

@@ -1,0 +1,104 @@
+"""The FastAPI app factory.
+
+The lifespan opens the service context once (database check, model bundle, index) in a worker
+thread; routes are plain ``def`` functions, so FastAPI runs them, and with them every blocking
+decode/translate/embed/search, in its thread pool while the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import APIRouter, FastAPI
+
+from app.api import errors
+from app.api.metrics import Metrics
+from app.api.middleware import BodySizeLimit, RequestMetrics
+from app.api.routes import apikeys, gallery, health, model, search
+from app.api.schemas import API_PREFIX
+from app.core.config import Settings, get_settings
+from app.ml.bundle import Bundle
+from app.services.context import close_context, open_context, sync_index
+
+log = logging.getLogger(__name__)
+
+# Multipart framing and form fields on top of the file bytes.
+_FORM_OVERHEAD = 1024 * 1024
+
+
+def api_router() -> APIRouter:
+    router = APIRouter(prefix=API_PREFIX)
+    router.include_router(gallery.router)
+    router.include_router(search.router)
+    router.include_router(model.router)
+    router.include_router(apikeys.router)
+    return router
+
+
+async def _index_sync_loop(app: FastAPI, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await anyio.to_thread.run_sync(sync_index, app.state.ctx)
+        except Exception:  # keep serving; readyz reports the inconsistency
+            log.exception("index synchronisation failed")
+
+
+def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None) -> FastAPI:
+    """A new app. ``bundle`` lets tests share one loaded model; by default it is loaded from
+    ``settings.MODEL_DIR`` in the lifespan.
+    """
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = await anyio.to_thread.run_sync(open_context, settings, bundle)
+        app.state.ctx = ctx
+        log.info(
+            "serving model %s (%s), index %s with %d items",
+            ctx.bundle.name,
+            ctx.embedding_key,
+            ctx.index_status,
+            len(ctx.index),
+        )
+        task = None
+        if settings.INDEX_SYNC_SECONDS > 0:
+            task = asyncio.create_task(_index_sync_loop(app, settings.INDEX_SYNC_SECONDS))
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            app.state.ctx = None
+            await anyio.to_thread.run_sync(close_context, ctx)
+
+    app = FastAPI(
+        title="sketch-reid",
+        summary="Find the person in a full-body sketch among CCTV person crops.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.ctx = None
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(api_router())
+
+    single = settings.max_upload_bytes + _FORM_OVERHEAD
+    batch = settings.max_upload_bytes * settings.MAX_BATCH_FILES + _FORM_OVERHEAD
+
+    def body_limit(path: str) -> int:
+        return batch if path.rstrip("/") == f"{API_PREFIX}/gallery/batch" else single
+
+    app.add_middleware(BodySizeLimit, limit_for=body_limit)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app

@@ -1,0 +1,27 @@
+"""/api/v1/apikeys: key management (admin only)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from app.api.deps import AdminDep, SessionDep
+from app.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
+from app.services import apikeys
+
+router = APIRouter(prefix="/apikeys", tags=["apikeys"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
+def create(body: ApiKeyCreate, session: SessionDep, _key: AdminDep) -> ApiKeyCreated:
+    row, key = apikeys.create_key(session, body.name, body.role)
+    return ApiKeyCreated(**ApiKeyOut.of(row).model_dump(), key=key)
+
+
+@router.get("", response_model=list[ApiKeyOut])
+def list_keys(session: SessionDep, _key: AdminDep) -> list[ApiKeyOut]:
+    return [ApiKeyOut.of(row) for row in apikeys.list_keys(session)]
+
+
+@router.post("/{key_id}/revoke", response_model=ApiKeyOut)
+def revoke(key_id: int, session: SessionDep, _key: AdminDep) -> ApiKeyOut:
+    return ApiKeyOut.of(apikeys.revoke_key(session, key_id))

@@ -1,0 +1,156 @@
+"""/api/v1/gallery: ingest (single and batch), list, read, image, delete."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
+from fastapi.responses import JSONResponse
+
+from app.api.deps import CtxDep, OperatorDep, ReaderDep, SessionDep
+from app.api.schemas import BatchItemResult, BatchResult, GalleryItemOut, GalleryPage
+from app.api.uploads import read_upload
+from app.errors import UserInputError
+from app.services import gallery
+from app.services.errors import PayloadTooLargeError
+from app.services.timeparse import parse_timestamp
+
+router = APIRouter(prefix="/gallery", tags=["gallery"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=GalleryItemOut,
+    responses={200: {"description": "The same image was already stored", "model": GalleryItemOut}},
+)
+def ingest(
+    request: Request,
+    ctx: CtxDep,
+    session: SessionDep,
+    key: OperatorDep,
+    image: Annotated[UploadFile, File(description="A person crop (JPEG, PNG, WEBP, ...)")],
+    camera_id: Annotated[str | None, Form()] = None,
+    captured_at: Annotated[
+        str | None, Form(description="ISO 8601 with a zone, e.g. 2024-05-01T13:45:00Z")
+    ] = None,
+    location: Annotated[str | None, Form()] = None,
+    external_id: Annotated[str | None, Form()] = None,
+) -> JSONResponse:
+    start = time.perf_counter()
+    meta = gallery.make_metadata(camera_id, captured_at, location, external_id)
+    data = read_upload(image, ctx.settings.max_upload_bytes)
+    item, created = gallery.ingest_image(
+        ctx, session, data, meta, created_by=key.id, filename=image.filename
+    )
+    request.app.state.metrics.observe_stages({"ingest": (time.perf_counter() - start) * 1000})
+    body = GalleryItemOut.of(item).model_dump(mode="json")
+    return JSONResponse(body, status_code=201 if created else 200)
+
+
+@router.post("/batch", response_model=BatchResult)
+def ingest_batch(
+    request: Request,
+    ctx: CtxDep,
+    session: SessionDep,
+    key: OperatorDep,
+    images: Annotated[list[UploadFile], File(description="Person crops")],
+    metadata: Annotated[
+        str | None,
+        Form(
+            description="JSON list aligned with the files: one object (or null) per file with "
+            "camera_id, captured_at, location, external_id"
+        ),
+    ] = None,
+    camera_from_filename: Annotated[
+        bool, Form(description="Take camera_id from Market-1501 style names (0001_c3s1_...)")
+    ] = False,
+) -> BatchResult:
+    start = time.perf_counter()
+    per_file: list[object] = [None] * len(images)
+    if metadata is not None and metadata.strip():
+        try:
+            parsed = json.loads(metadata)
+        except ValueError as exc:
+            raise UserInputError(f"metadata is not valid JSON: {exc}") from None
+        if not isinstance(parsed, list) or len(parsed) != len(images):
+            raise UserInputError(
+                f"metadata must be a JSON list with one entry per file ({len(images)} files)"
+            )
+        per_file = parsed
+    entries = []
+    for upload, meta in zip(images, per_file, strict=True):
+        try:
+            data: bytes | None = read_upload(upload, ctx.settings.max_upload_bytes)
+            error = None
+        except PayloadTooLargeError as exc:
+            data, error = None, exc
+        entries.append(gallery.BatchEntry(upload.filename, data, meta, error))
+    outcomes = gallery.ingest_batch(
+        ctx, session, entries, camera_from_name=camera_from_filename, created_by=key.id
+    )
+    request.app.state.metrics.observe_stages({"ingest": (time.perf_counter() - start) * 1000})
+    return BatchResult(
+        created=sum(o.status == "created" for o in outcomes),
+        existing=sum(o.status == "exists" for o in outcomes),
+        failed=sum(o.status == "error" for o in outcomes),
+        results=[BatchItemResult.of(i, o) for i, o in enumerate(outcomes)],
+    )
+
+
+@router.get("", response_model=GalleryPage)
+def list_items(
+    session: SessionDep,
+    _key: ReaderDep,
+    limit: Annotated[int, Query(ge=1, le=gallery.MAX_LIST_LIMIT)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    camera_id: Annotated[list[str] | None, Query()] = None,
+    captured_after: Annotated[str | None, Query(description="inclusive, ISO 8601")] = None,
+    captured_before: Annotated[str | None, Query(description="exclusive, ISO 8601")] = None,
+) -> GalleryPage:
+    after: datetime | None = parse_timestamp(captured_after, "captured_after")
+    before: datetime | None = parse_timestamp(captured_before, "captured_before")
+    items, total = gallery.list_items(
+        session,
+        limit=limit,
+        offset=offset,
+        camera_ids=camera_id or [],
+        captured_after=after,
+        captured_before=before,
+    )
+    next_offset = offset + len(items) if offset + len(items) < total else None
+    return GalleryPage(
+        items=[GalleryItemOut.of(i) for i in items],
+        total=total,
+        limit=limit,
+        offset=offset,
+        next_offset=next_offset,
+    )
+
+
+@router.get("/{item_id}", response_model=GalleryItemOut)
+def get_item(item_id: int, session: SessionDep, _key: ReaderDep) -> GalleryItemOut:
+    return GalleryItemOut.of(gallery.get_item(session, item_id))
+
+
+@router.get(
+    "/{item_id}/image",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}, "description": "The stored bytes"}},
+)
+def get_image(item_id: int, ctx: CtxDep, session: SessionDep, _key: ReaderDep) -> Response:
+    item = gallery.get_item(session, item_id)
+    return Response(
+        gallery.read_image(ctx, item),
+        media_type=item.content_type,
+        headers={"Cache-Control": "private, max-age=86400", "ETag": f'"{item.sha256}"'},
+    )
+
+
+@router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_item(item_id: int, ctx: CtxDep, session: SessionDep, _key: OperatorDep) -> Response:
+    gallery.delete_item(ctx, session, item_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

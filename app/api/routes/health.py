@@ -1,0 +1,49 @@
+"""/healthz (liveness), /readyz (readiness) and /metrics: no API key needed.
+
+None of them reveals case data; keep them on the internal network all the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+
+from app.db.session import session_scope
+from app.services.context import index_consistent
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    ctx = getattr(request.app.state, "ctx", None)
+    checks: dict[str, Any] = {"model": ctx is not None, "database": False, "index": False}
+    if ctx is not None:
+        try:
+            with session_scope(ctx.sessions) as session:
+                session.execute(text("SELECT 1"))
+            checks["database"] = True
+            checks["index"] = index_consistent(ctx)
+        except Exception as exc:  # unreachable database: report, do not raise
+            checks["error"] = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
+    ready = all(checks[k] for k in ("model", "database", "index"))
+    body = {"status": "ready" if ready else "unavailable", "checks": checks}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> Response:
+    ctx = getattr(request.app.state, "ctx", None)
+    registry = request.app.state.metrics
+    if ctx is not None:
+        registry.gallery_size.set(len(ctx.index))
+    return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,24 @@
+"""/api/v1/model: the active model bundle's manifest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from app.api.deps import CtxDep, ReaderDep
+
+router = APIRouter(tags=["model"])
+
+
+@router.get("/model")
+def get_model(ctx: CtxDep, _key: ReaderDep) -> dict[str, Any]:
+    return {
+        "name": ctx.bundle.name,
+        "version": ctx.bundle.version,
+        "embedding_key": ctx.embedding_key,
+        "dim": ctx.dim,
+        "translator": ctx.bundle.translator is not None,
+        "index": {"type": ctx.index.index_type, "kind": ctx.index.kind, "items": len(ctx.index)},
+        "manifest": ctx.bundle.manifest.model_dump(mode="json"),
+    }

@@ -1,0 +1,85 @@
+"""/api/v1/search (run a search) and /api/v1/searches/{id} (the audit record)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+
+from app.api.deps import CtxDep, InvestigatorDep, SessionDep
+from app.api.schemas import SearchOut, SearchRecordOut
+from app.api.uploads import read_upload
+from app.services import search as search_service
+from app.services.blobs import content_type_for
+from app.services.timeparse import parse_timestamp
+
+router = APIRouter(tags=["search"])
+
+
+@router.post("/search", response_model=SearchOut)
+def search(
+    request: Request,
+    ctx: CtxDep,
+    session: SessionDep,
+    key: InvestigatorDep,
+    sketch: Annotated[UploadFile, File(description="A full-body sketch of the suspect")],
+    top_k: Annotated[int, Form(ge=1, le=search_service.MAX_TOP_K)] = 10,
+    translate: Annotated[bool, Form(description="sketch -> photo before embedding")] = True,
+    rerank: Annotated[bool, Form(description="k-reciprocal re-ranking")] = False,
+    k1: Annotated[int, Form(ge=1, le=100)] = 20,
+    k2: Annotated[int, Form(ge=1, le=100)] = 6,
+    lambda_value: Annotated[float, Form(ge=0.0, le=1.0)] = 0.3,
+    camera_id: Annotated[list[str] | None, Form(description="repeatable")] = None,
+    captured_after: Annotated[str | None, Form(description="inclusive, ISO 8601")] = None,
+    captured_before: Annotated[str | None, Form(description="exclusive, ISO 8601")] = None,
+) -> SearchOut:
+    params = search_service.SearchParams(
+        top_k=top_k,
+        translate=translate,
+        rerank=rerank,
+        k1=k1,
+        k2=k2,
+        lambda_value=lambda_value,
+        camera_ids=tuple(c for c in (camera_id or []) if c.strip()),
+        captured_after=parse_timestamp(captured_after, "captured_after"),
+        captured_before=parse_timestamp(captured_before, "captured_before"),
+    )
+    params.validate()
+    data = read_upload(sketch, ctx.settings.max_upload_bytes)
+    outcome = search_service.run_search(
+        ctx, session, data, params, api_key_id=key.id, filename=sketch.filename
+    )
+    request.app.state.metrics.observe_stages(outcome.timings_ms)
+    return SearchOut.of(outcome)
+
+
+@router.get("/searches/{search_id}", response_model=SearchRecordOut)
+def get_search(search_id: uuid.UUID, session: SessionDep, key: InvestigatorDep) -> SearchRecordOut:
+    return SearchRecordOut.of(search_service.get_search(session, search_id, key))
+
+
+@router.get(
+    "/searches/{search_id}/translated",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def get_translated(
+    search_id: uuid.UUID, ctx: CtxDep, session: SessionDep, key: InvestigatorDep
+) -> Response:
+    record = search_service.get_search(session, search_id, key)
+    data = search_service.read_search_file(ctx, record, "translated")
+    return Response(data, media_type="image/png")
+
+
+@router.get(
+    "/searches/{search_id}/sketch",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}}},
+)
+def get_sketch(
+    search_id: uuid.UUID, ctx: CtxDep, session: SessionDep, key: InvestigatorDep
+) -> Response:
+    record = search_service.get_search(session, search_id, key)
+    data = search_service.read_search_file(ctx, record, "sketch")
+    return Response(data, media_type=content_type_for(record.sketch_path))

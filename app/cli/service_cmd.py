@@ -1,0 +1,256 @@
+"""Service commands: `serve`, `db upgrade|current`, `apikey create|list|revoke`, `ingest DIR`.
+
+Settings come from ``SKETCHREID_*`` environment variables (see docs/service.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.config import Settings, get_settings
+from app.db import migrate
+from app.db.models import ROLES
+from app.db.session import make_engine, make_session_factory, session_scope
+from app.errors import UserInputError
+from app.services import apikeys
+from app.services.blobs import sha256_hex
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = subparsers.add_parser("serve", help="run the HTTP retrieval service")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    serve.set_defaults(func=cmd_serve)
+
+    db = subparsers.add_parser("db", help="database migrations")
+    db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    up = db_sub.add_parser("upgrade", help="apply all migrations (safe to repeat)")
+    up.set_defaults(func=cmd_db_upgrade)
+    cur = db_sub.add_parser("current", help="print the database and code revisions")
+    cur.set_defaults(func=cmd_db_current)
+
+    key = subparsers.add_parser("apikey", help="create, list and revoke API keys")
+    key_sub = key.add_subparsers(dest="apikey_command", metavar="ACTION", required=True)
+    create = key_sub.add_parser("create", help="create a key and print it (last line)")
+    create.add_argument("--role", required=True, choices=ROLES)
+    create.add_argument("--name", required=True, help="who or what the key is for")
+    create.set_defaults(func=cmd_apikey_create)
+    listing = key_sub.add_parser("list", help="list keys (never the keys themselves)")
+    listing.set_defaults(func=cmd_apikey_list)
+    revoke = key_sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id", type=int, metavar="ID")
+    revoke.set_defaults(func=cmd_apikey_revoke)
+
+    ingest = subparsers.add_parser(
+        "ingest", help="bulk-ingest a folder of person crops (resumable)"
+    )
+    ingest.add_argument("folder", type=Path, metavar="DIR")
+    ingest.add_argument("--recursive", action="store_true", help="include sub-folders")
+    ingest.add_argument(
+        "--camera-from-filename",
+        action="store_true",
+        help="camera id from Market-1501 style names (0001_c3s1_000151_01.jpg -> c3)",
+    )
+    ingest.add_argument("--camera-id", default=None, help="camera id for every file")
+    ingest.add_argument("--location", default=None, help="location for every file")
+    ingest.add_argument("--batch-size", type=int, default=64, help="files per batch (64)")
+    ingest.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ingest.set_defaults(func=cmd_ingest)
+
+
+def _check_database(settings: Settings) -> None:
+    engine = make_engine(settings.DATABASE_URL)
+    try:
+        migrate.ensure_up_to_date(engine)
+    finally:
+        engine.dispose()
+
+
+def initial_admin_key(settings: Settings) -> str | None:
+    """Create an admin key when the key table is empty; returns it (only that once)."""
+    engine = make_engine(settings.DATABASE_URL)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            return apikeys.ensure_initial_admin(session)
+    finally:
+        engine.dispose()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.api.main import create_app
+    from app.ml.bundle import load_bundle
+
+    settings = get_settings()
+    _check_database(settings)  # refuses a database behind head, saying what to run
+    # Load (and verify) the model here so a bad bundle is a one-line error, not a traceback.
+    bundle = load_bundle(settings.MODEL_DIR, device=settings.MODEL_DEVICE)
+    key = initial_admin_key(settings)
+    if key is not None:
+        print(
+            "No API keys existed, so an admin key was created. It is shown this once; "
+            "store it now:\n" + key,
+            flush=True,
+        )
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO))
+    # One worker: the vector index lives in this process.
+    app = create_app(settings, bundle=bundle)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    migrate.upgrade(settings.DATABASE_URL)
+    engine = make_engine(settings.DATABASE_URL)
+    try:
+        print(f"database at revision {migrate.current_revision(engine)} (head)")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    engine = make_engine(settings.DATABASE_URL)
+    try:
+        current = migrate.current_revision(engine)
+    finally:
+        engine.dispose()
+    head = migrate.head_revision()
+    print(f"database: {current or 'empty'}\ncode:     {head}")
+    return 0 if current == head else 1
+
+
+def _with_session(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
+    _check_database(settings)
+    engine = make_engine(settings.DATABASE_URL)
+    return engine, make_session_factory(engine)
+
+
+def cmd_apikey_create(args: argparse.Namespace) -> int:
+    engine, factory = _with_session(get_settings())
+    try:
+        with session_scope(factory) as session:
+            row, key = apikeys.create_key(session, args.name, args.role)
+            print(f"created key {row.id} ({row.role}) for {row.name!r}; it is shown only once:")
+            print(key)
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_apikey_list(args: argparse.Namespace) -> int:
+    engine, factory = _with_session(get_settings())
+    try:
+        with session_scope(factory) as session:
+            rows = apikeys.list_keys(session)
+            print(
+                f"{'ID':>4}  {'ROLE':<12}  {'PREFIX':<10}  {'CREATED':<20}  {'LAST USED':<20}  "
+                "STATUS  NAME"
+            )
+            for row in rows:
+                status = "revoked" if row.revoked_at else "active"
+                last = row.last_used_at.strftime("%Y-%m-%d %H:%M:%S") if row.last_used_at else "-"
+                print(
+                    f"{row.id:>4}  {row.role:<12}  {row.key_prefix:<10}  "
+                    f"{row.created_at:%Y-%m-%d %H:%M:%S}  {last:<20}  {status:<7} {row.name}"
+                )
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_apikey_revoke(args: argparse.Namespace) -> int:
+    engine, factory = _with_session(get_settings())
+    try:
+        with session_scope(factory) as session:
+            row = apikeys.revoke_key(session, args.key_id)
+            print(
+                f"key {row.id} ({row.role}, {row.name!r}) revoked at "
+                f"{row.revoked_at:%Y-%m-%d %H:%M:%S} UTC"
+            )
+    finally:
+        engine.dispose()
+    return 0
+
+
+def list_image_files(folder: Path, recursive: bool) -> tuple[list[Path], int]:
+    """Image files (by extension) under ``folder``, sorted; and how many other files there were."""
+    if not folder.is_dir():
+        raise UserInputError(f"folder not found: {folder}")
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    images, others = [], 0
+    for path in candidates:
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(path)
+        else:
+            others += 1
+    return sorted(images), others
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from app.services import gallery
+    from app.services.context import close_context, open_context
+
+    settings = get_settings()
+    if args.batch_size < 1:
+        raise UserInputError("--batch-size must be at least 1")
+    files, others = list_image_files(args.folder, args.recursive)
+    meta_base = gallery.make_metadata(camera_id=args.camera_id, location=args.location)
+    ctx = open_context(settings)
+    created = existing = 0
+    failures: list[str] = []
+    try:
+        bar = tqdm(total=len(files), unit="file", disable=args.no_progress, file=sys.stderr)
+        with session_scope(ctx.sessions) as session:
+            for start in range(0, len(files), args.batch_size):
+                chunk = files[start : start + args.batch_size]
+                todo: list[tuple[str | None, bytes, gallery.ItemMetadata]] = []
+                for path in chunk:
+                    try:
+                        data = path.read_bytes()
+                    except OSError as exc:
+                        failures.append(f"{path}: cannot read: {exc.strerror}")
+                        continue
+                    if gallery.find_by_sha(session, sha256_hex(data)) is not None:
+                        existing += 1  # resumable: already stored by an earlier run
+                        continue
+                    camera = meta_base.camera_id
+                    if args.camera_from_filename and camera is None:
+                        camera = gallery.camera_from_filename(path.name)
+                    meta = gallery.ItemMetadata(camera_id=camera, location=meta_base.location)
+                    todo.append((str(path), data, meta))
+                for outcome in gallery.ingest_many(ctx, session, todo):
+                    if outcome.status == "created":
+                        created += 1
+                    elif outcome.status == "exists":
+                        existing += 1
+                    else:
+                        failures.append(outcome.error or f"{outcome.filename}: failed")
+                bar.update(len(chunk))
+        bar.close()
+    finally:
+        close_context(ctx)
+    for line in failures:
+        print(f"skipped {line}", file=sys.stderr)
+    extra = f", {others} non-image file(s) ignored" if others else ""
+    print(
+        f"ingested {created} new, {existing} already stored, {len(failures)} failed "
+        f"(of {len(files)} image files in {args.folder}{extra})"
+    )
+    return 1 if failures else 0

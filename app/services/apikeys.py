@@ -1,0 +1,79 @@
+"""API keys: ``skr_`` + 32 random bytes (URL-safe); only the sha256 of the key is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.db.models import ROLES, ApiKey
+from app.db.types import utcnow
+from app.errors import UserInputError
+from app.services.errors import AuthenticationError, NotFoundError
+
+KEY_PREFIX = "skr_"
+# last_used_at is refreshed at most this often, so reads do not each write to the database.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def create_key(session: Session, name: str, role: str) -> tuple[ApiKey, str]:
+    """Create a key; returns the row and the key itself (shown once, never stored)."""
+    name = (name or "").strip()
+    if not name or len(name) > 200:
+        raise UserInputError("a key needs a name of 1 to 200 characters")
+    if role not in ROLES:
+        raise UserInputError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(name=name, role=role, key_hash=hash_key(key), key_prefix=key[:10])
+    session.add(row)
+    session.commit()
+    return row, key
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
+
+
+def revoke_key(session: Session, key_id: int) -> ApiKey:
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        raise NotFoundError(f"API key {key_id} does not exist")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.commit()
+    return row
+
+
+def count_keys(session: Session) -> int:
+    return int(session.scalar(select(func.count(ApiKey.id))) or 0)
+
+
+def authenticate(session: Session, key: str | None) -> ApiKey:
+    """The active key row for ``key``; ``AuthenticationError`` when missing/unknown/revoked."""
+    if not key:
+        raise AuthenticationError("missing API key: send it in the X-API-Key header")
+    row = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(key.strip()))).first()
+    if row is None:
+        raise AuthenticationError("unknown API key")
+    if row.revoked_at is not None:
+        raise AuthenticationError("this API key has been revoked")
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
+        row.last_used_at = now
+        session.commit()
+    return row
+
+
+def ensure_initial_admin(session: Session) -> str | None:
+    """On an empty key table, create an admin key and return it (once); else None."""
+    if count_keys(session):
+        return None
+    _, key = create_key(session, "initial-admin", "admin")
+    return key

@@ -1,0 +1,472 @@
+"""Gallery: ingest person crops, list, read, delete. Called by the API, the CLI and tests.
+
+An item is acknowledged only once it is in the database *and* the index: the blob is written,
+the rows are inserted in a transaction, the vector is added to the index, then the transaction
+commits. Any failure rolls back, takes the vector out of the index and removes the blob if no
+committed item uses it, so a rejected upload leaves no row, file or index entry behind.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db.models import Embedding, GalleryItem
+from app.errors import ImageError, SketchReidError, UserInputError
+from app.services.blobs import CONTENT_TYPES, sha256_hex, sniff_extension
+from app.services.context import ServiceContext, vector_to_bytes
+from app.services.errors import NotFoundError, PayloadTooLargeError
+from app.services.timeparse import parse_timestamp
+
+log = logging.getLogger(__name__)
+
+MAX_LIST_LIMIT = 500
+_TEXT_LIMITS = {"camera_id": 100, "location": 500, "external_id": 200}
+# Market-1501 style names: 0001_c1s1_001051_00.jpg -> camera "c1".
+_MARKET_CAMERA = re.compile(r"^-?\d+_c(\d+)(?:s\d+)?_", re.IGNORECASE)
+
+# Same-content uploads are serialised (striped by hash) so that concurrent duplicates resolve
+# to one item and a failing upload never removes a blob that another upload is committing.
+_SHA_LOCKS = [threading.Lock() for _ in range(64)]
+
+
+def _sha_lock(sha256: str) -> threading.Lock:
+    return _SHA_LOCKS[int(sha256[:4], 16) % len(_SHA_LOCKS)]
+
+
+@dataclass(frozen=True)
+class ItemMetadata:
+    camera_id: str | None = None
+    captured_at: datetime | None = None
+    location: str | None = None
+    external_id: str | None = None
+
+
+def make_metadata(
+    camera_id: str | None = None,
+    captured_at: str | datetime | None = None,
+    location: str | None = None,
+    external_id: str | None = None,
+) -> ItemMetadata:
+    """Validate user-supplied metadata: trims text, empty means absent, timestamps need a zone."""
+    values: dict[str, str | None] = {}
+    for name, value in (
+        ("camera_id", camera_id),
+        ("location", location),
+        ("external_id", external_id),
+    ):
+        if value is not None and not isinstance(value, str):
+            raise UserInputError(f"{name} must be a string, got {type(value).__name__}")
+        text = value.strip() if value else None
+        if text and len(text) > _TEXT_LIMITS[name]:
+            raise UserInputError(f"{name} is longer than {_TEXT_LIMITS[name]} characters")
+        if text and any(ord(c) < 32 for c in text):
+            raise UserInputError(f"{name} contains control characters")
+        values[name] = text or None
+    when = parse_timestamp(captured_at, "captured_at")
+    return ItemMetadata(
+        camera_id=values["camera_id"],
+        captured_at=when,
+        location=values["location"],
+        external_id=values["external_id"],
+    )
+
+
+def camera_from_filename(name: str) -> str | None:
+    """Camera id from a Market-1501 style file name (``0001_c3s1_...`` -> ``"c3"``)."""
+    match = _MARKET_CAMERA.match(name.rsplit("/", 1)[-1])
+    return f"c{int(match.group(1))}" if match else None
+
+
+@dataclass
+class IngestOutcome:
+    """The result for one uploaded file."""
+
+    filename: str | None
+    status: Literal["created", "exists", "error"]
+    item: GalleryItem | None = None
+    error: str | None = None
+    http_status: int = 201
+    sha256: str | None = None
+
+
+@dataclass
+class _Prepared:
+    filename: str | None
+    data: bytes
+    sha256: str
+    meta: ItemMetadata
+    image: Image.Image
+    size: tuple[int, int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _stored_size(data: bytes, decoded: Image.Image) -> tuple[int, int]:
+    """Width and height of the upload as displayed (EXIF orientation applied)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+                orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # load_image already accepted the data; fall back to what it decoded
+        return decoded.size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def check_upload(ctx: ServiceContext, data: bytes, filename: str | None = None) -> None:
+    where = f" ({filename})" if filename else ""
+    limit = ctx.settings.max_upload_bytes
+    if len(data) > limit:
+        raise PayloadTooLargeError(
+            f"file{where} is {len(data) / 1048576:.1f} MB, over the limit of "
+            f"{ctx.settings.MAX_UPLOAD_MB:g} MB"
+        )
+    if not data:
+        raise ImageError(f"empty file{where} (0 bytes)")
+
+
+def _prepare(
+    ctx: ServiceContext, data: bytes, meta: ItemMetadata, filename: str | None
+) -> _Prepared:
+    check_upload(ctx, data, filename)
+    t0 = time.perf_counter()
+    try:
+        image = ctx.decode(data)
+    except ImageError as exc:
+        raise ImageError(f"{filename}: {exc}" if filename else str(exc)) from None
+    decode_ms = (time.perf_counter() - t0) * 1000
+    return _Prepared(
+        filename=filename,
+        data=data,
+        sha256=sha256_hex(data),
+        meta=meta,
+        image=image,
+        size=_stored_size(data, image),
+        timings={"decode": decode_ms},
+    )
+
+
+def find_by_sha(session: Session, sha256: str) -> GalleryItem | None:
+    return session.scalars(select(GalleryItem).where(GalleryItem.sha256 == sha256)).first()
+
+
+def _heal_blob(ctx: ServiceContext, item: GalleryItem, data: bytes) -> None:
+    """Re-write a missing blob when the same bytes are uploaded again."""
+    if not ctx.blobs.exists(item.blob_path):
+        ctx.blobs.put(item.sha256, item.blob_path.rsplit(".", 1)[-1], data)
+
+
+def _store(
+    ctx: ServiceContext,
+    session: Session,
+    prep: _Prepared,
+    vector: np.ndarray,
+    created_by: int | None,
+) -> tuple[GalleryItem, bool]:
+    with _sha_lock(prep.sha256):
+        existing = find_by_sha(session, prep.sha256)
+        if existing is not None:
+            _heal_blob(ctx, existing, prep.data)
+            return existing, False
+        ext = sniff_extension(prep.data)
+        relative, new_blob = ctx.blobs.put(prep.sha256, ext, prep.data)
+        item_id: int | None = None
+        in_index = False
+        try:
+            item = GalleryItem(
+                sha256=prep.sha256,
+                blob_path=relative,
+                content_type=CONTENT_TYPES.get(ext, "application/octet-stream"),
+                width=prep.size[0],
+                height=prep.size[1],
+                camera_id=prep.meta.camera_id,
+                captured_at=prep.meta.captured_at,
+                location=prep.meta.location,
+                external_id=prep.meta.external_id,
+                created_by=created_by,
+            )
+            session.add(item)
+            session.flush()
+            item_id = int(item.id)
+            session.add(
+                Embedding(
+                    item_id=item_id,
+                    model_version=ctx.embedding_key,
+                    dim=ctx.dim,
+                    vector=vector_to_bytes(vector),
+                )
+            )
+            session.flush()
+            ctx.index.add([item_id], vector.reshape(1, -1))
+            in_index = True
+            session.commit()
+        except BaseException as exc:
+            session.rollback()
+            if in_index and item_id is not None:
+                ctx.index.remove([item_id])
+            if find_by_sha(session, prep.sha256) is None and new_blob:
+                ctx.blobs.remove(relative)
+            if isinstance(exc, IntegrityError):  # another process stored the same bytes
+                again = find_by_sha(session, prep.sha256)
+                if again is not None:
+                    return again, False
+            raise
+        return item, True
+
+
+def ingest_image(
+    ctx: ServiceContext,
+    session: Session,
+    data: bytes,
+    meta: ItemMetadata | None = None,
+    *,
+    created_by: int | None = None,
+    filename: str | None = None,
+) -> tuple[GalleryItem, bool]:
+    """Store one crop; returns (item, created). The same bytes again return the stored item.
+
+    Raises ``ImageError`` / ``PayloadTooLargeError`` / ``UserInputError`` for bad input; nothing
+    is left behind in that case.
+    """
+    meta = meta or ItemMetadata()
+    check_upload(ctx, data, filename)
+    existing = find_by_sha(session, sha256_hex(data))
+    if existing is not None:
+        _heal_blob(ctx, existing, data)
+        return existing, False
+    prep = _prepare(ctx, data, meta, filename)
+    vector = ctx.bundle.embedder.embed([prep.image], modality="photo")[0]
+    return _store(ctx, session, prep, vector, created_by)
+
+
+def ingest_many(
+    ctx: ServiceContext,
+    session: Session,
+    files: Sequence[tuple[str | None, bytes, ItemMetadata]],
+    *,
+    created_by: int | None = None,
+) -> list[IngestOutcome]:
+    """Store several crops, one transaction each; a bad file fails alone.
+
+    Decoding is per file, embedding is one batched call for all decodable new files.
+    """
+    outcomes: list[IngestOutcome] = []
+    prepared: list[tuple[int, _Prepared]] = []
+    first_of: dict[str, int] = {}  # sha256 -> position of its first occurrence in this batch
+    for position, (name, data, meta) in enumerate(files):
+        try:
+            check_upload(ctx, data, name)
+            sha = sha256_hex(data)
+            existing = find_by_sha(session, sha)
+            if existing is not None:
+                _heal_blob(ctx, existing, data)
+                outcomes.append(
+                    IngestOutcome(name, "exists", existing, http_status=200, sha256=sha)
+                )
+                continue
+            if sha in first_of:
+                outcomes.append(IngestOutcome(name, "exists", None, http_status=200, sha256=sha))
+                continue
+            first_of[sha] = position
+            prep = _prepare(ctx, data, meta, name)
+            prepared.append((position, prep))
+            outcomes.append(IngestOutcome(name, "created", None, sha256=sha))
+        except UserInputError as exc:
+            status = 413 if isinstance(exc, PayloadTooLargeError) else 400
+            outcomes.append(IngestOutcome(name, "error", error=str(exc), http_status=status))
+    if prepared:
+        vectors = ctx.bundle.embedder.embed(
+            [p.image for _, p in prepared],
+            modality="photo",
+            batch_size=ctx.settings.EMBED_BATCH_SIZE,
+        )
+        for (position, prep), vector in zip(prepared, vectors, strict=True):
+            outcome = outcomes[position]
+            try:
+                item, created = _store(ctx, session, prep, vector, created_by)
+            except SketchReidError as exc:
+                outcome.status, outcome.error, outcome.http_status = "error", str(exc), 400
+                continue
+            except Exception:  # a server fault (database, disk): this file only, logged
+                log.exception("storing %s failed", prep.filename or prep.sha256)
+                outcome.status, outcome.http_status = "error", 500
+                outcome.error = "internal error while storing the file; it was not stored"
+                continue
+            outcome.item = item
+            if not created:
+                outcome.status, outcome.http_status = "exists", 200
+    # Later copies of a file stored earlier in the same batch point at that item.
+    by_sha = {o.sha256: o.item for o in outcomes if o.item is not None and o.sha256}
+    for outcome in outcomes:
+        if outcome.status == "exists" and outcome.item is None:
+            outcome.item = by_sha.get(outcome.sha256 or "")
+            if outcome.item is None:  # the first copy failed: this copy fails the same way
+                first = outcomes[first_of[outcome.sha256 or ""]]
+                outcome.status, outcome.error = "error", first.error
+                outcome.http_status = first.http_status
+    return outcomes
+
+
+@dataclass
+class BatchEntry:
+    """One file of a batch upload as received: its bytes, or why they were not read."""
+
+    filename: str | None
+    data: bytes | None
+    metadata: object = None  # a JSON object of ItemMetadata fields, or None
+    error: UserInputError | None = None
+
+
+_META_FIELDS = ("camera_id", "captured_at", "location", "external_id")
+
+
+def _entry_metadata(entry: BatchEntry, camera_from_name: bool) -> ItemMetadata:
+    raw = entry.metadata
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserInputError(f"metadata must be a JSON object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(_META_FIELDS))
+    if unknown:
+        raise UserInputError(
+            f"unknown metadata field(s) {', '.join(unknown)} (allowed: {', '.join(_META_FIELDS)})"
+        )
+    values = {k: raw.get(k) for k in _META_FIELDS}
+    for key in ("camera_id", "location", "external_id", "captured_at"):
+        if values[key] is not None and not isinstance(values[key], str):
+            raise UserInputError(f"metadata {key} must be a string")
+    if camera_from_name and not values["camera_id"] and entry.filename:
+        values["camera_id"] = camera_from_filename(entry.filename)
+    return make_metadata(**values)  # type: ignore[arg-type]
+
+
+def ingest_batch(
+    ctx: ServiceContext,
+    session: Session,
+    entries: Sequence[BatchEntry],
+    *,
+    camera_from_name: bool = False,
+    created_by: int | None = None,
+) -> list[IngestOutcome]:
+    """A batch upload: per-file metadata checks, then :func:`ingest_many`; order is kept."""
+    if len(entries) > ctx.settings.MAX_BATCH_FILES:
+        raise UserInputError(
+            f"{len(entries)} files in one batch, the limit is {ctx.settings.MAX_BATCH_FILES}"
+        )
+    outcomes: list[IngestOutcome | None] = [None] * len(entries)
+    todo: list[tuple[int, tuple[str | None, bytes, ItemMetadata]]] = []
+    for position, entry in enumerate(entries):
+        try:
+            if entry.error is not None:
+                raise entry.error
+            meta = _entry_metadata(entry, camera_from_name)
+            assert entry.data is not None
+            todo.append((position, (entry.filename, entry.data, meta)))
+        except UserInputError as exc:
+            status = 413 if isinstance(exc, PayloadTooLargeError) else 400
+            message = f"{entry.filename}: {exc}" if entry.filename else str(exc)
+            outcomes[position] = IngestOutcome(
+                entry.filename, "error", error=message, http_status=status
+            )
+    stored = ingest_many(ctx, session, [t for _, t in todo], created_by=created_by)
+    for (position, _), outcome in zip(todo, stored, strict=True):
+        outcomes[position] = outcome
+    return [o for o in outcomes if o is not None]
+
+
+def get_item(session: Session, item_id: int) -> GalleryItem:
+    item = session.get(GalleryItem, item_id)
+    if item is None:
+        raise NotFoundError(f"gallery item {item_id} does not exist")
+    return item
+
+
+def list_items(
+    session: Session,
+    *,
+    limit: int = 50,
+    offset: int = 0,
+    camera_ids: Sequence[str] = (),
+    captured_after: datetime | None = None,
+    captured_before: datetime | None = None,
+) -> tuple[list[GalleryItem], int]:
+    """A page of items ordered by id, and the total matching the filters.
+
+    ``captured_after`` is inclusive, ``captured_before`` exclusive; items without a capture
+    time are excluded as soon as either bound is given.
+    """
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise UserInputError(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
+    if offset < 0:
+        raise UserInputError(f"offset must be 0 or more, got {offset}")
+    check_range(captured_after, captured_before)
+    conditions = filter_conditions(camera_ids, captured_after, captured_before)
+    total = session.scalar(select(func.count(GalleryItem.id)).where(*conditions))
+    items = list(
+        session.scalars(
+            select(GalleryItem)
+            .where(*conditions)
+            .order_by(GalleryItem.id)
+            .limit(limit)
+            .offset(offset)
+        )
+    )
+    return items, int(total or 0)
+
+
+def check_range(after: datetime | None, before: datetime | None) -> None:
+    if after is not None and before is not None and after >= before:
+        raise UserInputError(
+            f"captured_after ({after.isoformat()}) must be earlier than "
+            f"captured_before ({before.isoformat()})"
+        )
+
+
+def filter_conditions(
+    camera_ids: Sequence[str], after: datetime | None, before: datetime | None
+) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    cams = [c.strip() for c in camera_ids if c and c.strip()]
+    if cams:
+        conditions.append(GalleryItem.camera_id.in_(cams))
+    if after is not None:
+        conditions.append(GalleryItem.captured_at >= after)
+    if before is not None:
+        conditions.append(GalleryItem.captured_at < before)
+    return conditions
+
+
+def delete_item(ctx: ServiceContext, session: Session, item_id: int) -> None:
+    """Delete an item: row and embeddings, index entry at once, blob when unreferenced."""
+    item = get_item(session, item_id)
+    sha, relative = item.sha256, item.blob_path
+    with _sha_lock(sha):
+        session.delete(item)
+        session.commit()
+        ctx.index.remove([item_id])
+        if find_by_sha(session, sha) is None:
+            ctx.blobs.remove(relative)
+
+
+def read_image(ctx: ServiceContext, item: GalleryItem) -> bytes:
+    try:
+        return ctx.blobs.read(item.blob_path)
+    except FileNotFoundError:
+        raise NotFoundError(
+            f"the image of gallery item {item.id} is missing from storage"
+        ) from None

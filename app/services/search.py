@@ -1,0 +1,256 @@
+"""Sketch search: decode, translate, embed, FAISS top-k, optional k-reciprocal re-ranking,
+and the audit record of every search.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.files import atomic_write_bytes
+from app.db.models import ApiKey, GalleryItem, Search
+from app.errors import UserInputError
+from app.ml.evaluate import distances
+from app.ml.rerank import k_reciprocal_rerank
+from app.services.blobs import sha256_hex, sniff_extension
+from app.services.context import ServiceContext, load_vectors
+from app.services.errors import NotFoundError
+from app.services.gallery import check_range, check_upload, filter_conditions
+
+MAX_TOP_K = 100
+STAGES = ("decode", "translate", "embed", "search", "rerank")
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    top_k: int = 10
+    translate: bool = True
+    rerank: bool = False
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+    camera_ids: tuple[str, ...] = ()
+    captured_after: datetime | None = None
+    captured_before: datetime | None = None
+
+    def validate(self) -> None:
+        if not 1 <= self.top_k <= MAX_TOP_K:
+            raise UserInputError(f"top_k must be between 1 and {MAX_TOP_K}, got {self.top_k}")
+        if not 1 <= self.k1 <= 100:
+            raise UserInputError(f"k1 must be between 1 and 100, got {self.k1}")
+        if not 1 <= self.k2 <= self.k1:
+            raise UserInputError(f"k2 must be between 1 and k1 ({self.k1}), got {self.k2}")
+        if not 0.0 <= self.lambda_value <= 1.0:
+            raise UserInputError(f"lambda_value must be between 0 and 1, got {self.lambda_value}")
+        check_range(self.captured_after, self.captured_before)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "top_k": self.top_k,
+            "translate": self.translate,
+            "rerank": self.rerank,
+            "k1": self.k1,
+            "k2": self.k2,
+            "lambda_value": self.lambda_value,
+            "camera_id": list(self.camera_ids),
+            "captured_after": self.captured_after.isoformat() if self.captured_after else None,
+            "captured_before": self.captured_before.isoformat() if self.captured_before else None,
+        }
+
+
+@dataclass
+class SearchHit:
+    rank: int
+    gallery_id: int
+    score: float  # cosine similarity of the query and the item embeddings
+    distance: float | None  # re-ranked distance (smaller = better) when re-ranking ran
+    item: GalleryItem | None
+
+
+@dataclass
+class SearchOutcome:
+    record: Search
+    hits: list[SearchHit]
+    timings_ms: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def allowed_ids(session: Session, key: str, params: SearchParams) -> list[int] | None:
+    """Gallery ids that pass the filters, or None when there are no filters."""
+    conditions = filter_conditions(params.camera_ids, params.captured_after, params.captured_before)
+    if not conditions:
+        return None
+    return [int(i) for i in session.scalars(select(GalleryItem.id).where(*conditions))]
+
+
+def rerank_candidates(
+    query: np.ndarray, candidates: np.ndarray, params: SearchParams
+) -> np.ndarray:
+    """k-reciprocal distances (1 x N) of the query to its N candidates (rows of ``candidates``).
+
+    The query set is the one query; q_g, q_q and g_g are ``2 - 2 cos`` as in the evaluation.
+    """
+    q = query.reshape(1, -1)
+    q_g = distances(q, candidates)
+    q_q = distances(q, q)
+    g_g = distances(candidates, candidates)
+    np.fill_diagonal(q_q, 0.0)
+    np.fill_diagonal(g_g, 0.0)
+    result = k_reciprocal_rerank(
+        q_g, q_q, g_g, k1=params.k1, k2=params.k2, lambda_value=params.lambda_value
+    )
+    return np.asarray(result, dtype=np.float32).reshape(-1)
+
+
+def run_search(
+    ctx: ServiceContext,
+    session: Session,
+    sketch: bytes,
+    params: SearchParams,
+    *,
+    api_key_id: int | None = None,
+    filename: str | None = None,
+) -> SearchOutcome:
+    """Search the gallery with a sketch and record the search; see the module docstring."""
+    params.validate()
+    check_upload(ctx, sketch, filename)
+    timings = dict.fromkeys(STAGES, 0.0)
+    notes: list[str] = []
+    bundle = ctx.bundle
+
+    t = time.perf_counter()
+    image = ctx.decode(sketch)
+    timings["decode"] = _ms(t)
+
+    translated: Image.Image | None = None
+    if params.translate and bundle.translator is not None:
+        t = time.perf_counter()
+        translated = bundle.translator.translate(image)
+        timings["translate"] = _ms(t)
+    elif params.translate:
+        notes.append(
+            "translate was requested but the model has no translator: "
+            "the sketch was embedded as drawn"
+        )
+
+    t = time.perf_counter()
+    if translated is not None:
+        query = bundle.embedder.embed([translated], modality="photo")[0]
+    else:
+        query = bundle.embedder.embed([image], modality="sketch")[0]
+    timings["embed"] = _ms(t)
+
+    t = time.perf_counter()
+    allowed = allowed_ids(session, ctx.embedding_key, params)
+    n_candidates = (
+        max(params.top_k, ctx.settings.RERANK_CANDIDATES) if params.rerank else params.top_k
+    )
+    found = ctx.index.search(query, n_candidates, allowed)
+    timings["search"] = _ms(t)
+
+    ranked: list[tuple[int, float, float | None]] = [(h.id, h.score, None) for h in found]
+    reranked = False
+    if params.rerank and len(found) >= 2:
+        t = time.perf_counter()
+        ids, vectors = load_vectors(session, ctx.embedding_key, ctx.dim, [h.id for h in found])
+        if len(ids):
+            rr = rerank_candidates(query, vectors, params)
+            cos = vectors @ query
+            order = np.argsort(rr, kind="stable")
+            ranked = [(int(ids[i]), float(cos[i]), float(rr[i])) for i in order]
+            reranked = True
+        timings["rerank"] = _ms(t)
+    elif params.rerank:
+        notes.append("re-ranking skipped: it needs at least 2 candidates")
+    ranked = ranked[: params.top_k]
+
+    items = {
+        int(it.id): it
+        for it in session.scalars(
+            select(GalleryItem).where(GalleryItem.id.in_([r[0] for r in ranked]))
+        )
+    }
+    hits: list[SearchHit] = []
+    for gallery_id, score, dist in ranked:
+        item = items.get(gallery_id)
+        if item is None:  # deleted while this search ran
+            continue
+        hits.append(SearchHit(len(hits) + 1, gallery_id, score, dist, item))
+
+    search_id = uuid.uuid4()
+    folder = ctx.settings.search_dir / str(search_id)
+    sketch_name = f"sketch.{sniff_extension(sketch)}"
+    translated_name = "translated.png" if translated is not None else None
+    parameters = params.as_json() | {
+        "translated": translated is not None,
+        "reranked": reranked,
+        "rerank_candidates": len(found) if params.rerank else None,
+        "index": ctx.index.kind,
+        "embedding_key": ctx.embedding_key,
+        "notes": notes,
+    }
+    record = Search(
+        id=search_id,
+        api_key_id=api_key_id,
+        sketch_sha256=sha256_hex(sketch),
+        sketch_path=f"{search_id}/{sketch_name}",
+        parameters=parameters,
+        results=[
+            {"rank": h.rank, "gallery_id": h.gallery_id, "score": h.score, "distance": h.distance}
+            for h in hits
+        ],
+        model_name=bundle.name,
+        model_version=bundle.version,
+        translated_image_path=f"{search_id}/{translated_name}" if translated_name else None,
+    )
+    try:
+        atomic_write_bytes(folder / sketch_name, sketch)
+        if translated is not None and translated_name:
+            atomic_write_bytes(folder / translated_name, _png(translated))
+        session.add(record)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return SearchOutcome(record, hits, timings, notes)
+
+
+def get_search(session: Session, search_id: uuid.UUID, key: ApiKey) -> Search:
+    """A stored search. Admins see every search, others only the ones made with their key."""
+    record = session.get(Search, search_id)
+    if record is None or (key.role != "admin" and record.api_key_id != key.id):
+        raise NotFoundError(f"search {search_id} does not exist")
+    return record
+
+
+def read_search_file(ctx: ServiceContext, record: Search, which: str) -> bytes:
+    relative = record.translated_image_path if which == "translated" else record.sketch_path
+    if not relative:
+        raise NotFoundError(
+            f"search {record.id} has no translated image (the sketch was not translated)"
+        )
+    path = (ctx.settings.search_dir / relative).resolve()
+    if not path.is_relative_to(ctx.settings.search_dir.resolve()) or not path.is_file():
+        raise NotFoundError(f"the {which} image of search {record.id} is missing from storage")
+    return path.read_bytes()

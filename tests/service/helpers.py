@@ -1,0 +1,84 @@
+"""Small synthetic images and bundle building for the service tests."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from app.ml.bundle import save_bundle
+from app.ml.models.cyclegan import GeneratorSpec, build_generator
+from app.ml.models.resnet_cifar import MemberSpec, build_member
+
+
+def person_image(seed: int, size: tuple[int, int] = (32, 64)) -> Image.Image:
+    """A blocky random RGB picture (width, height) that differs per seed."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    coarse = rng.integers(0, 256, size=(8, 4, 3), dtype=np.uint8)
+    img = Image.fromarray(coarse, "RGB").resize((w, h), Image.Resampling.BILINEAR)
+    noise = rng.integers(-20, 20, size=(h, w, 3))
+    arr = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def jpeg(seed: int, size: tuple[int, int] = (32, 64)) -> bytes:
+    return encode(person_image(seed, size), "JPEG", quality=90)
+
+
+def png(seed: int, size: tuple[int, int] = (32, 64)) -> bytes:
+    return encode(person_image(seed, size), "PNG")
+
+
+def sketch_png(seed: int) -> bytes:
+    """A grey line-drawing-like picture."""
+    rng = np.random.default_rng(10_000 + seed)
+    arr = np.full((64, 32), 255, np.uint8)
+    for _ in range(12):
+        x, y = rng.integers(0, 32), rng.integers(0, 64)
+        arr[max(0, y - 6) : y + 6, x] = 0
+        arr[y, max(0, x - 4) : x + 4] = 0
+    return encode(Image.fromarray(arr, "L"), "PNG")
+
+
+def _centre_embeddings(member: torch.nn.Module) -> None:
+    """Random weights put every image near one direction (ReLU features are all positive);
+    a bias that removes the mean feature spreads the synthetic images' embeddings apart."""
+    from app.ml.transforms import to_batch
+
+    feats: list[torch.Tensor] = []
+    hook = member.fc.register_forward_hook(lambda _m, inp, _out: feats.append(inp[0]))
+    with torch.no_grad():
+        member(to_batch([person_image(s) for s in range(64)], (64, 32)))
+        hook.remove()
+        member.fc.bias.copy_(-member.fc.weight @ feats[0].mean(0))
+
+
+def build_tiny_bundle(out: Path, *, translator: bool = True, version: str = "1.0") -> Path:
+    torch.manual_seed(0)
+    spec = MemberSpec(arch="resnet20", num_classes=10, fc_dim=64, input_size=(64, 32))
+    member = build_member(spec).eval()
+    _centre_embeddings(member)
+    gen = None
+    if translator:
+        gen_spec = GeneratorSpec(ngf=8, n_blocks=1, input_size=(64, 32))
+        gen = (gen_spec, build_generator(gen_spec).eval(), {})
+    save_bundle(
+        out,
+        name="tiny",
+        version=version,
+        members=[("m0", spec, member, {})],
+        translator=gen,
+        input_size=(64, 32),
+        tta_flip=False,
+    )
+    return out

@@ -1,0 +1,126 @@
+"""`sketchreid db upgrade`, `apikey create|list|revoke`, `ingest DIR`, serve's first key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.cli.main import main
+from app.cli.service_cmd import initial_admin_key
+from app.core.config import get_settings
+from app.db.session import make_engine, make_session_factory, session_scope
+from app.services import apikeys
+from app.services.errors import AuthenticationError
+
+from .helpers import jpeg, png
+
+
+@pytest.fixture
+def env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str, bundle_dir: Path
+) -> Iterator[Path]:
+    data = tmp_path / "data"
+    monkeypatch.setenv("SKETCHREID_DATA_DIR", str(data))
+    monkeypatch.setenv("SKETCHREID_DATABASE_URL", database_url)
+    monkeypatch.setenv("SKETCHREID_MODEL_DIR", str(bundle_dir))
+    get_settings.cache_clear()
+    yield data
+    get_settings.cache_clear()
+
+
+def test_apikey_create_list_revoke(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["apikey", "create", "--role", "operator", "--name", "ingest bot"]) == 0
+    key = capsys.readouterr().out.strip().splitlines()[-1]
+    assert key.startswith("skr_")
+    settings = get_settings()
+    engine = make_engine(settings.DATABASE_URL)
+    with session_scope(make_session_factory(engine)) as session:
+        row = apikeys.authenticate(session, key)
+        assert row.role == "operator"
+    assert main(["apikey", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "ingest bot" in listing and "active" in listing and key not in listing
+    assert main(["apikey", "revoke", str(row.id)]) == 0
+    assert "revoked" in capsys.readouterr().out
+    with (
+        session_scope(make_session_factory(engine)) as session,
+        pytest.raises(AuthenticationError, match="revoked"),
+    ):
+        apikeys.authenticate(session, key)
+    engine.dispose()
+    assert main(["apikey", "revoke", "999"]) == 2
+    assert "999 does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["apikey", "create", "--role", "root", "--name", "x"])
+
+
+def test_first_serve_prints_an_admin_key_once(env: Path) -> None:
+    key = initial_admin_key(get_settings())
+    assert key is not None and key.startswith("skr_")
+    assert initial_admin_key(get_settings()) is None
+
+
+def test_ingest_folder_is_resumable(
+    env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "crops"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "0001_c1s1_000151_01.jpg").write_bytes(jpeg(1))
+    (folder / "0002_c4s2_000001_01.png").write_bytes(png(2))
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("ignored")
+    (folder / "sub" / "0003_c2s1_000001_01.jpg").write_bytes(jpeg(3))
+
+    code = main(["ingest", str(folder), "--camera-from-filename", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 1  # one bad file
+    assert "ingested 2 new, 0 already stored, 1 failed (of 3 image files" in out
+    assert "1 non-image file(s) ignored" in out
+    assert "broken.jpg" in err and "not an image" in err
+
+    code = main(["ingest", str(folder), "--recursive", "--camera-from-filename", "--no-progress"])
+    out, _ = capsys.readouterr()
+    assert "ingested 1 new, 2 already stored, 1 failed (of 4 image files" in out
+
+    (folder / "broken.jpg").unlink()
+    assert main(["ingest", str(folder), "--recursive", "--no-progress"]) == 0
+    assert "ingested 0 new, 3 already stored, 0 failed" in capsys.readouterr().out
+
+    from app.services.context import close_context, open_context
+    from app.services.gallery import list_items
+
+    ctx = open_context(get_settings())
+    try:
+        assert ctx.index_status["source"] == "file" and len(ctx.index) == 3
+        with session_scope(ctx.sessions) as session:
+            items, total = list_items(session)
+            assert total == 3
+            assert sorted(i.camera_id or "" for i in items) == ["c1", "c2", "c4"]
+    finally:
+        close_context(ctx)
+
+
+def test_ingest_missing_folder(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ingest", "/nonexistent/folder"]) == 2
+    assert "folder not found" in capsys.readouterr().err
+
+
+def test_db_upgrade_and_refusal(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SKETCHREID_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("SKETCHREID_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    try:
+        assert main(["apikey", "list"]) == 2
+        assert "run `sketchreid db upgrade`" in capsys.readouterr().err
+        assert main(["db", "current"]) == 1
+        assert main(["db", "upgrade"]) == 0
+        assert "head" in capsys.readouterr().out
+        assert main(["db", "upgrade"]) == 0  # idempotent
+        assert main(["db", "current"]) == 0
+        assert (tmp_path / "sketchreid.db").is_file()
+    finally:
+        get_settings.cache_clear()

@@ -1,0 +1,91 @@
+"""The FAISS store on its own: exactness, filters, removal, persistence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.index.store import IVF_MIN_TRAIN, VectorIndex
+
+
+def _unit(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _brute(q: np.ndarray, ids: np.ndarray, x: np.ndarray, k: int) -> list[int]:
+    scores = x @ q
+    return [int(ids[i]) for i in np.argsort(-scores, kind="stable")[:k]]
+
+
+def test_flat_is_exact_with_and_without_filters() -> None:
+    x, ids = _unit(500), np.arange(10, 510, dtype=np.int64)
+    index = VectorIndex(16, "flat")
+    index.build(ids, x)
+    q = _unit(1, seed=1)[0]
+    assert [h.id for h in index.search(q, 20)] == _brute(q, ids, x, 20)
+    allowed = ids[::7]
+    mask = np.isin(ids, allowed)
+    hits = index.search(q, 30, allowed)
+    assert [h.id for h in hits] == _brute(q, ids[mask], x[mask], 30)
+    assert index.search(q, 5, [99999]) == []
+    assert len(index.search(q, 1000)) == 500
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_remove_add_and_tombstones(kind: str) -> None:
+    x, ids = _unit(50), np.arange(1, 51, dtype=np.int64)
+    index = VectorIndex(16, kind)
+    index.build(ids, x)
+    assert index.remove([3, 4, 999]) == 2
+    assert 3 not in index and len(index) == 48
+    hits = index.search(x[2], 50)
+    assert 3 not in [h.id for h in hits] and len(hits) == 48
+    index.add([3], x[2:3])  # re-adding a removed id works (HNSW compacts first)
+    assert index.search(x[2], 1)[0].id == 3
+    with pytest.raises(ValueError, match="already"):
+        index.add([3], x[2:3])
+
+
+def test_ivf_trains_on_large_galleries(tmp_path: Path) -> None:
+    x = _unit(IVF_MIN_TRAIN + 200, seed=3)
+    ids = np.arange(len(x), dtype=np.int64)
+    small = VectorIndex(16, "ivf")
+    small.build(ids[:100], x[:100])
+    assert small.kind == "flat"
+    big = VectorIndex(16, "ivf", ivf_nprobe=64)
+    big.build(ids, x)
+    assert big.kind == "ivf"
+    q = x[5]
+    assert big.search(q, 1)[0].id == 5
+    big.save(tmp_path, "m")
+    again = VectorIndex(16, "ivf")
+    assert again.load(tmp_path, "m", ids) is None and again.kind == "ivf"
+
+
+def test_save_load_and_refusals(tmp_path: Path) -> None:
+    x, ids = _unit(20), np.arange(100, 120, dtype=np.int64)
+    index = VectorIndex(16)
+    index.build(ids, x)
+    index.save(tmp_path, "model-a")
+    fresh = VectorIndex(16)
+    assert fresh.load(tmp_path, "model-a", ids) is None
+    assert fresh.ids().tolist() == ids.tolist()
+    assert [h.id for h in fresh.search(x[0], 3)] == [h.id for h in index.search(x[0], 3)]
+    assert "model_version" in (VectorIndex(16).load(tmp_path, "model-b", ids) or "")
+    assert "index_type" in (VectorIndex(16, "hnsw").load(tmp_path, "model-a", ids) or "")
+    assert "dim" in (VectorIndex(8).load(tmp_path, "model-a", ids) or "")
+    assert "items" in (VectorIndex(16).load(tmp_path, "model-a", ids[1:]) or "")
+    assert "no saved index" in (VectorIndex(16).load(tmp_path / "none", "model-a", ids) or "")
+
+
+def test_bad_vectors_are_refused() -> None:
+    index = VectorIndex(4)
+    with pytest.raises(ValueError, match="shape"):
+        index.add([1], np.zeros((1, 5), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        index.add([1], np.full((1, 4), np.nan, np.float32))
+    with pytest.raises(ValueError, match="duplicate"):
+        index.build([1, 1], np.ones((2, 4), np.float32))

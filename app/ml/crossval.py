@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from app.ml.bundle import load_bundle
+from app.ml.bundle import Embedder, load_bundle
 from app.ml.data.splits import Split
 from app.ml.evaluate import RerankParams, embed_test_set, score
 from app.ml.metrics import mean_std
@@ -27,6 +27,7 @@ def cross_validate(
     with_translator: bool = False,
     rerank: RerankParams | None = None,
     keep_bundles: bool = False,
+    per_member: bool = False,
     command: str = "",
 ) -> dict[str, Any]:
     """Train and evaluate one model per split. Returns per-split figures and, per variant
@@ -54,7 +55,24 @@ def cross_validate(
                 progress=plan.progress,
             )
         train_seconds = time.perf_counter() - t0
-        bundle = load_bundle(bundle_dir)
+        bundle = load_bundle(bundle_dir, device=plan.device)
+        if per_member and len(bundle.members) > 1:
+            m = bundle.manifest
+            for entry, model in zip(m.members, bundle.members, strict=True):
+                alone = Embedder(
+                    [model],
+                    m.input_size,
+                    m.mean,
+                    m.std,
+                    sketch_grey=m.sketch_grey,
+                    tta_flip=m.tta_flip,
+                    device=plan.device,
+                )
+                embedded = embed_test_set(alone, None, plan.dataset, split.test, translate=False)
+                for rr in (None, rerank) if rerank else (None,):
+                    result = score(embedded, rerank=rr)
+                    result.update(split=i, seed=split.seed)
+                    rows.setdefault(entry.name + ("+rerank" if rr else ""), []).append(result)
         for translate in (False, True) if with_translator else (False,):
             embedded = embed_test_set(
                 bundle.embedder, bundle.translator, plan.dataset, split.test, translate=translate

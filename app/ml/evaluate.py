@@ -92,9 +92,7 @@ def score(e: Embedded, *, rerank: RerankParams | None = None, max_rank: int = 50
             k2=rerank.k2,
             lambda_value=rerank.lambda_value,
         )
-    result = ranking_result(
-        dist, e.q_pids, e.g_pids, e.q_camids, e.g_camids, max_rank
-    ).to_dict()
+    result = ranking_result(dist, e.q_pids, e.g_pids, e.q_camids, e.g_camids, max_rank).to_dict()
     result["translated"] = e.translated
     result["reranked"] = rerank is not None
     return result

@@ -107,11 +107,11 @@ PRESETS: dict[str, Preset] = {
             "128x64 input, pseudo-sketch augmentation, batch-hard triplet + label-smoothed CE, "
             "warm-up, flip test-time augmentation"
         ),
-        model=ModelConfig(fc_dim=512, input_size=(128, 64), tta_flip=True),
+        model=ModelConfig(fc_dim=512, input_size=(128, 64), tta_flip=True, dropout=0.0),
         pretrain=StageConfig(
-            epochs=60,
-            step_size=40,
-            warmup_epochs=5,
+            epochs=40,
+            step_size=30,
+            warmup_epochs=3,
             triplet_weight=1.0,
             label_smoothing=0.1,
             pseudo_sketch=0.3,
@@ -130,7 +130,7 @@ PRESETS: dict[str, Preset] = {
             batch_size=64,
         ),
         translator=TranslatorConfig(
-            ngf=32, ndf=64, n_blocks=6, epochs_constant=50, epochs_decay=50, batch_size=4
+            ngf=32, ndf=64, n_blocks=6, epochs_constant=30, epochs_decay=30, batch_size=8
         ),
     ),
     "smoke": Preset(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -15,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from app.errors import UserInputError
 from app.ml.bundle import Bundle, Manifest, load_bundle, save_bundle
 from app.ml.data.market import load_market
 from app.ml.data.pku import PKUSketchDataset
 from app.ml.data.splits import relabel_pids
+from app.ml.models.cyclegan import GeneratorSpec, build_generator
 from app.ml.models.resnet_cifar import MemberSpec, ResNetCifar, count_parameters
-from app.ml.train.config import Preset
+from app.ml.train.config import ModelConfig, Preset
 from app.ml.train.reid import (
     classifier_free_parameters,
     json_logger,
@@ -48,6 +51,9 @@ class TrainPlan:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     workdir: Path = Path("runs")
     progress: bool = True
+    # Pre-train with another head than the fine-tuned model's (e.g. share one pre-trained
+    # backbone across an FC-d sweep); None: the preset's own model configuration.
+    pretrain_model: ModelConfig | None = None
 
 
 def _digest(*parts: object) -> str:
@@ -59,8 +65,10 @@ def environment() -> dict[str, str]:
     return {"torch": torch.__version__, "python": platform.python_version(), "device": device}
 
 
-def _spec(plan: TrainPlan, arch: str, num_classes: int) -> MemberSpec:
-    m = plan.preset.model
+def member_spec(
+    plan: TrainPlan, arch: str, num_classes: int, model: ModelConfig | None = None
+) -> MemberSpec:
+    m = model or plan.preset.model
     return MemberSpec(
         arch=arch,
         fc_dim=m.fc_dim,
@@ -72,12 +80,23 @@ def _spec(plan: TrainPlan, arch: str, num_classes: int) -> MemberSpec:
     )
 
 
+def pretrain_key(plan: TrainPlan, spec: MemberSpec, n_samples: int) -> str:
+    assert plan.pretrain_root is not None
+    return _digest(
+        str(Path(plan.pretrain_root).resolve()),
+        n_samples,
+        spec.model_dump(),
+        plan.preset.pretrain.model_dump(),
+        plan.seed,
+    )
+
+
 def pretrain_member(plan: TrainPlan, arch: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Pre-train ``arch`` on the Market-style folder (cached by configuration in workdir)."""
     assert plan.pretrain_root is not None
     samples = load_market(plan.pretrain_root)
     labels = relabel_pids(s.pid for s in samples)
-    spec = _spec(plan, arch, len(labels))
+    spec = member_spec(plan, arch, len(labels))
     key = _digest(
         str(Path(plan.pretrain_root).resolve()),
         len(samples),
@@ -117,7 +136,9 @@ def pretrain_member(plan: TrainPlan, arch: str) -> tuple[dict[str, torch.Tensor]
     info["seconds"] = round(time.perf_counter() - t0, 1)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state": state, "info": info}, out)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    torch.save({"state": state, "info": info}, tmp)
+    tmp.replace(out)
     (plan.workdir / "pretrain" / f"{arch}-{key}.ckpt").unlink(missing_ok=True)
     return state, info
 
@@ -139,7 +160,7 @@ def train_members(plan: TrainPlan) -> list[BundleMember]:
         init, pre_info = (None, None)
         if plan.pretrain_root is not None:
             init, pre_info = pretrain_member(plan, arch)
-        spec = _spec(plan, arch, len(labels))
+        spec = member_spec(plan, arch, len(labels))
         t0 = time.perf_counter()
         model = train_stage(
             new_member(spec, init),
@@ -200,6 +221,65 @@ def save_members(
     )
 
 
+def translator_for(
+    dataset: PKUSketchDataset,
+    train_pids: list[int],
+    preset: Preset,
+    *,
+    seed: int,
+    device: torch.device,
+    workdir: Path,
+    command: str = "",
+    progress: bool = True,
+) -> tuple[GeneratorSpec, nn.Module, dict[str, Any]]:
+    """Train (or reuse from ``workdir``) the CycleGAN generator for these identities."""
+    subset = dataset.subset(train_pids)
+    if not subset.sketches:
+        raise UserInputError("the training identities have no sketches to learn a translator from")
+    cfg = preset.translator
+    key = _digest(str(Path(dataset.root).resolve()), sorted(train_pids), cfg.model_dump(), seed)
+    cached = workdir / "translator" / f"{key}.pt"
+    if cached.exists():
+        saved = torch.load(cached, weights_only=False)
+        spec = GeneratorSpec.model_validate(saved["spec"])
+        generator = build_generator(spec)
+        generator.load_state_dict(saved["state"])
+        return spec, generator.eval(), saved["info"]
+    sketches = decode_samples(subset.sketches, cfg.input_size, cache_dir=workdir / "cache")
+    photos = decode_samples(subset.photos, cfg.input_size, cache_dir=workdir / "cache")
+    t0 = time.perf_counter()
+    checkpoint = workdir / "translator" / f"{key}.ckpt"
+    spec, generator = train_translator(
+        sketches,
+        photos,
+        cfg,
+        device=device,
+        seed=seed,
+        log=json_logger(workdir / "logs" / f"translator-{key}.jsonl"),
+        checkpoint=checkpoint,
+        progress=progress,
+    )
+    checkpoint.unlink(missing_ok=True)
+    info = {
+        "command": command,
+        "data": str(dataset.root),
+        "train_pids": sorted(train_pids),
+        "sketches": len(subset.sketches),
+        "photos": len(subset.photos),
+        "config": cfg.model_dump(mode="json"),
+        "seed": seed,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "environment": environment(),
+    }
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(
+        {"spec": spec.model_dump(mode="json"), "state": generator.state_dict(), "info": info}, tmp
+    )
+    tmp.replace(cached)
+    return spec, generator, info
+
+
 def add_translator(
     bundle_dir: Path,
     dataset: PKUSketchDataset,
@@ -214,37 +294,17 @@ def add_translator(
 ) -> Manifest:
     """Train the sketch->photo CycleGAN on the training identities and add it to the bundle."""
     bundle = load_bundle(bundle_dir)
-    subset = dataset.subset(train_pids)
-    if not subset.sketches:
-        raise UserInputError("the training identities have no sketches to learn a translator from")
-    cfg = preset.translator
-    sketches = decode_samples(subset.sketches, cfg.input_size, cache_dir=workdir / "cache")
-    photos = decode_samples(subset.photos, cfg.input_size, cache_dir=workdir / "cache")
-    t0 = time.perf_counter()
-    key = _digest(sorted(train_pids), cfg.model_dump(), seed)
-    spec, generator = train_translator(
-        sketches,
-        photos,
-        cfg,
-        device=device,
+    translator = translator_for(
+        dataset,
+        train_pids,
+        preset,
         seed=seed,
-        log=json_logger(workdir / "logs" / f"translator-{key}.jsonl"),
-        checkpoint=workdir / "translator" / f"{key}.ckpt",
+        device=device,
+        workdir=workdir,
+        command=command,
         progress=progress,
     )
-    (workdir / "translator" / f"{key}.ckpt").unlink(missing_ok=True)
-    info = {
-        "command": command,
-        "data": str(dataset.root),
-        "train_pids": sorted(train_pids),
-        "sketches": len(subset.sketches),
-        "photos": len(subset.photos),
-        "config": cfg.model_dump(mode="json"),
-        "seed": seed,
-        "seconds": round(time.perf_counter() - t0, 1),
-        "environment": environment(),
-    }
-    return resave(bundle, bundle_dir, translator=(spec, generator, info))
+    return resave(bundle, bundle_dir, translator=translator)
 
 
 def resave(bundle: Bundle, bundle_dir: Path, **changes: Any) -> Manifest:

@@ -96,7 +96,7 @@ def decode_samples(
             out[i] = tensor
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
         torch.save(out, tmp)
         tmp.replace(cache_file)
     return out

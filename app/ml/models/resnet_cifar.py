@@ -106,6 +106,17 @@ def _kaiming_init(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def _classifier_init(layer: nn.Linear) -> None:
+    """Small identity-classifier weights (std 0.001, the usual re-id head initialisation).
+
+    Kaiming-initialised logits start several nats above log(classes); with SGD at lr 0.1 that
+    first shock drove whole networks into a constant output on PKU-size data.
+    """
+    nn.init.normal_(layer.weight, std=0.001)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
 def blocks_per_stage(depth: int) -> int:
     """``n`` for a 6n+2 depth; raises ValueError for an invalid depth."""
     if depth < 8 or (depth - 2) % 6 != 0:
@@ -158,6 +169,7 @@ class ResNetCifar(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(fc_dim, num_classes)
         self.apply(_kaiming_init)
+        _classifier_init(self.classifier)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         layers = []
@@ -216,7 +228,7 @@ class ResNetCifar(nn.Module):
             raise ValueError("num_classes must be positive")
         old = self.classifier.weight
         self.classifier = nn.Linear(self.fc_dim, num_classes).to(device=old.device, dtype=old.dtype)
-        _kaiming_init(self.classifier)
+        _classifier_init(self.classifier)
         self.num_classes = num_classes
 
 

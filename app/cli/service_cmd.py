@@ -92,6 +92,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.ml.bundle import load_bundle
 
     settings = get_settings()
+    if not (Path(settings.MODEL_DIR) / "manifest.json").is_file():
+        raise UserInputError(
+            f"no model bundle in {settings.MODEL_DIR} (no manifest.json): build one with "
+            "scripts/build_default_bundle.sh (docs/reproduce.md) or set SKETCHREID_MODEL_DIR "
+            "to a bundle folder"
+        )
     _check_database(settings)  # refuses a database behind head, saying what to run
     # Load (and verify) the model here so a bad bundle is a one-line error, not a traceback.
     bundle = load_bundle(settings.MODEL_DIR, device=settings.MODEL_DEVICE)

@@ -100,11 +100,11 @@ PRESETS: dict[str, Preset] = {
         ),
         model=ModelConfig(fc_dim=512, dropout=0.0, tta_flip=True),
         pretrain=StageConfig(
-            epochs=4, step_size=3, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=5e-4
+            epochs=2, step_size=2, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=5e-4
         ),
         finetune=StageConfig(
-            epochs=40,
-            step_size=30,
+            epochs=20,
+            step_size=15,
             batch_size=32,
             optimizer="adam",
             lr=1e-3,

@@ -1,0 +1,47 @@
+"""Markdown rows (mean ± std over splits) from `sketchreid crossval --json` reports.
+
+python scripts/results_table.py runs/cv-a.json [runs/cv-b.json ...]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def pct(entry: dict[str, float]) -> str:
+    return f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}"
+
+
+def rows(path: Path) -> list[str]:
+    report = json.loads(path.read_text())
+    proto = report["protocol"]
+    out = []
+    for name, v in report["variants"].items():
+        cells = [
+            path.stem,
+            ",".join(report["archs"]),
+            report["preset"]["name"],
+            "yes" if report["pretrain_root"] else "no",
+            name,
+            *(pct(v[k]) for k in ("rank1", "rank5", "rank10", "mAP")),
+            str(proto["n_splits"]),
+            f"{report['train_seconds_mean']:.0f}",
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def main() -> None:
+    print(
+        "| run | members | preset | pre-trained | variant | Rank-1 % | Rank-5 % | Rank-10 % "
+        "| mAP % | splits | train s/split |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for arg in sys.argv[1:]:
+        print("\n".join(rows(Path(arg))))
+
+
+if __name__ == "__main__":
+    main()

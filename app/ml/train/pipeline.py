@@ -32,7 +32,7 @@ from app.ml.train.reid import (
     new_member,
     train_stage,
 )
-from app.ml.train.tensorset import build_tensor_set, decode_samples
+from app.ml.train.tensorset import TensorSet, build_tensor_set, decode_samples
 from app.ml.train.translator import train_translator
 
 BundleMember = tuple[str, MemberSpec, ResNetCifar, dict[str, Any]]
@@ -122,25 +122,34 @@ def pretrain_member(plan: TrainPlan, arch: str) -> tuple[dict[str, torch.Tensor]
         cache_dir=plan.workdir / "cache",
         desc=f"decoding {Path(plan.pretrain_root).name}",
     )
-    model = train_stage(
-        new_member(spec, None),
-        train,
-        plan.preset.pretrain,
-        device=plan.device,
-        seed=plan.seed,
-        desc=f"pretrain {arch}",
-        log=json_logger(plan.workdir / "logs" / f"pretrain-{arch}-{key}.jsonl"),
-        checkpoint=plan.workdir / "pretrain" / f"{arch}-{key}.ckpt",
-        progress=plan.progress,
-    )
+    model = _run_stage(plan, new_member(spec, None), train, "pretrain", arch, key)
     info["seconds"] = round(time.perf_counter() - t0, 1)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
     torch.save({"state": state, "info": info}, tmp)
     tmp.replace(out)
-    (plan.workdir / "pretrain" / f"{arch}-{key}.ckpt").unlink(missing_ok=True)
     return state, info
+
+
+def _run_stage(
+    plan: TrainPlan, model: ResNetCifar, train: TensorSet, stage: str, arch: str, key: str
+) -> ResNetCifar:
+    """Train one stage ("pretrain" or "finetune") with its log and resumable checkpoint."""
+    checkpoint = plan.workdir / stage / f"{arch}-{key}.ckpt"
+    model = train_stage(
+        model,
+        train,
+        plan.preset.pretrain if stage == "pretrain" else plan.preset.finetune,
+        device=plan.device,
+        seed=plan.seed,
+        desc=f"{stage} {arch}",
+        log=json_logger(plan.workdir / "logs" / f"{stage}-{arch}-{key}.jsonl"),
+        checkpoint=checkpoint,
+        progress=plan.progress,
+    )
+    checkpoint.unlink(missing_ok=True)
+    return model
 
 
 def train_members(plan: TrainPlan) -> list[BundleMember]:
@@ -162,18 +171,7 @@ def train_members(plan: TrainPlan) -> list[BundleMember]:
             init, pre_info = pretrain_member(plan, arch)
         spec = member_spec(plan, arch, len(labels))
         t0 = time.perf_counter()
-        model = train_stage(
-            new_member(spec, init),
-            train,
-            plan.preset.finetune,
-            device=plan.device,
-            seed=plan.seed,
-            desc=f"finetune {arch}",
-            log=json_logger(plan.workdir / "logs" / f"finetune-{arch}-{run_key}.jsonl"),
-            checkpoint=plan.workdir / "finetune" / f"{arch}-{run_key}.ckpt",
-            progress=plan.progress,
-        )
-        (plan.workdir / "finetune" / f"{arch}-{run_key}.ckpt").unlink(missing_ok=True)
+        model = _run_stage(plan, new_member(spec, init), train, "finetune", arch, run_key)
         info = {
             "pretrain": pre_info,
             "finetune": {

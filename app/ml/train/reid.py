@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from app.ml.models.resnet_cifar import MemberSpec, ResNetCifar, build_member
 from app.ml.train import augment
+from app.ml.train.checkpoint import load_checkpoint, save_checkpoint
 from app.ml.train.config import StageConfig
 from app.ml.train.losses import batch_hard_triplet
 from app.ml.train.sampler import identity_balanced_batches, shuffled_batches
@@ -100,14 +101,13 @@ def train_stage(
             model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
     start_epoch = 0
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state.get("config") == cfg.model_dump(mode="json") and state.get("seed") == seed:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            gen.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            start_epoch = int(state["epoch"])
+    state = load_checkpoint(checkpoint, cfg, seed, device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch = int(state["epoch"])
     use_amp = device.type == "cuda"
     bar = tqdm(
         range(start_epoch, cfg.epochs), desc=desc, leave=False, disable=not progress, unit="ep"
@@ -153,21 +153,18 @@ def train_stage(
         if log is not None:
             log(record)
         if checkpoint is not None:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            tmp = checkpoint.with_suffix(".tmp")
-            torch.save(
+            save_checkpoint(
+                checkpoint,
                 {
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
                     "generator": gen.get_state(),
                     "torch_rng": torch.get_rng_state(),
                     "epoch": epoch + 1,
-                    "config": cfg.model_dump(mode="json"),
-                    "seed": seed,
                 },
-                tmp,
+                cfg,
+                seed,
             )
-            tmp.replace(checkpoint)
     return model.cpu().eval()
 
 

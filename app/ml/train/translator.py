@@ -27,6 +27,7 @@ from app.ml.models.cyclegan import (
     to_gan_input,
 )
 from app.ml.train.augment import random_crop_flip
+from app.ml.train.checkpoint import load_checkpoint, save_checkpoint
 from app.ml.train.config import TranslatorConfig
 from app.ml.train.reid import LogFn
 
@@ -72,15 +73,14 @@ def train_translator(
     pool_b = ImagePool(cfg.pool_size, seed=seed + 1)
     nets = {"g_ab": g_ab, "g_ba": g_ba, "d_a": d_a, "d_b": d_b}
     start = 0
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state.get("config") == cfg.model_dump(mode="json") and state.get("seed") == seed:
-            for key, net in nets.items():
-                net.load_state_dict(state[key])
-            opt_g.load_state_dict(state["opt_g"])
-            opt_d.load_state_dict(state["opt_d"])
-            gen.set_state(state["generator"])
-            start = int(state["epoch"])
+    state = load_checkpoint(checkpoint, cfg, seed, device)
+    if state is not None:
+        for key, net in nets.items():
+            net.load_state_dict(state[key])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        gen.set_state(state["generator"])
+        start = int(state["epoch"])
     a_all, b_all = sketches.to(device), photos.to(device)
     n = max(len(a_all), len(b_all))
     epochs = cfg.epochs_constant + cfg.epochs_decay
@@ -136,19 +136,16 @@ def train_translator(
         if log is not None:
             log(record)
         if checkpoint is not None:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            tmp = checkpoint.with_suffix(".tmp")
-            torch.save(
+            save_checkpoint(
+                checkpoint,
                 {
                     **{k: v.state_dict() for k, v in nets.items()},
                     "opt_g": opt_g.state_dict(),
                     "opt_d": opt_d.state_dict(),
                     "generator": gen.get_state(),
                     "epoch": epoch + 1,
-                    "config": cfg.model_dump(mode="json"),
-                    "seed": seed,
                 },
-                tmp,
+                cfg,
+                seed,
             )
-            tmp.replace(checkpoint)
     return spec, g_ab.cpu().eval()

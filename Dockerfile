@@ -1,5 +1,6 @@
 # sketch-reid retrieval service (CPU). Build: docker build -t sketch-reid .
-# The model bundle and the data folder are volumes (see docker-compose.yml).
+# The image holds the code, the migrations and the model bundle in model_store/ (build it
+# first: docs/reproduce.md); the data folder /data is a volume (see docker-compose.yml).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -7,7 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     SKETCHREID_DATA_DIR=/data \
-    SKETCHREID_MODEL_DIR=/models/default
+    SKETCHREID_MODEL_DIR=/app/model_store/default
 
 WORKDIR /app
 
@@ -20,10 +21,12 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY migrations ./migrations
 RUN pip install .
+# Last, so that a new model does not re-install the dependencies.
+COPY model_store ./model_store
 
 RUN groupadd --gid 10001 sketchreid \
     && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin sketchreid \
-    && mkdir -p /data /models \
+    && mkdir -p /data \
     && chown 10001:10001 /data
 USER 10001:10001
 

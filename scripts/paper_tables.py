@@ -3,7 +3,7 @@ and build the shipped bundles, in one run that fills a GPU with parallel workers
 
     python scripts/paper_tables.py --data-root DATA/pku-sketch-dev \\
         --pretrain-root DATA/cuhk03-market --workdir runs/tables --out results/ \\
-        [--workers 8] [--deadline 480] [--quick]
+        [--workers 2] [--deadline 480] [--quick]
 
 Stage 1 pre-trains every member on the Market-style folder and trains the CycleGAN of each
 split; stage 2 trains the final bundles with the project's own CLI and runs every

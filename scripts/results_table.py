@@ -5,8 +5,8 @@ python scripts/results_table.py runs/cv-a.json [runs/cv-b.json ...]
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -34,13 +34,16 @@ def rows(path: Path) -> list[str]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("reports", nargs="+", type=Path, help="crossval --json files")
+    args = parser.parse_args()
     print(
         "| run | members | preset | pre-trained | variant | Rank-1 % | Rank-5 % | Rank-10 % "
         "| mAP % | splits | train s/split |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for arg in sys.argv[1:]:
-        print("\n".join(rows(Path(arg))))
+    for path in args.reports:
+        print("\n".join(rows(path)))
 
 
 if __name__ == "__main__":

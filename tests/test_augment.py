@@ -95,7 +95,7 @@ def test_random_erasing_with_p1_replaces_one_rectangle_per_image() -> None:
             assert int(idx[-1] - idx[0]) + 1 == len(idx)
         fractions.append(mask.sum().item() / area)
     # 2–40 % of the area, give or take the rounding of the sides to whole pixels.
-    assert 0.015 <= min(fractions) and max(fractions) <= 0.42
+    assert min(fractions) >= 0.015 and max(fractions) <= 0.42
     assert max(fractions) - min(fractions) > 0.2  # the size is random
 
 

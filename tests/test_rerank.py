@@ -39,12 +39,16 @@ def _blocks(feats: np.ndarray, num_q: int) -> tuple[np.ndarray, np.ndarray, np.n
     return dist[:num_q, num_q:], dist[:num_q, :num_q], dist[num_q:, num_q:]
 
 
-def _random_case(seed: int, num_q: int, num_g: int, dim: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _random_case(
+    seed: int, num_q: int, num_g: int, dim: int = 16
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return _blocks(_unit_features(rng, num_q + num_g, dim), num_q)
 
 
-def _clustered_case(seed: int, num_q: int, num_g: int, ids: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _clustered_case(
+    seed: int, num_q: int, num_g: int, ids: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Identities as noisy cluster centres: many k-reciprocal sets get expanded."""
     rng = np.random.default_rng(seed)
     centres = _unit_features(rng, ids, 32)

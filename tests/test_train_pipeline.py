@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ import torch
 from app.cli.main import main
 from app.ml.data.synth import generate_synthetic
 from app.ml.models.resnet_cifar import MemberSpec
+from app.ml.train.checkpoint import load_checkpoint, save_checkpoint
 from app.ml.train.config import StageConfig
 from app.ml.train.reid import new_member, train_stage
 from app.ml.train.tensorset import PHOTO, SKETCH, TensorSet
@@ -67,13 +69,13 @@ def reid_bundle(data_root: Path, workdir: Path, tmp_path_factory: pytest.TempPat
     return out
 
 
-def _json(path: Path) -> dict:  # type: ignore[type-arg]
+def _json(path: Path) -> dict[str, Any]:
     data = json.loads(path.read_text())
     assert isinstance(data, dict)
     return data
 
 
-def _assert_fractions(report: dict, n_queries: int, n_gallery: int) -> None:  # type: ignore[type-arg]
+def _assert_fractions(report: dict[str, Any], n_queries: int, n_gallery: int) -> None:
     for key in ("rank1", "rank5", "rank10", "mAP"):
         assert 0.0 <= report[key] <= 1.0, key
     assert report["rank1"] <= report["rank5"] <= report["rank10"]
@@ -107,13 +109,8 @@ def test_translator_then_evaluate_on_the_training_identities(
     bundle = tmp_path / "with-translator"
     shutil.copytree(reid_bundle, bundle)
     common = ["--data-root", str(data_root)]
-    assert (
-        main(
-            ["train", "translator", *common, "--preset", "smoke", "--workdir", str(workdir)]
-            + ["--no-progress", "--out", str(bundle)]
-        )
-        == 0
-    )
+    argv = ["train", "translator", *common, "--preset", "smoke", "--workdir", str(workdir)]
+    assert main([*argv, "--no-progress", "--out", str(bundle)]) == 0
     assert "added a translator" in capsys.readouterr().out
     assert main(["model", "verify", str(bundle)]) == 0
     assert "with translator" in capsys.readouterr().out
@@ -222,7 +219,7 @@ def test_an_interrupted_stage_resumes_to_the_same_weights(tmp_path: Path) -> Non
     checkpoint = tmp_path / "stage.ckpt"
     epochs_run: list[int] = []
 
-    def stop_after_two(record: dict) -> None:  # type: ignore[type-arg]
+    def stop_after_two(record: dict[str, Any]) -> None:
         epochs_run.append(record["epoch"])
         if record["epoch"] == 3:  # the checkpoint holds epochs 1-2 when the third one reports
             raise _Interrupt
@@ -262,7 +259,9 @@ def test_a_checkpoint_of_another_configuration_is_not_resumed(tmp_path: Path) ->
     cfg = StageConfig(epochs=2, batch_size=8, lr=0.01, random_erasing=0.0)
     data, cpu = _tiny_set(), torch.device("cpu")
     checkpoint = tmp_path / "stage.ckpt"
-    train_stage(_fresh_model(), data, cfg, device=cpu, seed=1, checkpoint=checkpoint, progress=False)
+    train_stage(
+        _fresh_model(), data, cfg, device=cpu, seed=1, checkpoint=checkpoint, progress=False
+    )
     other = cfg.model_copy(update={"lr": 0.02})
     epochs: list[int] = []
     train_stage(
@@ -278,15 +277,30 @@ def test_a_checkpoint_of_another_configuration_is_not_resumed(tmp_path: Path) ->
     assert epochs == [1, 2]
 
 
+def test_a_checkpoint_loads_on_the_cpu_whatever_the_training_device(tmp_path: Path) -> None:
+    """RNG states must be CPU byte tensors: mapping them to the training device (CUDA on a GPU
+    machine; "meta" stands in for it here) made every resume fail there."""
+    cfg = StageConfig()
+    path = tmp_path / "stage.ckpt"
+    gen = torch.Generator().manual_seed(3)
+    save_checkpoint(path, {"generator": gen.get_state(), "w": torch.ones(2)}, cfg, seed=3)
+    state = load_checkpoint(path, cfg, 3, torch.device("meta"))
+    assert state is not None
+    assert state["w"].device.type == "cpu"
+    torch.Generator().set_state(state["generator"])
+    assert load_checkpoint(path, cfg, 4, torch.device("cpu")) is None, "another seed"
+
+
 # --------------------------------------------------------------------------- bad input
 
 
 def _fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     """Run ``argv``; assert exit code 2, no traceback, one error line; return that line."""
+    code: object
     try:
         code = main(argv)
     except SystemExit as exc:  # argparse rejects the arguments before the command runs
-        code = exc.code  # type: ignore[assignment]
+        code = exc.code
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback" not in err
@@ -297,12 +311,8 @@ def _fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def _reid(data_root: Path, tmp_path: Path, *extra: str) -> list[str]:
-    return ["train", "reid", "--data-root", str(data_root), "--preset", "smoke", *extra] + [
-        "--workdir",
-        str(tmp_path / "runs"),
-        "--out",
-        str(tmp_path / "out"),
-    ]
+    argv = ["train", "reid", "--data-root", str(data_root), "--preset", "smoke", *extra]
+    return [*argv, "--workdir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
 
 
 def test_missing_data_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -61,7 +61,10 @@ def _digest(*parts: object) -> str:
 
 
 def environment() -> dict[str, str]:
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        device = f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
     return {"torch": torch.__version__, "python": platform.python_version(), "device": device}
 
 

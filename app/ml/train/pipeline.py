@@ -125,7 +125,7 @@ def pretrain_member(plan: TrainPlan, arch: str) -> tuple[dict[str, torch.Tensor]
         cache_dir=plan.workdir / "cache",
         desc=f"decoding {Path(plan.pretrain_root).name}",
     )
-    model = _run_stage(plan, new_member(spec, None), train, "pretrain", arch, key)
+    model = _run_stage(plan, new_member(spec, None, seed=plan.seed), train, "pretrain", arch, key)
     info["seconds"] = round(time.perf_counter() - t0, 1)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +174,9 @@ def train_members(plan: TrainPlan) -> list[BundleMember]:
             init, pre_info = pretrain_member(plan, arch)
         spec = member_spec(plan, arch, len(labels))
         t0 = time.perf_counter()
-        model = _run_stage(plan, new_member(spec, init), train, "finetune", arch, run_key)
+        model = _run_stage(
+            plan, new_member(spec, init, seed=plan.seed), train, "finetune", arch, run_key
+        )
         info = {
             "pretrain": pre_info,
             "finetune": {

@@ -65,9 +65,14 @@ def _augment(x_uint8: torch.Tensor, is_photo: torch.Tensor, cfg: StageConfig) ->
     return augment.random_erasing(x, cfg.random_erasing)
 
 
-def new_member(spec: MemberSpec, init_state: dict[str, torch.Tensor] | None) -> ResNetCifar:
-    """Build a member; copy every pre-trained weight whose name and shape match."""
-    model = build_member(spec)
+def new_member(
+    spec: MemberSpec, init_state: dict[str, torch.Tensor] | None, *, seed: int
+) -> ResNetCifar:
+    """Build a member with initial weights drawn from ``seed`` (the global generator is left
+    as it was); copy every pre-trained weight whose name and shape match."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_member(spec)
     if init_state:
         own = model.state_dict()
         compatible = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}

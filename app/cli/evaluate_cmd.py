@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     cv.add_argument("--test-size", type=positive_int)
     cv.add_argument("--seed", type=int, default=0)
     cv.add_argument("--translator", action="store_true", help="also train and test a translator")
+    cv.add_argument(
+        "--per-member", action="store_true", help="also evaluate each ensemble member on its own"
+    )
     cv.add_argument("--device", default="auto")
     cv.add_argument("--workdir", type=Path, default=Path("runs"))
     cv.add_argument("--no-progress", action="store_true")
@@ -142,7 +145,12 @@ def run_crossval(args: argparse.Namespace) -> int:
     )
     rerank = _rerank(args) or RerankParams()
     report = cross_validate(
-        plan, splits, with_translator=args.translator, rerank=rerank, command=command_line(args)
+        plan,
+        splits,
+        with_translator=args.translator,
+        rerank=rerank,
+        per_member=args.per_member,
+        command=command_line(args),
     )
     report["command"] = command_line(args)
     _write(args.json, report)

@@ -349,8 +349,8 @@ def main() -> None:
     parser.add_argument("--pretrain-root", required=True)
     parser.add_argument("--workdir", default="runs/tables")
     parser.add_argument("--out", type=Path, required=True)
-    # Measured on one H200: 8 processes time-slicing the GPU ran ~10x slower per job than one
-    # (ResNet-56, 64x32: 133 ms vs ~13 ms a step); these nets launch many tiny kernels.
+    # Measured on one H200: with 8 processes sharing the GPU a ResNet-56 step at 64x32 took
+    # ~133 ms; one process alone took 50-73 ms at 128x64 (4x the pixels). Keep it small.
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--deadline", type=float, default=480.0, help="seconds; no new job after")
     parser.add_argument("--quick", action="store_true")

@@ -17,14 +17,12 @@ from app.cli.common import (
     positive_int,
     resolve_splits,
 )
-from app.cli.train_cmd import preset_from_args
+from app.cli.train_cmd import plan_from_args
 from app.ml.bundle import load_bundle
 from app.ml.crossval import cross_validate
 from app.ml.evaluate import RerankParams, evaluate_bundle
 from app.ml.plots import plot_cmc
 from app.ml.train.config import PRESETS
-from app.ml.train.pipeline import TrainPlan
-from app.ml.train.reid import pick_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -132,17 +130,7 @@ def run_crossval(args: argparse.Namespace) -> int:
     args.test_ids = None
     args.split_file = None
     splits = resolve_splits(args, dataset)
-    plan = TrainPlan(
-        dataset=dataset,
-        train_pids=[],
-        archs=args.arch,
-        preset=preset_from_args(args),
-        seed=args.seed,
-        pretrain_root=args.pretrain_root,
-        device=pick_device(args.device),
-        workdir=args.workdir,
-        progress=not args.no_progress,
-    )
+    plan = plan_from_args(args, dataset, [])
     rerank = _rerank(args) or RerankParams()
     report = cross_validate(
         plan,

@@ -16,6 +16,7 @@ from app.cli.common import (
     size_hw,
 )
 from app.errors import UserInputError
+from app.ml.data.pku import PKUSketchDataset
 from app.ml.data.splits import load_split_file
 from app.ml.train.config import PRESETS, Preset, get_preset
 from app.ml.train.pipeline import TrainPlan, add_translator, save_members, train_members
@@ -109,17 +110,19 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
     return preset
 
 
-def _train_pids(args: argparse.Namespace, dataset) -> list[int]:  # type: ignore[no-untyped-def]
+def _train_pids(args: argparse.Namespace, dataset: PKUSketchDataset) -> list[int]:
     if args.split_file is None:
         return dataset.pids
     return load_split_file(args.split_file, dataset).train
 
 
-def run_reid(args: argparse.Namespace) -> int:
-    dataset = load_dataset(args.data_root)
-    plan = TrainPlan(
+def plan_from_args(
+    args: argparse.Namespace, dataset: PKUSketchDataset, train_pids: list[int]
+) -> TrainPlan:
+    """The training plan that `train reid` and `crossval` options describe."""
+    return TrainPlan(
         dataset=dataset,
-        train_pids=_train_pids(args, dataset),
+        train_pids=train_pids,
         archs=args.arch,
         preset=preset_from_args(args),
         seed=args.seed,
@@ -128,6 +131,11 @@ def run_reid(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         progress=not args.no_progress,
     )
+
+
+def run_reid(args: argparse.Namespace) -> int:
+    dataset = load_dataset(args.data_root)
+    plan = plan_from_args(args, dataset, _train_pids(args, dataset))
     members = train_members(plan)
     manifest = save_members(
         args.out,

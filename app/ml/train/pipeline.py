@@ -74,6 +74,7 @@ def member_spec(
     m = model or plan.preset.model
     return MemberSpec(
         arch=arch,
+        depth=int(arch.removeprefix("resnet")),
         fc_dim=m.fc_dim,
         spp=m.spp,
         bn_neck=m.bn_neck,

@@ -148,4 +148,5 @@ def train_translator(
                 cfg,
                 seed,
             )
-    return spec, g_ab.cpu().eval()
+    g_ab.cpu().eval()
+    return spec, g_ab

@@ -56,8 +56,9 @@ def train_translator(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     spec = GeneratorSpec(ngf=cfg.ngf, n_blocks=cfg.n_blocks, input_size=cfg.input_size)
-    g_ab = init_weights(build_generator(spec)).to(device)  # sketch -> photo
-    g_ba = init_weights(build_generator(spec)).to(device)  # photo -> sketch
+    g_ab = build_generator(spec)  # sketch -> photo (build_generator initialises it)
+    g_ab.to(device)
+    g_ba = build_generator(spec).to(device)  # photo -> sketch
     d_a = init_weights(NLayerDiscriminator(ndf=cfg.ndf)).to(device)
     d_b = init_weights(NLayerDiscriminator(ndf=cfg.ndf)).to(device)
     gan = GANLoss("lsgan").to(device)

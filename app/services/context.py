@@ -75,6 +75,15 @@ class ServiceContext:
             max_pixels=self.settings.MAX_IMAGE_PIXELS,
         )
 
+    def embedding_row(self, item_id: int, vector: np.ndarray) -> Embedding:
+        """The stored embedding of one gallery item under the active model."""
+        return Embedding(
+            item_id=item_id,
+            model_version=self.embedding_key,
+            dim=self.dim,
+            vector=vector_to_bytes(vector),
+        )
+
 
 def vector_to_bytes(vector: np.ndarray) -> bytes:
     return np.ascontiguousarray(vector, dtype="<f4").tobytes()
@@ -201,14 +210,7 @@ def backfill_embeddings(ctx: ServiceContext, batch_size: int = 64) -> tuple[int,
                 continue
             vectors = ctx.bundle.embedder.embed(images, modality="photo", batch_size=batch_size)
             for item_id, vector in zip(ids, vectors, strict=True):
-                session.add(
-                    Embedding(
-                        item_id=item_id,
-                        model_version=ctx.embedding_key,
-                        dim=ctx.dim,
-                        vector=vector_to_bytes(vector),
-                    )
-                )
+                session.add(ctx.embedding_row(item_id, vector))
             session.commit()
             done += len(ids)
     return done, failed

@@ -25,10 +25,10 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.models import Embedding, GalleryItem
+from app.db.models import GalleryItem
 from app.errors import ImageError, SketchReidError, UserInputError
 from app.services.blobs import CONTENT_TYPES, sha256_hex, sniff_extension
-from app.services.context import ServiceContext, vector_to_bytes
+from app.services.context import ServiceContext
 from app.services.errors import NotFoundError, PayloadTooLargeError
 from app.services.timeparse import parse_timestamp
 
@@ -203,14 +203,7 @@ def _store(
             session.add(item)
             session.flush()
             item_id = int(item.id)
-            session.add(
-                Embedding(
-                    item_id=item_id,
-                    model_version=ctx.embedding_key,
-                    dim=ctx.dim,
-                    vector=vector_to_bytes(vector),
-                )
-            )
+            session.add(ctx.embedding_row(item_id, vector))
             session.flush()
             ctx.index.add([item_id], vector.reshape(1, -1))
             in_index = True

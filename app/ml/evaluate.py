@@ -59,7 +59,8 @@ def embed_test_set(
     translate: bool = True,
 ) -> Embedded:
     test = dataset.subset(test_pids)
-    queries = [s for s in test.sketches if s.pid in set(test.pids)]
+    with_photo = set(test.pids)
+    queries = [s for s in test.sketches if s.pid in with_photo]
     if not queries or not test.photos:
         raise UserInputError("the test identities have no sketch/photo pairs to evaluate")
     sketches = [load_image(s.path) for s in queries]

@@ -48,14 +48,6 @@ class TensorSet:
             self.modality.to(device),
         )
 
-    def concat(self, other: TensorSet) -> TensorSet:
-        return TensorSet(
-            torch.cat([self.images, other.images]),
-            torch.cat([self.labels, other.labels]),
-            torch.cat([self.pids, other.pids]),
-            torch.cat([self.modality, other.modality]),
-        )
-
 
 def _decode(sample: Sample, size: tuple[int, int], sketch_grey: bool) -> torch.Tensor:
     grey = sketch_grey and sample.modality == "sketch"

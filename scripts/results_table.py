@@ -14,6 +14,16 @@ def pct(entry: dict[str, float]) -> str:
     return f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}"
 
 
+def pretraining(report: dict[str, object]) -> str:
+    """Where the members started: a pre-trained folder, pre-training folders, or nothing."""
+    if report.get("pretrained"):
+        return f"from {report['pretrained']}"
+    roots = report.get("pretrain_roots") or (
+        [report["pretrain_root"]] if report.get("pretrain_root") else []
+    )
+    return "+".join(Path(str(r)).name for r in roots) if roots else "no"  # type: ignore[union-attr]
+
+
 def rows(path: Path) -> list[str]:
     report = json.loads(path.read_text())
     proto = report["protocol"]
@@ -23,7 +33,7 @@ def rows(path: Path) -> list[str]:
             path.stem,
             ",".join(report["archs"]),
             report["preset"]["name"],
-            "yes" if report["pretrain_root"] else "no",
+            pretraining(report),
             name,
             *(pct(v[k]) for k in ("rank1", "rank5", "rank10", "mAP")),
             str(proto["n_splits"]),

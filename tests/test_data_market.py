@@ -73,6 +73,6 @@ def test_real_cuhk03_market(shared_data: Path) -> None:
     if not root.is_dir():
         pytest.skip(f"{root} not present")
     samples = load_market(root)
-    assert len(samples) == 8177
+    assert len(samples) == 16354  # labelled (s1) and detected (s2) boxes of the same frames
     assert len({s.pid for s in samples}) == 843
     assert {s.camid for s in samples} == {1, 2}

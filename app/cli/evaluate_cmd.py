@@ -10,19 +10,17 @@ from typing import Any
 
 from app.cli.common import (
     add_split_options,
-    arch_list,
     command_line,
     existing_dir,
     load_dataset,
     positive_int,
     resolve_splits,
 )
-from app.cli.train_cmd import plan_from_args
+from app.cli.train_cmd import add_member_options, add_run_options, plan_from_args
 from app.ml.bundle import load_bundle
 from app.ml.crossval import cross_validate
 from app.ml.evaluate import RerankParams, evaluate_bundle
 from app.ml.plots import plot_cmc
-from app.ml.train.config import PRESETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,22 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train and evaluate one model per random identity split (mean ± std)",
     )
     cv.add_argument("--data-root", type=existing_dir, required=True)
-    cv.add_argument("--pretrain-root", type=existing_dir)
-    cv.add_argument("--arch", type=arch_list, default=["resnet56", "resnet110"])
-    cv.add_argument("--fc", type=positive_int)
-    cv.add_argument("--epochs", type=positive_int)
-    cv.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    add_member_options(cv)
+    add_run_options(cv)
     cv.add_argument("--splits", type=positive_int, default=10)
     cv.add_argument("--split-seed", type=int, default=0)
     cv.add_argument("--test-size", type=positive_int)
-    cv.add_argument("--seed", type=int, default=0)
     cv.add_argument("--translator", action="store_true", help="also train and test a translator")
     cv.add_argument(
         "--per-member", action="store_true", help="also evaluate each ensemble member on its own"
     )
-    cv.add_argument("--device", default="auto")
-    cv.add_argument("--workdir", type=Path, default=Path("runs"))
-    cv.add_argument("--no-progress", action="store_true")
     _rerank_options(cv)
     cv.add_argument("--json", type=Path, required=True)
     cv.add_argument("--plot", type=Path)

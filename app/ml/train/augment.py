@@ -4,6 +4,7 @@
   ``RandomCrop(padding=pad)``), plus a random horizontal flip;
 - random erasing (Zhong et al., AAAI 2020): a rectangle of 2–40 % of the area and aspect
   0.3–3.3 filled with random values, with probability ``p`` per image;
+- grey: a photo turned grey with probability ``p`` (sketches are grey already);
 - pseudo-sketches: a photo replaced, with probability ``p``, by a grey, pencil-sketch or edge
   version of itself, so the network learns features that survive the loss of colour and texture.
 """
@@ -54,20 +55,27 @@ def edge_sketch(g: torch.Tensor) -> torch.Tensor:
 
 
 def pseudo_sketch(x: torch.Tensor, p: float, is_photo: torch.Tensor) -> torch.Tensor:
-    """Replace each photo in ``x`` ([N,3,H,W] in [0,1]) by a sketch-like version with prob. p."""
+    """Replace each photo in ``x`` ([N,3,H,W] in [0,1]) by a sketch-like version with prob. p.
+
+    Computed for the whole batch and selected per image (no host synchronisation on a GPU).
+    """
     if p <= 0:
         return x
-    chosen = (torch.rand(x.shape[0], device=x.device) < p) & is_photo
-    if not bool(chosen.any()):
+    n = x.shape[0]
+    chosen = ((torch.rand(n, device=x.device) < p) & is_photo).view(n, 1, 1, 1)
+    g = grey(x)
+    kind = torch.randint(0, 3, (n, 1, 1, 1), device=x.device)
+    variants = torch.where(kind == 0, g, torch.where(kind == 1, pencil_sketch(g), edge_sketch(g)))
+    return torch.where(chosen, variants.expand_as(x), x)
+
+
+def random_grey(x: torch.Tensor, p: float, is_photo: torch.Tensor) -> torch.Tensor:
+    """Turn each photo in ``x`` ([N,3,H,W] in [0,1]) grey (3 equal channels) with prob. p."""
+    if p <= 0:
         return x
-    sub = grey(x[chosen])
-    kind = torch.randint(0, 3, (sub.shape[0], 1, 1, 1), device=x.device)
-    variants = torch.where(
-        kind == 0, sub, torch.where(kind == 1, pencil_sketch(sub), edge_sketch(sub))
-    )
-    x = x.clone()
-    x[chosen] = variants.expand(-1, 3, -1, -1)
-    return x
+    n = x.shape[0]
+    chosen = ((torch.rand(n, device=x.device) < p) & is_photo).view(n, 1, 1, 1)
+    return torch.where(chosen, grey(x).expand_as(x), x)
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, flip: bool = True) -> torch.Tensor:

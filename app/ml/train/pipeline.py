@@ -20,12 +20,13 @@ from torch import nn
 
 from app.errors import UserInputError
 from app.ml.bundle import Bundle, Manifest, load_bundle, save_bundle
-from app.ml.data.market import load_market
 from app.ml.data.pku import PKUSketchDataset
 from app.ml.data.splits import relabel_pids
 from app.ml.models.cyclegan import GeneratorSpec, build_generator
-from app.ml.models.resnet_cifar import MemberSpec, ResNetCifar, count_parameters
+from app.ml.models.resnet_cifar import MemberSpec, ResNetCifar, build_member, count_parameters
+from app.ml.precision import Precision
 from app.ml.train.config import ModelConfig, Preset
+from app.ml.train.pretrain import health_check, load_pretrained, pretrain_sets
 from app.ml.train.reid import (
     classifier_free_parameters,
     json_logger,
@@ -47,13 +48,23 @@ class TrainPlan:
     archs: list[str]
     preset: Preset
     seed: int = 0
-    pretrain_root: Path | None = None
+    # Market-style folders to pre-train on (identities of different folders kept apart) ...
+    pretrain_roots: list[Path] = field(default_factory=list)
+    # ... or a folder of committed pre-trained backbones (model_store/pretrained) to start from.
+    pretrained_dir: Path | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: Precision = "auto"
     workdir: Path = Path("runs")
     progress: bool = True
     # Pre-train with another head than the fine-tuned model's (e.g. share one pre-trained
     # backbone across an FC-d sweep); None: the preset's own model configuration.
     pretrain_model: ModelConfig | None = None
+    # Health check of pre-training: identities of the first pre-training folder held out,
+    # and how often (epochs) their photo->photo retrieval is measured.
+    holdout: int = 100
+    health_every: int = 5
+    # Per-epoch checkpoints of fine-tuning (minutes on a CPU; a GPU run of seconds may skip them).
+    finetune_checkpoints: bool = True
 
 
 def _digest(*parts: object) -> str:
@@ -84,75 +95,121 @@ def member_spec(
     )
 
 
-def pretrain_key(plan: TrainPlan, spec: MemberSpec, n_samples: int) -> str:
-    assert plan.pretrain_root is not None
-    return _digest(
-        str(Path(plan.pretrain_root).resolve()),
-        n_samples,
-        spec.model_dump(),
-        plan.preset.pretrain.model_dump(),
-        plan.seed,
+def pretrain_member(
+    plan: TrainPlan, arch: str, model_cfg: ModelConfig | None = None
+) -> tuple[MemberSpec, ResNetCifar, dict[str, Any]]:
+    """Pre-train ``arch`` on the plan's Market-style folders, with the health check.
+
+    The result is cached in the work folder by configuration; an interrupted run resumes
+    from its per-epoch checkpoint.
+    """
+    if not plan.pretrain_roots:
+        raise UserInputError("pre-training needs at least one --pretrain-root folder")
+    m = model_cfg or plan.pretrain_model or plan.preset.model
+    roots = [Path(r) for r in plan.pretrain_roots]
+    train, holdout, data_info = pretrain_sets(
+        roots, plan.holdout, m.input_size, cache_dir=plan.workdir / "cache"
     )
-
-
-def pretrain_member(plan: TrainPlan, arch: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Pre-train ``arch`` on the Market-style folder (cached by configuration in workdir)."""
-    assert plan.pretrain_root is not None
-    samples = load_market(plan.pretrain_root)
-    labels = relabel_pids(s.pid for s in samples)
-    spec = member_spec(plan, arch, len(labels))
+    spec = member_spec(plan, arch, train.num_classes, m)
+    cfg = plan.preset.pretrain
     key = _digest(
-        str(Path(plan.pretrain_root).resolve()),
-        len(samples),
+        [str(r.resolve()) for r in roots],
+        len(train),
+        plan.holdout,
         spec.model_dump(),
-        plan.preset.pretrain.model_dump(),
+        cfg.model_dump(),
         plan.seed,
     )
     out = plan.workdir / "pretrain" / f"{arch}-{key}.pt"
-    info = {
-        "data": str(plan.pretrain_root),
-        "images": len(samples),
-        "identities": len(labels),
-        "config": plan.preset.pretrain.model_dump(mode="json"),
-    }
     if out.exists():
         cached = torch.load(out, weights_only=False)
-        return cached["state"], cached["info"]
+        model = build_member(spec)
+        model.load_state_dict(cached["state"])
+        return spec, model.eval(), cached["info"]
+    health = health_check(holdout, input_size=m.input_size, tta_flip=m.tta_flip, device=plan.device)
+    curve: list[dict[str, Any]] = []
+    log_file = json_logger(plan.workdir / "logs" / f"pretrain-{arch}-{key}.jsonl")
+
+    def log(record: dict[str, Any]) -> None:
+        log_file(record)
+        if "health" in record:
+            curve.append({"epoch": record["epoch"], **record["health"]})
+
     t0 = time.perf_counter()
-    train = build_tensor_set(
-        samples,
-        spec.input_size,
-        label_of=labels,
-        cache_dir=plan.workdir / "cache",
-        desc=f"decoding {Path(plan.pretrain_root).name}",
+    checkpoint = plan.workdir / "pretrain" / f"{arch}-{key}.ckpt"
+    model = train_stage(
+        new_member(spec, None, seed=plan.seed),
+        train,
+        cfg,
+        device=plan.device,
+        seed=plan.seed,
+        desc=f"pretrain {arch}",
+        log=log,
+        checkpoint=checkpoint,
+        progress=plan.progress,
+        precision=plan.precision,
+        health=health,
+        health_every=plan.health_every,
     )
-    model = _run_stage(plan, new_member(spec, None, seed=plan.seed), train, "pretrain", arch, key)
-    info["seconds"] = round(time.perf_counter() - t0, 1)
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
+    info = {
+        "data": data_info,
+        "config": cfg.model_dump(mode="json"),
+        "model": m.model_dump(mode="json"),
+        "seed": plan.seed,
+        "epochs": cfg.epochs,
+        "precision": plan.precision,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "health": curve,
+        "environment": environment(),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({"state": state, "info": info}, tmp)
+    torch.save({"state": model.state_dict(), "info": info}, tmp)
     tmp.replace(out)
-    return state, info
+    checkpoint.unlink(missing_ok=True)
+    return spec, model, info
+
+
+def initial_state(
+    plan: TrainPlan, arch: str
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+    """The weights a member starts fine-tuning from: a committed pre-trained backbone, a
+    fresh pre-training on the plan's folders, or nothing (random initialisation)."""
+    if plan.pretrained_dir is not None:
+        spec, model, info = load_pretrained(plan.pretrained_dir, arch)
+        wanted = member_spec(plan, arch, 1)
+        for name in ("fc_dim", "spp", "bn_neck"):
+            if getattr(spec, name) != getattr(wanted, name):
+                raise UserInputError(
+                    f"pre-trained {arch} in {plan.pretrained_dir} has {name}="
+                    f"{getattr(spec, name)}, the preset wants {getattr(wanted, name)}"
+                )
+        return dict(model.backbone_state_dict()), {"from": str(plan.pretrained_dir), **info}
+    if plan.pretrain_roots:
+        _, model, info = pretrain_member(plan, arch)
+        return dict(model.backbone_state_dict()), info
+    return None, None
 
 
 def _run_stage(
     plan: TrainPlan, model: ResNetCifar, train: TensorSet, stage: str, arch: str, key: str
 ) -> ResNetCifar:
-    """Train one stage ("pretrain" or "finetune") with its log and resumable checkpoint."""
-    checkpoint = plan.workdir / stage / f"{arch}-{key}.ckpt"
+    """Train one fine-tuning stage with its log and resumable checkpoint."""
+    checkpoint = plan.workdir / stage / f"{arch}-{key}.ckpt" if plan.finetune_checkpoints else None
     model = train_stage(
         model,
         train,
-        plan.preset.pretrain if stage == "pretrain" else plan.preset.finetune,
+        plan.preset.finetune,
         device=plan.device,
         seed=plan.seed,
         desc=f"{stage} {arch}",
         log=json_logger(plan.workdir / "logs" / f"{stage}-{arch}-{key}.jsonl"),
         checkpoint=checkpoint,
         progress=plan.progress,
+        precision=plan.precision,
     )
-    checkpoint.unlink(missing_ok=True)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     return model
 
 
@@ -166,13 +223,15 @@ def train_members(plan: TrainPlan) -> list[BundleMember]:
     size = plan.preset.model.input_size
     train = build_tensor_set(samples, size, label_of=labels, cache_dir=plan.workdir / "cache")
     run_key = _digest(
-        sorted(plan.train_pids), plan.preset.model_dump(), plan.seed, str(plan.pretrain_root)
+        sorted(plan.train_pids),
+        plan.preset.model_dump(),
+        plan.seed,
+        [str(r) for r in plan.pretrain_roots],
+        str(plan.pretrained_dir),
     )
     members: list[BundleMember] = []
     for arch in plan.archs:
-        init, pre_info = (None, None)
-        if plan.pretrain_root is not None:
-            init, pre_info = pretrain_member(plan, arch)
+        init, pre_info = initial_state(plan, arch)
         spec = member_spec(plan, arch, len(labels))
         t0 = time.perf_counter()
         model = _run_stage(
@@ -218,7 +277,8 @@ def save_members(
             "seed": plan.seed,
             "data_root": str(plan.dataset.root),
             "train_pids": sorted(plan.train_pids),
-            "pretrain_root": str(plan.pretrain_root) if plan.pretrain_root else None,
+            "pretrain_roots": [str(r) for r in plan.pretrain_roots],
+            "pretrained": str(plan.pretrained_dir) if plan.pretrained_dir else None,
             "environment": environment(),
         },
         overwrite=True,

@@ -1,10 +1,15 @@
 """Training one ensemble member: pre-training on photos, fine-tuning on photos and sketches.
 
 The loop is plain PyTorch on tensors already in memory (:mod:`app.ml.train.tensorset`):
-augment on the device, cross-entropy (plus an optional batch-hard triplet term), SGD with
-momentum, step decay (optionally after a linear warm-up). Each epoch appends one JSON line to
-``log_file`` and, when ``checkpoint`` is given, saves a checkpoint from which an interrupted
-run resumes with the same result.
+augment whole batches on the device, cross-entropy (plus an optional batch-hard triplet
+term), SGD, Adam or AdamW, step or cosine decay after an optional linear warm-up. It runs
+under bf16 autocast with channels-last tensors where the hardware has bf16 units
+(:mod:`app.ml.precision`) and never waits on the device inside an epoch: per-batch figures
+are summed on the device and read once per epoch. Each epoch appends one JSON line to the
+log and, when ``checkpoint`` is given, saves a checkpoint from which an interrupted run
+resumes with the same result. An optional ``health`` callback (e.g. held-out retrieval
+figures) runs every ``health_every`` epochs and after the last one; its figures join that
+epoch's log record.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from app.ml.models.resnet_cifar import MemberSpec, ResNetCifar, build_member
+from app.ml.precision import Precision, autocast_dtype
 from app.ml.train import augment
 from app.ml.train.checkpoint import load_checkpoint, save_checkpoint
 from app.ml.train.config import StageConfig
@@ -31,6 +37,7 @@ from app.ml.train.tensorset import PHOTO, TensorSet
 from app.ml.transforms import DEFAULT_MEAN, DEFAULT_STD
 
 LogFn = Callable[[dict[str, Any]], None]
+HealthFn = Callable[[ResNetCifar], dict[str, Any]]
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -40,9 +47,13 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def lr_factor(epoch: int, cfg: StageConfig) -> float:
-    """Learning-rate multiplier for ``epoch`` (0-based): linear warm-up, then step decay."""
+    """Learning-rate multiplier for ``epoch`` (0-based): linear warm-up, then step decay or a
+    cosine from 1 towards 0 over the remaining epochs (set once per epoch)."""
     if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
         return (epoch + 1) / cfg.warmup_epochs
+    if cfg.schedule == "cosine":
+        span = max(1, cfg.epochs - cfg.warmup_epochs)
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
     return cfg.gamma ** (epoch // cfg.step_size)
 
 
@@ -57,12 +68,24 @@ def _batches(train: TensorSet, cfg: StageConfig, gen: torch.Generator) -> list[t
 def _augment(x_uint8: torch.Tensor, is_photo: torch.Tensor, cfg: StageConfig) -> torch.Tensor:
     x = augment.to_unit(x_uint8)
     x = augment.pseudo_sketch(x, cfg.pseudo_sketch, is_photo)
+    x = augment.random_grey(x, cfg.grey, is_photo)
     pad = cfg.crop_pad if cfg.crop_pad is not None else max(1, x.shape[-2] // 16)
     x = augment.random_crop_flip(x, pad, cfg.flip)
     mean = torch.tensor(DEFAULT_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(DEFAULT_STD, device=x.device).view(1, 3, 1, 1)
     x = (x - mean) / std
-    return augment.random_erasing(x, cfg.random_erasing)
+    x = augment.random_erasing(x, cfg.random_erasing)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def make_optimizer(model: nn.Module, cfg: StageConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
 
 
 def new_member(
@@ -92,19 +115,17 @@ def train_stage(
     log: LogFn | None = None,
     checkpoint: Path | None = None,
     progress: bool = True,
+    precision: Precision = "auto",
+    health: HealthFn | None = None,
+    health_every: int = 0,
 ) -> ResNetCifar:
     """Train ``model`` on ``train`` in place and return it (in eval mode, on the CPU)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
+    model.to(memory_format=torch.channels_last)
     data = train.to(device)
-    opt: torch.optim.Optimizer
-    if cfg.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
+    opt = make_optimizer(model, cfg)
     start_epoch = 0
     state = load_checkpoint(checkpoint, cfg, seed, device)
     if state is not None:
@@ -113,7 +134,7 @@ def train_stage(
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = int(state["epoch"])
-    use_amp = device.type == "cuda"
+    amp = autocast_dtype(device, precision)
     bar = tqdm(
         range(start_epoch, cfg.epochs), desc=desc, leave=False, disable=not progress, unit="ep"
     )
@@ -121,39 +142,47 @@ def train_stage(
         t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(epoch, cfg)
-        totals = {"loss": 0.0, "ce": 0.0, "triplet": 0.0, "correct": 0, "seen": 0}
+        sums = torch.zeros(4, device=device)  # loss, ce, triplet, correct (per-image sums)
+        seen = 0
         for index in _batches(train, cfg, gen):
-            index = index.to(device)
-            x = _augment(data.images[index], data.modality[index] == PHOTO, cfg)
+            index = index.to(device, non_blocking=True)
+            is_photo = data.modality[index] == PHOTO
+            x = _augment(data.images[index], is_photo, cfg)
             y = data.labels[index]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 logits, emb = model(x)
             ce = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             loss = ce
+            tri = torch.zeros((), device=device)
             if cfg.triplet_weight > 0:
-                tri = batch_hard_triplet(emb, y, cfg.triplet_margin)
+                anchors = ~is_photo if cfg.triplet_cross_modal else None
+                tri = batch_hard_triplet(emb, y, cfg.triplet_margin, anchors=anchors)
                 loss = loss + cfg.triplet_weight * tri
-                totals["triplet"] += float(tri.detach()) * len(y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            totals["loss"] += float(loss.detach()) * len(y)
-            totals["ce"] += float(ce.detach()) * len(y)
-            totals["correct"] += int((logits.argmax(1) == y).sum())
-            totals["seen"] += len(y)
-        seen = max(1, int(totals["seen"]))
-        record = {
+            n = len(y)
+            correct = (logits.detach().argmax(1) == y).sum()
+            sums += torch.stack([loss.detach() * n, ce.detach() * n, tri.detach() * n, correct])
+            seen += n
+        totals = (sums / max(1, seen)).tolist()  # the one host synchronisation of the epoch
+        record: dict[str, Any] = {
             "stage": desc,
             "epoch": epoch + 1,
             "lr": opt.param_groups[0]["lr"],
-            "loss": totals["loss"] / seen,
-            "ce": totals["ce"] / seen,
-            "triplet": totals["triplet"] / seen,
-            "train_acc": totals["correct"] / seen,
+            "loss": totals[0],
+            "ce": totals[1],
+            "triplet": totals[2],
+            "train_acc": totals[3],
+            "images": seen,
             "seconds": round(time.perf_counter() - t0, 3),
         }
         if not math.isfinite(record["loss"]):
             raise FloatingPointError(f"{desc}: loss became {record['loss']} at epoch {epoch + 1}")
+        last = epoch + 1 == cfg.epochs
+        if health is not None and (last or (health_every and (epoch + 1) % health_every == 0)):
+            record["health"] = health(model)
+            model.train()
         bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.2f}")
         if log is not None:
             log(record)
@@ -170,7 +199,7 @@ def train_stage(
                 cfg,
                 seed,
             )
-    return model.cpu().eval()
+    return model.cpu().to(memory_format=torch.contiguous_format).eval()
 
 
 def json_logger(path: Path) -> LogFn:

@@ -187,6 +187,7 @@ def main() -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(args.device)
+    torch.backends.cudnn.benchmark = True  # fixed 64x32 shapes: let cuDNN pick its kernels
     log(out, {"stage": "start", "environment": environment(), "device": str(device)})
 
     preset = get_preset("ship")

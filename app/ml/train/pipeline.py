@@ -108,7 +108,7 @@ def pretrain_member(
     m = model_cfg or plan.pretrain_model or plan.preset.model
     roots = [Path(r) for r in plan.pretrain_roots]
     train, holdout, data_info = pretrain_sets(
-        roots, plan.holdout, m.input_size, cache_dir=plan.workdir / "cache"
+        roots, plan.holdout, m.input_size, cache_dir=plan.workdir / "cache", progress=plan.progress
     )
     spec = member_spec(plan, arch, train.num_classes, m)
     cfg = plan.preset.pretrain
@@ -221,7 +221,9 @@ def train_members(plan: TrainPlan) -> list[BundleMember]:
     samples = subset.photos + subset.sketches
     labels = relabel_pids(s.pid for s in samples)
     size = plan.preset.model.input_size
-    train = build_tensor_set(samples, size, label_of=labels, cache_dir=plan.workdir / "cache")
+    train = build_tensor_set(
+        samples, size, label_of=labels, cache_dir=plan.workdir / "cache", progress=plan.progress
+    )
     run_key = _digest(
         sorted(plan.train_pids),
         plan.preset.model_dump(),

@@ -99,13 +99,18 @@ def pretrain_sets(
     size: tuple[int, int],
     *,
     cache_dir: Path | None,
+    progress: bool = True,
 ) -> tuple[TensorSet, Holdout | None, dict[str, Any]]:
     """Decode the pre-training folders into a training set and a held-out set."""
     train, test, info = split_pretrain_samples(roots, holdout)
     keys = sorted({(i, s.pid) for i, s in train})
     label_of = {key: label for label, key in enumerate(keys)}
     images = decode_samples(
-        [s for _, s in train], size, cache_dir=cache_dir, desc="decoding pre-training crops"
+        [s for _, s in train],
+        size,
+        cache_dir=cache_dir,
+        desc="decoding pre-training crops",
+        progress=progress,
     )
     train_set = TensorSet(
         images=images,
@@ -116,7 +121,9 @@ def pretrain_sets(
     held: Holdout | None = None
     if test:
         held = Holdout(
-            images=decode_samples([s for _, s in test], size, cache_dir=cache_dir),
+            images=decode_samples(
+                [s for _, s in test], size, cache_dir=cache_dir, progress=progress
+            ),
             pids=np.array([i * PID_STRIDE + s.pid for i, s in test], dtype=np.int64),
             camids=np.array([s.camid for _, s in test], dtype=np.int64),
         )

@@ -71,6 +71,7 @@ def decode_samples(
     cache_dir: Path | None = None,
     desc: str = "decoding",
     workers: int | None = None,
+    progress: bool = True,
 ) -> torch.Tensor:
     """Decode ``samples`` into a uint8 [N, 3, H, W] tensor, optionally cached on disk."""
     cache_file = None
@@ -83,7 +84,13 @@ def decode_samples(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         jobs = pool.map(lambda s: _decode(s, size, sketch_grey), samples)
         for i, tensor in enumerate(
-            tqdm(jobs, total=len(samples), desc=desc, leave=False, disable=len(samples) < 200)
+            tqdm(
+                jobs,
+                total=len(samples),
+                desc=desc,
+                leave=False,
+                disable=not progress or len(samples) < 200,
+            )
         ):
             out[i] = tensor
     if cache_file is not None:
@@ -102,11 +109,14 @@ def build_tensor_set(
     sketch_grey: bool = True,
     cache_dir: Path | None = None,
     desc: str = "decoding",
+    progress: bool = True,
 ) -> TensorSet:
     """Decode samples and attach labels (``label_of`` maps pid -> class; default: relabel)."""
     if label_of is None:
         label_of = {pid: i for i, pid in enumerate(sorted({s.pid for s in samples}))}
-    images = decode_samples(samples, size, sketch_grey=sketch_grey, cache_dir=cache_dir, desc=desc)
+    images = decode_samples(
+        samples, size, sketch_grey=sketch_grey, cache_dir=cache_dir, desc=desc, progress=progress
+    )
     return TensorSet(
         images=images,
         labels=torch.tensor([label_of[s.pid] for s in samples], dtype=torch.int64),

@@ -192,6 +192,7 @@ def save_pretrained(
     kept = [m for m in manifest["members"] if m["arch"] not in new_archs]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the folder from a service running as another user
     try:
         for entry in kept:
             shutil.copy2(out_dir / entry["weights"], tmp / entry["weights"])

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db.models import ROLES, ApiKey
-from app.db.types import utcnow
+from app.db.types import is_valid_id, utcnow
 from app.errors import UserInputError
 from app.services.errors import AuthenticationError, NotFoundError
 
@@ -42,7 +42,7 @@ def list_keys(session: Session) -> list[ApiKey]:
 
 
 def revoke_key(session: Session, key_id: int) -> ApiKey:
-    row = session.get(ApiKey, key_id)
+    row = session.get(ApiKey, key_id) if is_valid_id(key_id) else None
     if row is None:
         raise NotFoundError(f"API key {key_id} does not exist")
     if row.revoked_at is None:

@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.models import GalleryItem
+from app.db.types import MAX_ID, is_valid_id
 from app.errors import ImageError, SketchReidError, UserInputError
 from app.services.blobs import CONTENT_TYPES, sha256_hex, sniff_extension
 from app.services.context import ServiceContext
@@ -383,7 +384,7 @@ def ingest_batch(
 
 
 def get_item(session: Session, item_id: int) -> GalleryItem:
-    item = session.get(GalleryItem, item_id)
+    item = session.get(GalleryItem, item_id) if is_valid_id(item_id) else None
     if item is None:
         raise NotFoundError(f"gallery item {item_id} does not exist")
     return item
@@ -405,8 +406,8 @@ def list_items(
     """
     if not 1 <= limit <= MAX_LIST_LIMIT:
         raise UserInputError(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
-    if offset < 0:
-        raise UserInputError(f"offset must be 0 or more, got {offset}")
+    if not 0 <= offset <= MAX_ID:
+        raise UserInputError(f"offset must be between 0 and {MAX_ID}, got {offset}")
     check_range(captured_after, captured_before)
     conditions = filter_conditions(camera_ids, captured_after, captured_before)
     total = session.scalar(select(func.count(GalleryItem.id)).where(*conditions))

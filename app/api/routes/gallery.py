@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from app.api.deps import CtxDep, OperatorDep, ReaderDep, SessionDep
 from app.api.schemas import BatchItemResult, BatchResult, GalleryItemOut, GalleryPage
 from app.api.uploads import read_upload
+from app.db.types import MAX_ID
 from app.errors import UserInputError
 from app.services import gallery
 from app.services.errors import PayloadTooLargeError
@@ -106,7 +107,7 @@ def list_items(
     session: SessionDep,
     _key: ReaderDep,
     limit: Annotated[int, Query(ge=1, le=gallery.MAX_LIST_LIMIT)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     camera_id: Annotated[list[str] | None, Query()] = None,
     captured_after: Annotated[str | None, Query(description="inclusive, ISO 8601")] = None,
     captured_before: Annotated[str | None, Query(description="exclusive, ISO 8601")] = None,

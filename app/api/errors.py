@@ -13,6 +13,7 @@ from app.services.errors import (
     AuthenticationError,
     NotFoundError,
     NotReadyError,
+    OutOfRangeError,
     PayloadTooLargeError,
     PermissionDeniedError,
 )
@@ -25,6 +26,7 @@ STATUS_BY_ERROR: tuple[tuple[type[SketchReidError], int], ...] = (
     (PermissionDeniedError, 403),
     (NotFoundError, 404),
     (PayloadTooLargeError, 413),
+    (OutOfRangeError, 422),
     (UserInputError, 400),
     (NotReadyError, 503),
     (BundleError, 503),

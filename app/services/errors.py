@@ -9,6 +9,10 @@ class NotFoundError(UserInputError):
     """An id that does not exist (or that the caller may not see): HTTP 404."""
 
 
+class OutOfRangeError(UserInputError):
+    """A value of the right type outside the range the service accepts: HTTP 422."""
+
+
 class PayloadTooLargeError(UserInputError):
     """An upload over the size limit: HTTP 413."""
 
@@ -23,3 +27,14 @@ class PermissionDeniedError(SketchReidError):
 
 class NotReadyError(SketchReidError):
     """The service cannot answer right now (e.g. the index is being rebuilt): HTTP 503."""
+
+
+def input_error_status(exc: UserInputError) -> int:
+    """The HTTP status of a refused input (also used for one file of a batch)."""
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, PayloadTooLargeError):
+        return 413
+    if isinstance(exc, OutOfRangeError):
+        return 422
+    return 400

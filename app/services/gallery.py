@@ -30,7 +30,7 @@ from app.db.types import MAX_ID, is_valid_id
 from app.errors import ImageError, SketchReidError, UserInputError
 from app.services.blobs import CONTENT_TYPES, sha256_hex, sniff_extension
 from app.services.context import ServiceContext
-from app.services.errors import NotFoundError, PayloadTooLargeError
+from app.services.errors import NotFoundError, PayloadTooLargeError, input_error_status
 from app.services.timeparse import parse_timestamp
 
 log = logging.getLogger(__name__)
@@ -281,8 +281,9 @@ def ingest_many(
             prepared.append((position, prep))
             outcomes.append(IngestOutcome(name, "created", None, sha256=sha))
         except UserInputError as exc:
-            status = 413 if isinstance(exc, PayloadTooLargeError) else 400
-            outcomes.append(IngestOutcome(name, "error", error=str(exc), http_status=status))
+            outcomes.append(
+                IngestOutcome(name, "error", error=str(exc), http_status=input_error_status(exc))
+            )
     if prepared:
         vectors = ctx.bundle.embedder.embed(
             [p.image for _, p in prepared],
@@ -372,7 +373,7 @@ def ingest_batch(
             assert entry.data is not None
             todo.append((position, (entry.filename, entry.data, meta)))
         except UserInputError as exc:
-            status = 413 if isinstance(exc, PayloadTooLargeError) else 400
+            status = input_error_status(exc)
             message = f"{entry.filename}: {exc}" if entry.filename else str(exc)
             outcomes[position] = IngestOutcome(
                 entry.filename, "error", error=message, http_status=status

@@ -46,3 +46,71 @@ def test_largest_offset_is_an_empty_page(client: TestClient, keys: Keys) -> None
     assert r.json()["items"] == [] and r.json()["total"] == 1
     assert r.json()["next_offset"] is None
     assert snapshot(client)["items"] == 1
+
+
+# In UTC these fall before year 1 or after year 9999, which no datetime can hold.
+BEYOND_THE_CALENDAR = ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00")
+
+
+@pytest.mark.parametrize("when", BEYOND_THE_CALENDAR)
+def test_capture_time_beyond_the_calendar_is_422_on_upload(
+    client: TestClient, keys: Keys, when: str
+) -> None:
+    before = snapshot(client)
+    r = upload(client, keys.operator, jpeg(1), captured_at=when)
+    assert r.status_code == 422, r.text
+    assert "captured_at" in r.json()["detail"] and "range" in r.json()["detail"]
+    batch = client.post(
+        "/api/v1/gallery/batch",
+        files=[("images", ("a.jpg", jpeg(1), "image/jpeg"))],
+        data={"metadata": f'[{{"captured_at": "{when}"}}]'},
+        headers=keys.operator,
+    )
+    assert batch.status_code == 200, batch.text
+    result = batch.json()["results"][0]
+    assert (result["status"], result["http_status"]) == ("error", 422)
+    assert "range" in result["error"]
+    assert snapshot(client) == before
+
+
+@pytest.mark.parametrize("when", BEYOND_THE_CALENDAR)
+@pytest.mark.parametrize("name", ["captured_after", "captured_before"])
+def test_filter_time_beyond_the_calendar_is_422(
+    client: TestClient, keys: Keys, when: str, name: str
+) -> None:
+    before = snapshot(client)
+    listing = client.get("/api/v1/gallery", params={name: when}, headers=keys.admin)
+    assert listing.status_code == 422, listing.text
+    assert name in listing.json()["detail"]
+    search = client.post(
+        "/api/v1/search",
+        files={"sketch": ("s.png", jpeg(2), "image/jpeg")},
+        data={name: when},
+        headers=keys.investigator,
+    )
+    assert search.status_code == 422, search.text
+    assert name in search.json()["detail"]
+    assert snapshot(client) == before
+
+
+def test_first_and_last_instants_of_the_calendar_are_stored_and_read(
+    client: TestClient, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A PostgreSQL session in a zone east of UTC cannot show 9999-12-31T23:59Z (it would be
+    # year 10000 there); the service must read and write timestamps in UTC whatever the
+    # server's or the client's (PGTZ) zone.
+    monkeypatch.setenv("PGTZ", "Asia/Tokyo")
+    client.app.state.ctx.engine.dispose()  # type: ignore[attr-defined]
+    first = upload(client, keys.operator, jpeg(1), captured_at="0001-01-01T00:00:00Z")
+    last = upload(client, keys.operator, jpeg(2), captured_at="9999-12-31T23:59:59.999999Z")
+    assert first.status_code == 201 and last.status_code == 201, (first.text, last.text)
+    listing = client.get(
+        "/api/v1/gallery",
+        params={"captured_after": "0001-01-01T00:00:00Z"},
+        headers=keys.admin,
+    )
+    assert listing.status_code == 200, listing.text
+    assert [i["captured_at"] for i in listing.json()["items"]] == [
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.999999Z",
+    ]

@@ -68,12 +68,7 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
 
 
-async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return JSONResponse({"detail": "internal server error"}, status_code=500)
-
-
 def install(app: FastAPI) -> None:
     app.add_exception_handler(SketchReidError, sketchreid_error)
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(Exception, unexpected_error)
+    # Other exceptions: app.api.middleware.UnexpectedErrors (a 500 that keeps the connection).

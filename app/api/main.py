@@ -18,7 +18,7 @@ from fastapi import APIRouter, FastAPI
 
 from app.api import errors
 from app.api.metrics import Metrics
-from app.api.middleware import BodySizeLimit, RequestMetrics
+from app.api.middleware import BodySizeLimit, RequestMetrics, UnexpectedErrors
 from app.api.routes import apikeys, gallery, health, model, search
 from app.api.schemas import API_PREFIX
 from app.core.config import Settings, get_settings
@@ -99,6 +99,8 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
     def body_limit(path: str) -> int:
         return batch if path.rstrip("/") == f"{API_PREFIX}/gallery/batch" else single
 
+    # The last added is the outermost: metrics see the 500 that UnexpectedErrors sends.
     app.add_middleware(BodySizeLimit, limit_for=body_limit)
+    app.add_middleware(UnexpectedErrors)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from app.errors import BundleError, SketchReidError, UserInputError
 from app.services.errors import (
     AuthenticationError,
+    ConflictError,
     NotFoundError,
     NotReadyError,
     OutOfRangeError,
@@ -25,6 +26,7 @@ STATUS_BY_ERROR: tuple[tuple[type[SketchReidError], int], ...] = (
     (AuthenticationError, 401),
     (PermissionDeniedError, 403),
     (NotFoundError, 404),
+    (ConflictError, 409),
     (PayloadTooLargeError, 413),
     (OutOfRangeError, 422),
     (UserInputError, 400),

@@ -48,6 +48,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.set_defaults(func=cmd_apikey_list)
     revoke = key_sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id", type=int, metavar="ID")
+    revoke.add_argument(
+        "--force",
+        action="store_true",
+        help="revoke even the last active admin key (e.g. a leaked one; create a new one after)",
+    )
     revoke.set_defaults(func=cmd_apikey_revoke)
 
     ingest = subparsers.add_parser(
@@ -181,7 +186,7 @@ def cmd_apikey_revoke(args: argparse.Namespace) -> int:
     engine, factory = _with_session(get_settings())
     try:
         with session_scope(factory) as session:
-            row = apikeys.revoke_key(session, args.key_id)
+            row = apikeys.revoke_key(session, args.key_id, allow_last_admin=args.force)
             print(
                 f"key {row.id} ({row.role}, {row.name!r}) revoked at "
                 f"{row.revoked_at:%Y-%m-%d %H:%M:%S} UTC"

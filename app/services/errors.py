@@ -17,6 +17,10 @@ class PayloadTooLargeError(UserInputError):
     """An upload over the size limit: HTTP 413."""
 
 
+class ConflictError(SketchReidError):
+    """A request that the current state forbids (e.g. revoking the last admin key): HTTP 409."""
+
+
 class AuthenticationError(SketchReidError):
     """No API key, an unknown key or a revoked key: HTTP 401."""
 

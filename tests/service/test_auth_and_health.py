@@ -144,3 +144,31 @@ def test_model_endpoint(client: TestClient, keys: Keys) -> None:
     assert body["translator"] is True
     assert body["manifest"]["members"][0]["spec"]["arch"] == "resnet20"
     assert body["index"]["type"] == "flat"
+
+
+def _key_id(client: TestClient, keys: Keys, name: str) -> int:
+    listed = client.get("/api/v1/apikeys", headers=keys.admin).json()
+    return int(next(k["id"] for k in listed if k["name"] == name))
+
+
+def test_the_last_admin_key_cannot_be_revoked_over_http(client: TestClient, keys: Keys) -> None:
+    me = _key_id(client, keys, "admin")
+    r = client.post(f"/api/v1/apikeys/{me}/revoke", headers=keys.admin)
+    assert r.status_code == 409, r.text
+    assert "last active admin key" in r.json()["detail"]
+    assert client.get("/api/v1/apikeys", headers=keys.admin).status_code == 200  # still works
+
+    # With a second admin key, either may be revoked (including one's own) ...
+    second = client.post(
+        "/api/v1/apikeys", json={"name": "admin 2", "role": "admin"}, headers=keys.admin
+    ).json()
+    second_headers = {"X-API-Key": second["key"]}
+    r = client.post(f"/api/v1/apikeys/{me}/revoke", headers=keys.admin)
+    assert r.status_code == 200 and r.json()["revoked_at"], r.text
+    assert client.get("/api/v1/apikeys", headers=keys.admin).status_code == 401
+    # ... but not the one that is then the last.
+    r = client.post(f"/api/v1/apikeys/{second['id']}/revoke", headers=second_headers)
+    assert r.status_code == 409
+    # Revoking an already revoked key changes nothing and is not a conflict.
+    r = client.post(f"/api/v1/apikeys/{me}/revoke", headers=second_headers)
+    assert r.status_code == 200

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -114,3 +116,83 @@ def test_first_and_last_instants_of_the_calendar_are_stored_and_read(
         "0001-01-01T00:00:00Z",
         "9999-12-31T23:59:59.999999Z",
     ]
+
+
+def test_two_image_parts_in_one_upload_are_422(client: TestClient, keys: Keys) -> None:
+    before = snapshot(client)
+    r = client.post(
+        "/api/v1/gallery",
+        files=[
+            ("image", ("a.jpg", jpeg(1), "image/jpeg")),
+            ("image", ("b.jpg", jpeg(2), "image/jpeg")),
+        ],
+        headers=keys.operator,
+    )
+    assert r.status_code == 422, r.text
+    assert "image" in r.json()["detail"] and "2 times" in r.json()["detail"]
+    assert r.json()["errors"][0]["field"] == "image"
+    r = upload(client, keys.operator, jpeg(1), captured_at="2024-01-01T00:00:00Z")
+    assert r.status_code == 201  # one of each is fine
+    after = snapshot(client)
+    assert after["items"] == before["items"] + 1
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "files", "data", "field"),
+    [
+        (
+            "POST",
+            "/api/v1/gallery",
+            [("image", ("a.jpg", "jpeg", "image/jpeg"))],
+            [("camera_id", "c1"), ("camera_id", "c2")],
+            "camera_id",
+        ),
+        (
+            "POST",
+            "/api/v1/search",
+            [("sketch", ("a.jpg", "jpeg", "image/jpeg"))] * 2,
+            [],
+            "sketch",
+        ),
+        (
+            "POST",
+            "/api/v1/search",
+            [("sketch", ("a.jpg", "jpeg", "image/jpeg"))],
+            [("top_k", "1"), ("top_k", "50")],
+            "top_k",
+        ),
+        (
+            "POST",
+            "/api/v1/gallery/batch",
+            [("images", ("a.jpg", "jpeg", "image/jpeg"))],
+            [("metadata", "[null]"), ("metadata", "[null]")],
+            "metadata",
+        ),
+        ("GET", "/api/v1/gallery?limit=1&limit=500", None, None, "limit"),
+        (
+            "GET",
+            "/api/v1/gallery?captured_after=2024-01-01T00:00Z&captured_after=2025-01-01T00:00Z",
+            None,
+            None,
+            "captured_after",
+        ),
+    ],
+)
+def test_single_valued_fields_sent_twice_are_422(
+    client: TestClient,
+    keys: Keys,
+    method: str,
+    url: str,
+    files: list[Any] | None,
+    data: list[tuple[str, str]] | None,
+    field: str,
+) -> None:
+    before = snapshot(client)
+    if files is not None:
+        files = [(name, (fn, jpeg(3), ct)) for name, (fn, _, ct) in files]
+    if data:  # repeated plain fields go as multipart parts without a file name
+        files = list(files or []) + [(name, (None, value)) for name, value in data]
+    r = client.request(method, url, files=files, headers=keys.admin)
+    assert r.status_code == 422, r.text
+    assert field in r.json()["detail"] and "2 times" in r.json()["detail"]
+    assert snapshot(client) == before

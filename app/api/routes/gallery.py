@@ -7,10 +7,10 @@ import time
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.responses import JSONResponse
 
-from app.api.deps import CtxDep, OperatorDep, ReaderDep, SessionDep
+from app.api.deps import CtxDep, OperatorDep, ReaderDep, SessionDep, single_valued
 from app.api.schemas import BatchItemResult, BatchResult, GalleryItemOut, GalleryPage
 from app.api.uploads import read_upload
 from app.db.types import MAX_ID
@@ -20,6 +20,14 @@ from app.services.errors import PayloadTooLargeError
 from app.services.timeparse import parse_timestamp
 
 router = APIRouter(prefix="/gallery", tags=["gallery"])
+
+_ONE_IMAGE = Depends(
+    single_valued(form=("image", "camera_id", "captured_at", "location", "external_id"))
+)
+_ONE_BATCH = Depends(single_valued(form=("metadata", "camera_from_filename")))
+_ONE_LISTING = Depends(
+    single_valued(query=("limit", "offset", "captured_after", "captured_before"))
+)
 
 
 @router.post(
@@ -33,6 +41,7 @@ def ingest(
     ctx: CtxDep,
     session: SessionDep,
     key: OperatorDep,
+    _once: Annotated[None, _ONE_IMAGE],
     image: Annotated[UploadFile, File(description="A person crop (JPEG, PNG, WEBP, ...)")],
     camera_id: Annotated[str | None, Form()] = None,
     captured_at: Annotated[
@@ -58,6 +67,7 @@ def ingest_batch(
     ctx: CtxDep,
     session: SessionDep,
     key: OperatorDep,
+    _once: Annotated[None, _ONE_BATCH],
     images: Annotated[list[UploadFile], File(description="Person crops")],
     metadata: Annotated[
         str | None,
@@ -106,6 +116,7 @@ def ingest_batch(
 def list_items(
     session: SessionDep,
     _key: ReaderDep,
+    _once: Annotated[None, _ONE_LISTING],
     limit: Annotated[int, Query(ge=1, le=gallery.MAX_LIST_LIMIT)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     camera_id: Annotated[list[str] | None, Query()] = None,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 
-from app.api.deps import CtxDep, InvestigatorDep, SessionDep
+from app.api.deps import CtxDep, InvestigatorDep, SessionDep, single_valued
 from app.api.schemas import SearchOut, SearchRecordOut
 from app.api.uploads import read_upload
 from app.services import search as search_service
@@ -16,6 +16,23 @@ from app.services.timeparse import parse_timestamp
 
 router = APIRouter(tags=["search"])
 
+# Every field but the repeatable camera_id.
+_ONE_EACH = Depends(
+    single_valued(
+        form=(
+            "sketch",
+            "top_k",
+            "translate",
+            "rerank",
+            "k1",
+            "k2",
+            "lambda_value",
+            "captured_after",
+            "captured_before",
+        )
+    )
+)
+
 
 @router.post("/search", response_model=SearchOut)
 def search(
@@ -23,6 +40,7 @@ def search(
     ctx: CtxDep,
     session: SessionDep,
     key: InvestigatorDep,
+    _once: Annotated[None, _ONE_EACH],
     sketch: Annotated[UploadFile, File(description="A full-body sketch of the suspect")],
     top_k: Annotated[int, Form(ge=1, le=search_service.MAX_TOP_K)] = 10,
     translate: Annotated[bool, Form(description="sketch -> photo before embedding")] = True,

@@ -2,40 +2,25 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from app.api.main import create_app
 from app.core.config import Settings
 from app.ml.bundle import Bundle
 from app.services import gallery
 
-from .conftest import Keys
+from .conftest import Keys, running_server
 
 
 @pytest.fixture
 def server(settings: Settings, bundle: Bundle, keys: Keys) -> Iterator[tuple[str, Any]]:
-    """The app under uvicorn on 127.0.0.1 (a free port), in a thread of this process."""
     app = create_app(settings, bundle=bundle)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while thread.is_alive() and not srv.started:
-        time.sleep(0.01)
-    assert srv.started, "uvicorn did not start"
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        srv.should_exit = True
-        thread.join()
+    with running_server(app) as base:
+        yield base, app
 
 
 def _local_address(response: httpx.Response) -> Any:

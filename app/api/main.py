@@ -18,7 +18,7 @@ from fastapi import APIRouter, FastAPI
 
 from app.api import errors
 from app.api.metrics import Metrics
-from app.api.middleware import BodySizeLimit, RequestMetrics, UnexpectedErrors
+from app.api.middleware import BodySizeLimit, ConcurrencyLimit, RequestMetrics, UnexpectedErrors
 from app.api.routes import apikeys, gallery, health, model, search
 from app.api.schemas import API_PREFIX
 from app.core.config import Settings, get_settings
@@ -94,13 +94,23 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
     app.include_router(api_router())
 
     single = settings.max_upload_bytes + _FORM_OVERHEAD
-    batch = settings.max_upload_bytes * settings.MAX_BATCH_FILES + _FORM_OVERHEAD
+    batch_path = f"{API_PREFIX}/gallery/batch"
+    batch = min(
+        settings.max_upload_bytes * settings.MAX_BATCH_FILES + _FORM_OVERHEAD,
+        settings.max_batch_bytes,
+    )
 
     def body_limit(path: str) -> int:
-        return batch if path.rstrip("/") == f"{API_PREFIX}/gallery/batch" else single
+        return batch if path.rstrip("/") == batch_path else single
 
     # The last added is the outermost: metrics see the 500 that UnexpectedErrors sends.
     app.add_middleware(BodySizeLimit, limit_for=body_limit)
+    app.add_middleware(
+        ConcurrencyLimit,
+        path=batch_path,
+        limit=settings.MAX_CONCURRENT_BATCHES,
+        what="batch upload",
+    )
     app.add_middleware(UnexpectedErrors)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -81,6 +81,57 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, send)
 
 
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+class ConcurrencyLimit:
+    """At most ``limit`` requests to ``path`` (POST) at once; one more gets 429 at once, before
+    its body is read. A counter on the event loop: no lock needed."""
+
+    def __init__(self, app: ASGIApp, path: str, limit: int, what: str) -> None:
+        self.app = app
+        self.path = path.rstrip("/")
+        self.limit = limit
+        self.what = what
+        self.running = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope.get("method") != "POST"
+            or scope.get("path", "").rstrip("/") != self.path
+        ):
+            await self.app(scope, receive, send)
+            return
+        if self.running >= self.limit:
+            detail = (
+                f"{self.running} {self.what}(s) already running, the limit is {self.limit}: "
+                "retry when one has finished"
+            )
+            await _send_json(send, 429, {"detail": detail}, [(b"retry-after", b"5")])
+            return
+        self.running += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.running -= 1
+
+
 class UnexpectedErrors:
     """Turn an exception that no handler took into a JSON 500 *response*.
 
@@ -111,18 +162,7 @@ class UnexpectedErrors:
             log.exception("%s %s failed", scope.get("method", "?"), scope.get("path", "?"))
             if started:
                 raise
-            body = json.dumps(INTERNAL_ERROR).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await _send_json(send, 500, INTERNAL_ERROR)
 
 
 def route_template(scope: Scope) -> str:

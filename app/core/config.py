@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     # Images are downscaled to this longest side right after decoding (the model sees 64x32).
     DECODE_MAX_SIDE: int = Field(default=1024, ge=64)
     MAX_BATCH_FILES: int = Field(default=100, ge=1, le=10_000)
+    # Whole body of one batch request (413 beyond, refused while it streams).
+    MAX_BATCH_MB: float = Field(default=200.0, gt=0, le=100_000)
+    # Batch uploads processed at once; one more is refused with 429 before its body is read.
+    MAX_CONCURRENT_BATCHES: int = Field(default=2, ge=1, le=1000)
 
     INDEX_TYPE: IndexType = "flat"
     INDEX_HNSW_M: int = Field(default=32, ge=4, le=256)
@@ -70,6 +74,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.MAX_UPLOAD_MB * 1024 * 1024)
+
+    @property
+    def max_batch_bytes(self) -> int:
+        return int(self.MAX_BATCH_MB * 1024 * 1024)
 
     @property
     def blob_dir(self) -> Path:

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -31,6 +31,7 @@ from app.errors import ImageError, SketchReidError, UserInputError
 from app.services.blobs import CONTENT_TYPES, sha256_hex, sniff_extension
 from app.services.context import ServiceContext
 from app.services.errors import NotFoundError, PayloadTooLargeError, input_error_status
+from app.services.imagecheck import trailing_bytes
 from app.services.timeparse import parse_timestamp
 
 log = logging.getLogger(__name__)
@@ -105,10 +106,19 @@ class IngestOutcome:
     sha256: str | None = None
 
 
+# An upload's bytes, or a function that reads them (again) from where they wait, e.g. the
+# temporary file a multipart upload was spooled to: a batch then holds one file at a time.
+ByteSource = bytes | Callable[[], bytes]
+
+
+def _read(source: ByteSource) -> bytes:
+    return source() if callable(source) else source
+
+
 @dataclass
 class _Prepared:
     filename: str | None
-    data: bytes
+    source: ByteSource
     sha256: str
     meta: ItemMetadata
     image: Image.Image
@@ -139,11 +149,24 @@ def check_upload(ctx: ServiceContext, data: bytes, filename: str | None = None) 
         )
     if not data:
         raise ImageError(f"empty file{where} (0 bytes)")
+    tail = trailing_bytes(data)
+    if tail is not None:
+        fmt, count = tail
+        raise ImageError(
+            f"file{where} has {count} bytes after the end of the {fmt} image; "
+            "send the image alone (data appended to an image is refused, not stored)"
+        )
 
 
 def _prepare(
-    ctx: ServiceContext, data: bytes, meta: ItemMetadata, filename: str | None
+    ctx: ServiceContext,
+    data: bytes,
+    meta: ItemMetadata,
+    filename: str | None,
+    source: ByteSource | None = None,
 ) -> _Prepared:
+    """Check and decode ``data``; the result keeps ``source`` (default: ``data``) to read the
+    bytes again when they are stored."""
     check_upload(ctx, data, filename)
     t0 = time.perf_counter()
     try:
@@ -153,7 +176,7 @@ def _prepare(
     decode_ms = (time.perf_counter() - t0) * 1000
     return _Prepared(
         filename=filename,
-        data=data,
+        source=data if source is None else source,
         sha256=sha256_hex(data),
         meta=meta,
         image=image,
@@ -180,12 +203,14 @@ def _store(
     created_by: int | None,
 ) -> tuple[GalleryItem, bool]:
     with _sha_lock(prep.sha256):
+        data = _read(prep.source)
         existing = find_by_sha(session, prep.sha256)
         if existing is not None:
-            _heal_blob(ctx, existing, prep.data)
+            _heal_blob(ctx, existing, data)
             return existing, False
-        ext = sniff_extension(prep.data)
-        relative, new_blob = ctx.blobs.put(prep.sha256, ext, prep.data)
+        ext = sniff_extension(data)
+        relative, new_blob = ctx.blobs.put(prep.sha256, ext, data)  # checks the sha256 again
+        del data
         item_id: int | None = None
         in_index = False
         try:
@@ -248,63 +273,99 @@ def ingest_image(
     return _store(ctx, session, prep, vector, created_by)
 
 
+# Files of a batch decoded (and held decoded) at once before one embedding call: bounds the
+# memory of a batch to one encoded file plus this many decoded images (each at most
+# DECODE_MAX_SIDE on its longest side).
+BATCH_DECODE_CHUNK = 16
+
+
+def _take(
+    ctx: ServiceContext,
+    session: Session,
+    position: int,
+    name: str | None,
+    source: ByteSource,
+    meta: ItemMetadata,
+    first_of: dict[str, int],
+) -> tuple[IngestOutcome, _Prepared | None]:
+    """Read, check and decode one file of a batch; its bytes are dropped on return."""
+    try:
+        data = _read(source)
+        check_upload(ctx, data, name)
+        sha = sha256_hex(data)
+        existing = find_by_sha(session, sha)
+        if existing is not None:
+            _heal_blob(ctx, existing, data)
+            return IngestOutcome(name, "exists", existing, http_status=200, sha256=sha), None
+        if sha in first_of:
+            return IngestOutcome(name, "exists", None, http_status=200, sha256=sha), None
+        prep = _prepare(ctx, data, meta, name, source)
+        first_of[sha] = position
+        return IngestOutcome(name, "created", None, sha256=sha), prep
+    except UserInputError as exc:
+        message = str(exc)
+        if name and name not in message:
+            message = f"{name}: {message}"
+        status = input_error_status(exc)
+        return IngestOutcome(name, "error", error=message, http_status=status), None
+
+
+def _embed_and_store(
+    ctx: ServiceContext,
+    session: Session,
+    prepared: list[tuple[int, _Prepared]],
+    outcomes: list[IngestOutcome],
+    created_by: int | None,
+) -> None:
+    if not prepared:
+        return
+    vectors = ctx.bundle.embedder.embed(
+        [p.image for _, p in prepared],
+        modality="photo",
+        batch_size=ctx.settings.EMBED_BATCH_SIZE,
+    )
+    for (position, prep), vector in zip(prepared, vectors, strict=True):
+        outcome = outcomes[position]
+        try:
+            item, created = _store(ctx, session, prep, vector, created_by)
+        except SketchReidError as exc:
+            outcome.status, outcome.error, outcome.http_status = "error", str(exc), 400
+            continue
+        except Exception:  # a server fault (database, disk): this file only, logged
+            log.exception("storing %s failed", prep.filename or prep.sha256)
+            outcome.status, outcome.http_status = "error", 500
+            outcome.error = "internal error while storing the file; it was not stored"
+            continue
+        outcome.item = item
+        if not created:
+            outcome.status, outcome.http_status = "exists", 200
+
+
 def ingest_many(
     ctx: ServiceContext,
     session: Session,
-    files: Sequence[tuple[str | None, bytes, ItemMetadata]],
+    files: Sequence[tuple[str | None, ByteSource, ItemMetadata]],
     *,
     created_by: int | None = None,
 ) -> list[IngestOutcome]:
     """Store several crops, one transaction each; a bad file fails alone.
 
-    Decoding is per file, embedding is one batched call for all decodable new files.
+    Files are taken ``BATCH_DECODE_CHUNK`` at a time: each is read, checked and decoded (its
+    bytes dropped again when they come from a reader), then the chunk is embedded in one call
+    and stored file by file (reading the bytes again to write the blob).
     """
     outcomes: list[IngestOutcome] = []
-    prepared: list[tuple[int, _Prepared]] = []
     first_of: dict[str, int] = {}  # sha256 -> position of its first occurrence in this batch
-    for position, (name, data, meta) in enumerate(files):
-        try:
-            check_upload(ctx, data, name)
-            sha = sha256_hex(data)
-            existing = find_by_sha(session, sha)
-            if existing is not None:
-                _heal_blob(ctx, existing, data)
-                outcomes.append(
-                    IngestOutcome(name, "exists", existing, http_status=200, sha256=sha)
-                )
-                continue
-            if sha in first_of:
-                outcomes.append(IngestOutcome(name, "exists", None, http_status=200, sha256=sha))
-                continue
-            first_of[sha] = position
-            prep = _prepare(ctx, data, meta, name)
-            prepared.append((position, prep))
-            outcomes.append(IngestOutcome(name, "created", None, sha256=sha))
-        except UserInputError as exc:
-            outcomes.append(
-                IngestOutcome(name, "error", error=str(exc), http_status=input_error_status(exc))
-            )
-    if prepared:
-        vectors = ctx.bundle.embedder.embed(
-            [p.image for _, p in prepared],
-            modality="photo",
-            batch_size=ctx.settings.EMBED_BATCH_SIZE,
-        )
-        for (position, prep), vector in zip(prepared, vectors, strict=True):
-            outcome = outcomes[position]
-            try:
-                item, created = _store(ctx, session, prep, vector, created_by)
-            except SketchReidError as exc:
-                outcome.status, outcome.error, outcome.http_status = "error", str(exc), 400
-                continue
-            except Exception:  # a server fault (database, disk): this file only, logged
-                log.exception("storing %s failed", prep.filename or prep.sha256)
-                outcome.status, outcome.http_status = "error", 500
-                outcome.error = "internal error while storing the file; it was not stored"
-                continue
-            outcome.item = item
-            if not created:
-                outcome.status, outcome.http_status = "exists", 200
+    for start in range(0, len(files), BATCH_DECODE_CHUNK):
+        prepared: list[tuple[int, _Prepared]] = []
+        for position in range(start, min(start + BATCH_DECODE_CHUNK, len(files))):
+            name, source, meta = files[position]
+            outcome, prep = _take(ctx, session, position, name, source, meta, first_of)
+            outcomes.append(outcome)
+            if prep is not None:
+                prepared.append((position, prep))
+        _embed_and_store(ctx, session, prepared, outcomes, created_by)
+        del prepared
     # Later copies of a file stored earlier in the same batch point at that item.
     by_sha = {o.sha256: o.item for o in outcomes if o.item is not None and o.sha256}
     for outcome in outcomes:
@@ -319,12 +380,11 @@ def ingest_many(
 
 @dataclass
 class BatchEntry:
-    """One file of a batch upload as received: its bytes, or why they were not read."""
+    """One file of a batch upload: its bytes or a reader of them, and its metadata."""
 
     filename: str | None
-    data: bytes | None
+    source: ByteSource
     metadata: object = None  # a JSON object of ItemMetadata fields, or None
-    error: UserInputError | None = None
 
 
 _META_FIELDS = ("camera_id", "captured_at", "location", "external_id")
@@ -364,14 +424,11 @@ def ingest_batch(
             f"{len(entries)} files in one batch, the limit is {ctx.settings.MAX_BATCH_FILES}"
         )
     outcomes: list[IngestOutcome | None] = [None] * len(entries)
-    todo: list[tuple[int, tuple[str | None, bytes, ItemMetadata]]] = []
+    todo: list[tuple[int, tuple[str | None, ByteSource, ItemMetadata]]] = []
     for position, entry in enumerate(entries):
         try:
-            if entry.error is not None:
-                raise entry.error
             meta = _entry_metadata(entry, camera_from_name)
-            assert entry.data is not None
-            todo.append((position, (entry.filename, entry.data, meta)))
+            todo.append((position, (entry.filename, entry.source, meta)))
         except UserInputError as exc:
             status = input_error_status(exc)
             message = f"{entry.filename}: {exc}" if entry.filename else str(exc)

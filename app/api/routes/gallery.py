@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from datetime import datetime
@@ -16,7 +17,6 @@ from app.api.uploads import read_upload
 from app.db.types import MAX_ID
 from app.errors import UserInputError
 from app.services import gallery
-from app.services.errors import PayloadTooLargeError
 from app.services.timeparse import parse_timestamp
 
 router = APIRouter(prefix="/gallery", tags=["gallery"])
@@ -92,14 +92,13 @@ def ingest_batch(
                 f"metadata must be a JSON list with one entry per file ({len(images)} files)"
             )
         per_file = parsed
-    entries = []
-    for upload, meta in zip(images, per_file, strict=True):
-        try:
-            data: bytes | None = read_upload(upload, ctx.settings.max_upload_bytes)
-            error = None
-        except PayloadTooLargeError as exc:
-            data, error = None, exc
-        entries.append(gallery.BatchEntry(upload.filename, data, meta, error))
+    # Each file stays where the multipart parser put it (a temporary file once over 1 MB) and
+    # is read when its turn comes, so one batch holds one file in memory, not all of them.
+    limit = ctx.settings.max_upload_bytes
+    entries = [
+        gallery.BatchEntry(upload.filename, functools.partial(read_upload, upload, limit), meta)
+        for upload, meta in zip(images, per_file, strict=True)
+    ]
     outcomes = gallery.ingest_batch(
         ctx, session, entries, camera_from_name=camera_from_filename, created_by=key.id
     )

@@ -53,7 +53,11 @@ async def sketchreid_error(request: Request, exc: Exception) -> JSONResponse:
     if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
     headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
-    return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+    body: dict[str, object] = {"detail": str(exc)}
+    if status == 422:  # like a validation error: say which field
+        field = getattr(exc, "field", None) or "request"
+        body["errors"] = [{"field": field, "message": str(exc), "type": "out_of_range"}]
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -20,7 +20,7 @@ from app.api import errors
 from app.api.metrics import Metrics
 from app.api.middleware import BodySizeLimit, ConcurrencyLimit, RequestMetrics, UnexpectedErrors
 from app.api.routes import apikeys, gallery, health, model, search
-from app.api.schemas import API_PREFIX
+from app.api.schemas import API_PREFIX, COMMON_ERRORS, error_responses
 from app.core.config import Settings, get_settings
 from app.ml.bundle import Bundle
 from app.services.context import close_context, open_context, sync_index
@@ -32,7 +32,7 @@ _FORM_OVERHEAD = 1024 * 1024
 
 
 def api_router() -> APIRouter:
-    router = APIRouter(prefix=API_PREFIX)
+    router = APIRouter(prefix=API_PREFIX, responses=error_responses(*COMMON_ERRORS))
     router.include_router(gallery.router)
     router.include_router(search.router)
     router.include_router(model.router)

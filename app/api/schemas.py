@@ -6,13 +6,57 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.db.models import ApiKey, GalleryItem, Search
 from app.services.gallery import IngestOutcome
 from app.services.search import SearchOutcome
 
 API_PREFIX = "/api/v1"
+
+
+class FieldError(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    field: str
+    message: str
+    type: str | None = None
+
+
+class ErrorOut(BaseModel):
+    """The body of every error response."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detail: str = Field(description="What was wrong, for a person to read")
+    errors: list[FieldError] | None = Field(
+        default=None, description="422 only: one entry per offending field"
+    )
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Bad input: a file that is not a usable image, a value that cannot be read, or "
+    "values that contradict each other",
+    401: "No API key, an unknown key or a revoked key",
+    403: "The key's role may not do this",
+    404: "No such id (or one this key may not see)",
+    409: "Refused in the current state",
+    413: "A file or the request body is over its size limit",
+    422: "A missing, repeated, mistyped or out-of-range field (`errors` lists them)",
+    429: "Too many batch uploads running at once; retry after `Retry-After` seconds",
+    500: "A fault of the server (logged); nothing was changed by this request's failure",
+    503: "The service is starting or cannot serve right now",
+}
+# Every route under /api/v1 can answer these (key checks, server faults, not started yet).
+COMMON_ERRORS = (401, 403, 500, 503)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries declaring the error body for each of ``statuses``."""
+    return {
+        status: {"model": ErrorOut, "description": _ERROR_DESCRIPTIONS[status]}
+        for status in statuses
+    }
 
 
 def image_url(item_id: int) -> str:

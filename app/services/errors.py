@@ -12,6 +12,10 @@ class NotFoundError(UserInputError):
 class OutOfRangeError(UserInputError):
     """A value of the right type outside the range the service accepts: HTTP 422."""
 
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
 
 class PayloadTooLargeError(UserInputError):
     """An upload over the size limit: HTTP 413."""

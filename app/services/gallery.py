@@ -30,7 +30,12 @@ from app.db.types import MAX_ID, is_valid_id
 from app.errors import ImageError, SketchReidError, UserInputError
 from app.services.blobs import CONTENT_TYPES, sha256_hex, sniff_extension
 from app.services.context import ServiceContext
-from app.services.errors import NotFoundError, PayloadTooLargeError, input_error_status
+from app.services.errors import (
+    NotFoundError,
+    OutOfRangeError,
+    PayloadTooLargeError,
+    input_error_status,
+)
 from app.services.imagecheck import trailing_bytes
 from app.services.timeparse import parse_timestamp
 
@@ -463,9 +468,13 @@ def list_items(
     time are excluded as soon as either bound is given.
     """
     if not 1 <= limit <= MAX_LIST_LIMIT:
-        raise UserInputError(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
+        raise OutOfRangeError(
+            f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}", field="limit"
+        )
     if not 0 <= offset <= MAX_ID:
-        raise UserInputError(f"offset must be between 0 and {MAX_ID}, got {offset}")
+        raise OutOfRangeError(
+            f"offset must be between 0 and {MAX_ID}, got {offset}", field="offset"
+        )
     check_range(captured_after, captured_before)
     conditions = filter_conditions(camera_ids, captured_after, captured_before)
     total = session.scalar(select(func.count(GalleryItem.id)).where(*conditions))

@@ -19,12 +19,11 @@ from sqlalchemy.orm import Session
 
 from app.core.files import atomic_write_bytes
 from app.db.models import ApiKey, GalleryItem, Search
-from app.errors import UserInputError
 from app.ml.evaluate import distances
 from app.ml.rerank import k_reciprocal_rerank
 from app.services.blobs import sha256_hex, sniff_extension
 from app.services.context import ServiceContext, load_vectors
-from app.services.errors import NotFoundError
+from app.services.errors import NotFoundError, OutOfRangeError
 from app.services.gallery import check_range, check_upload, filter_conditions
 
 MAX_TOP_K = 100
@@ -45,13 +44,20 @@ class SearchParams:
 
     def validate(self) -> None:
         if not 1 <= self.top_k <= MAX_TOP_K:
-            raise UserInputError(f"top_k must be between 1 and {MAX_TOP_K}, got {self.top_k}")
+            raise OutOfRangeError(
+                f"top_k must be between 1 and {MAX_TOP_K}, got {self.top_k}", field="top_k"
+            )
         if not 1 <= self.k1 <= 100:
-            raise UserInputError(f"k1 must be between 1 and 100, got {self.k1}")
+            raise OutOfRangeError(f"k1 must be between 1 and 100, got {self.k1}", field="k1")
         if not 1 <= self.k2 <= self.k1:
-            raise UserInputError(f"k2 must be between 1 and k1 ({self.k1}), got {self.k2}")
+            raise OutOfRangeError(
+                f"k2 must be between 1 and k1 ({self.k1}), got {self.k2}", field="k2"
+            )
         if not 0.0 <= self.lambda_value <= 1.0:
-            raise UserInputError(f"lambda_value must be between 0 and 1, got {self.lambda_value}")
+            raise OutOfRangeError(
+                f"lambda_value must be between 0 and 1, got {self.lambda_value}",
+                field="lambda_value",
+            )
         check_range(self.captured_after, self.captured_before)
 
     def as_json(self) -> dict[str, Any]:

@@ -40,5 +40,6 @@ def parse_timestamp(value: str | datetime | None, name: str) -> datetime | None:
     except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is in year 0 in UTC
         raise OutOfRangeError(
             f"{name} {value!s} is out of range: in UTC it must fall between "
-            f"{datetime.min.isoformat()}Z and {datetime.max.isoformat()}Z"
+            f"{datetime.min.isoformat()}Z and {datetime.max.isoformat()}Z",
+            field=name,
         ) from None

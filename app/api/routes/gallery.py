@@ -12,7 +12,13 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Up
 from fastapi.responses import JSONResponse
 
 from app.api.deps import CtxDep, OperatorDep, ReaderDep, SessionDep, single_valued
-from app.api.schemas import BatchItemResult, BatchResult, GalleryItemOut, GalleryPage
+from app.api.schemas import (
+    BatchItemResult,
+    BatchResult,
+    GalleryItemOut,
+    GalleryPage,
+    error_responses,
+)
 from app.api.uploads import read_upload
 from app.db.types import MAX_ID
 from app.errors import UserInputError
@@ -34,7 +40,10 @@ _ONE_LISTING = Depends(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=GalleryItemOut,
-    responses={200: {"description": "The same image was already stored", "model": GalleryItemOut}},
+    responses={
+        200: {"description": "The same image was already stored", "model": GalleryItemOut},
+        **error_responses(400, 413, 422),
+    },
 )
 def ingest(
     request: Request,
@@ -61,7 +70,7 @@ def ingest(
     return JSONResponse(body, status_code=201 if created else 200)
 
 
-@router.post("/batch", response_model=BatchResult)
+@router.post("/batch", response_model=BatchResult, responses=error_responses(400, 413, 422, 429))
 def ingest_batch(
     request: Request,
     ctx: CtxDep,
@@ -111,7 +120,7 @@ def ingest_batch(
     )
 
 
-@router.get("", response_model=GalleryPage)
+@router.get("", response_model=GalleryPage, responses=error_responses(400, 422))
 def list_items(
     session: SessionDep,
     _key: ReaderDep,
@@ -142,7 +151,7 @@ def list_items(
     )
 
 
-@router.get("/{item_id}", response_model=GalleryItemOut)
+@router.get("/{item_id}", response_model=GalleryItemOut, responses=error_responses(404, 422))
 def get_item(item_id: int, session: SessionDep, _key: ReaderDep) -> GalleryItemOut:
     return GalleryItemOut.of(gallery.get_item(session, item_id))
 
@@ -150,7 +159,10 @@ def get_item(item_id: int, session: SessionDep, _key: ReaderDep) -> GalleryItemO
 @router.get(
     "/{item_id}/image",
     response_class=Response,
-    responses={200: {"content": {"image/*": {}}, "description": "The stored bytes"}},
+    responses={
+        200: {"content": {"image/*": {}}, "description": "The stored bytes"},
+        **error_responses(404, 422),
+    },
 )
 def get_image(item_id: int, ctx: CtxDep, session: SessionDep, _key: ReaderDep) -> Response:
     item = gallery.get_item(session, item_id)
@@ -161,7 +173,9 @@ def get_image(item_id: int, ctx: CtxDep, session: SessionDep, _key: ReaderDep) -
     )
 
 
-@router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{item_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404, 422)
+)
 def delete_item(item_id: int, ctx: CtxDep, session: SessionDep, _key: OperatorDep) -> Response:
     gallery.delete_item(ctx, session, item_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 
 from app.api.deps import CtxDep, InvestigatorDep, SessionDep, single_valued
-from app.api.schemas import SearchOut, SearchRecordOut
+from app.api.schemas import SearchOut, SearchRecordOut, error_responses
 from app.api.uploads import read_upload
 from app.services import search as search_service
 from app.services.blobs import content_type_for
@@ -34,7 +34,7 @@ _ONE_EACH = Depends(
 )
 
 
-@router.post("/search", response_model=SearchOut)
+@router.post("/search", response_model=SearchOut, responses=error_responses(400, 413, 422))
 def search(
     request: Request,
     ctx: CtxDep,
@@ -72,7 +72,9 @@ def search(
     return SearchOut.of(outcome)
 
 
-@router.get("/searches/{search_id}", response_model=SearchRecordOut)
+@router.get(
+    "/searches/{search_id}", response_model=SearchRecordOut, responses=error_responses(404, 422)
+)
 def get_search(search_id: uuid.UUID, session: SessionDep, key: InvestigatorDep) -> SearchRecordOut:
     return SearchRecordOut.of(search_service.get_search(session, search_id, key))
 
@@ -80,7 +82,7 @@ def get_search(search_id: uuid.UUID, session: SessionDep, key: InvestigatorDep) 
 @router.get(
     "/searches/{search_id}/translated",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}},
+    responses={200: {"content": {"image/png": {}}}, **error_responses(404, 422)},
 )
 def get_translated(
     search_id: uuid.UUID, ctx: CtxDep, session: SessionDep, key: InvestigatorDep
@@ -93,7 +95,7 @@ def get_translated(
 @router.get(
     "/searches/{search_id}/sketch",
     response_class=Response,
-    responses={200: {"content": {"image/*": {}}}},
+    responses={200: {"content": {"image/*": {}}}, **error_responses(404, 422)},
 )
 def get_sketch(
     search_id: uuid.UUID, ctx: CtxDep, session: SessionDep, key: InvestigatorDep

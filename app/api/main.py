@@ -23,7 +23,8 @@ from app.api.routes import apikeys, gallery, health, model, search
 from app.api.schemas import API_PREFIX, COMMON_ERRORS, error_responses
 from app.core.config import Settings, get_settings
 from app.ml.bundle import Bundle
-from app.services.context import close_context, open_context, sync_index
+from app.services.context import ServiceContext, close_context, open_context, sync_index
+from app.services.orphans import sweep_orphans
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,19 @@ async def _index_sync_loop(app: FastAPI, every: float) -> None:
             log.exception("index synchronisation failed")
 
 
+def _sweep(ctx: ServiceContext) -> None:
+    sweep_orphans(ctx.settings, ctx.sessions)
+
+
+async def _orphan_sweep_loop(app: FastAPI, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await anyio.to_thread.run_sync(_sweep, app.state.ctx)
+        except Exception:  # keep serving; the next round tries again
+            log.exception("orphan sweep failed")
+
+
 def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None) -> FastAPI:
     """A new app. ``bundle`` lets tests share one loaded model; by default it is loaded from
     ``settings.MODEL_DIR`` in the lifespan.
@@ -67,13 +81,21 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
             ctx.index_status,
             len(ctx.index),
         )
-        task = None
+        try:
+            await anyio.to_thread.run_sync(_sweep, ctx)
+        except Exception:  # a failed sweep must not stop the service
+            log.exception("orphan sweep at start-up failed")
+        tasks = []
         if settings.INDEX_SYNC_SECONDS > 0:
-            task = asyncio.create_task(_index_sync_loop(app, settings.INDEX_SYNC_SECONDS))
+            tasks.append(asyncio.create_task(_index_sync_loop(app, settings.INDEX_SYNC_SECONDS)))
+        if settings.ORPHAN_SWEEP_SECONDS > 0:
+            tasks.append(
+                asyncio.create_task(_orphan_sweep_loop(app, settings.ORPHAN_SWEEP_SECONDS))
+            )
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

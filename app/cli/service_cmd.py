@@ -1,4 +1,5 @@
-"""Service commands: `serve`, `db upgrade|current`, `apikey create|list|revoke`, `ingest DIR`.
+"""Service commands: `serve`, `db upgrade|current`, `apikey create|list|revoke`, `ingest DIR`,
+`sweep-orphans`.
 
 Settings come from ``SKETCHREID_*`` environment variables (see docs/service.md).
 """
@@ -54,6 +55,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="revoke even the last active admin key (e.g. a leaked one; create a new one after)",
     )
     revoke.set_defaults(func=cmd_apikey_revoke)
+
+    sweep = subparsers.add_parser(
+        "sweep-orphans",
+        help="remove image files and search folders that no database row references",
+    )
+    sweep.add_argument(
+        "--min-age",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="only files older than this (default SKETCHREID_ORPHAN_MIN_AGE_SECONDS); 0 is "
+        "safe only when nothing is ingesting",
+    )
+    sweep.set_defaults(func=cmd_sweep_orphans)
 
     ingest = subparsers.add_parser(
         "ingest", help="bulk-ingest a folder of person crops (resumable)"
@@ -193,6 +208,25 @@ def cmd_apikey_revoke(args: argparse.Namespace) -> int:
             )
     finally:
         engine.dispose()
+    return 0
+
+
+def cmd_sweep_orphans(args: argparse.Namespace) -> int:
+    from app.services.orphans import sweep_orphans
+
+    if args.min_age is not None and args.min_age < 0:
+        raise UserInputError("--min-age must be 0 or more")
+    settings = get_settings()
+    engine, factory = _with_session(settings)
+    try:
+        report = sweep_orphans(settings, factory, args.min_age)
+    finally:
+        engine.dispose()
+    for line in report.images + report.temporary:
+        print(f"removed {settings.blob_dir / line}")
+    for line in report.searches:
+        print(f"removed {settings.search_dir / line}")
+    print(report.summary())
     return 0
 
 

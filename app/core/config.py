@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     # ingested by `sketchreid ingest` while the server runs). 0 disables the check.
     INDEX_SYNC_SECONDS: float = Field(default=30.0, ge=0)
 
+    # Files that no row references (left by a crash between writing a file and committing its
+    # row) are removed once older than this (the in-flight window), at start-up and then
+    # every ORPHAN_SWEEP_SECONDS (0: only at start-up).
+    ORPHAN_MIN_AGE_SECONDS: float = Field(default=900.0, ge=0)
+    ORPHAN_SWEEP_SECONDS: float = Field(default=3600.0, ge=0)
+
     RERANK_CANDIDATES: int = Field(default=100, ge=2, le=2000)
     EMBED_BATCH_SIZE: int = Field(default=64, ge=1)
 

@@ -19,7 +19,7 @@ from fastapi import APIRouter, FastAPI
 from app.api import errors
 from app.api.metrics import Metrics
 from app.api.middleware import BodySizeLimit, ConcurrencyLimit, RequestMetrics, UnexpectedErrors
-from app.api.routes import apikeys, gallery, health, model, search
+from app.api.routes import apikeys, audit, gallery, health, model, search
 from app.api.schemas import API_PREFIX, COMMON_ERRORS, error_responses
 from app.core.config import Settings, get_settings
 from app.ml.bundle import Bundle
@@ -38,6 +38,7 @@ def api_router() -> APIRouter:
     router.include_router(search.router)
     router.include_router(model.router)
     router.include_router(apikeys.router)
+    router.include_router(audit.router)
     return router
 
 

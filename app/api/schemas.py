@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.db.models import ApiKey, GalleryItem, Search
+from app.db.models import ApiKey, AuditEvent, GalleryItem, Search
 from app.services.gallery import IngestOutcome
 from app.services.search import SearchOutcome
 
@@ -194,6 +195,22 @@ def _translated_url(record: Search) -> str | None:
     return f"{API_PREFIX}/searches/{record.id}/translated"
 
 
+class DeletionOut(BaseModel):
+    deleted_at: datetime
+    deleted_by: int | None = Field(description="API key id; null when deleted on the server")
+    reason: str | None
+
+
+class RecordedResultOut(BaseModel):
+    """One result as the search returned it; ``deleted`` says if the item was deleted since."""
+
+    rank: int
+    gallery_id: int
+    score: float
+    distance: float | None
+    deleted: DeletionOut | None
+
+
 class SearchRecordOut(BaseModel):
     id: uuid.UUID
     created_at: datetime
@@ -201,12 +218,25 @@ class SearchRecordOut(BaseModel):
     sketch_sha256: str
     model: ModelRef
     parameters: dict[str, Any]
-    results: list[dict[str, Any]]
+    results: list[RecordedResultOut]
     translated_image_url: str | None
     sketch_url: str
 
     @classmethod
-    def of(cls, record: Search) -> SearchRecordOut:
+    def of(cls, record: Search, deletions: Mapping[int, AuditEvent]) -> SearchRecordOut:
+        results = []
+        for stored in record.results:
+            event = deletions.get(int(stored["gallery_id"]))
+            deleted = (
+                DeletionOut(
+                    deleted_at=event.created_at,
+                    deleted_by=event.api_key_id,
+                    reason=event.details.get("reason"),
+                )
+                if event is not None
+                else None
+            )
+            results.append(RecordedResultOut(**stored, deleted=deleted))
         return cls(
             id=record.id,
             created_at=record.created_at,
@@ -214,7 +244,7 @@ class SearchRecordOut(BaseModel):
             sketch_sha256=record.sketch_sha256,
             model=ModelRef(name=record.model_name, version=record.model_version),
             parameters=record.parameters,
-            results=record.results,
+            results=results,
             translated_image_url=_translated_url(record),
             sketch_url=f"{API_PREFIX}/searches/{record.id}/sketch",
         )
@@ -249,3 +279,33 @@ class ApiKeyCreated(ApiKeyOut):
 class ApiKeyCreate(BaseModel):
     name: str
     role: Literal["admin", "operator", "investigator"]
+
+
+class AuditEventOut(BaseModel):
+    id: int
+    created_at: datetime
+    api_key_id: int | None
+    actor: str
+    action: str
+    gallery_id: int | None
+    details: dict[str, Any]
+
+    @classmethod
+    def of(cls, row: AuditEvent) -> AuditEventOut:
+        return cls(
+            id=row.id,
+            created_at=row.created_at,
+            api_key_id=row.api_key_id,
+            actor=row.actor,
+            action=row.action,
+            gallery_id=row.gallery_id,
+            details=row.details,
+        )
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEventOut]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None

@@ -56,6 +56,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     revoke.set_defaults(func=cmd_apikey_revoke)
 
+    searches = subparsers.add_parser("searches", help="stored searches: retention")
+    searches_sub = searches.add_subparsers(dest="searches_command", metavar="ACTION", required=True)
+    purge = searches_sub.add_parser(
+        "purge", help="remove searches older than the retention period (audited)"
+    )
+    purge.add_argument(
+        "--older-than-days",
+        type=int,
+        default=None,
+        metavar="DAYS",
+        help="default SKETCHREID_SEARCH_RETENTION_DAYS",
+    )
+    purge.add_argument("--dry-run", action="store_true", help="only say how many would go")
+    purge.set_defaults(func=cmd_searches_purge)
+
     sweep = subparsers.add_parser(
         "sweep-orphans",
         help="remove image files and search folders that no database row references",
@@ -208,6 +223,37 @@ def cmd_apikey_revoke(args: argparse.Namespace) -> int:
             )
     finally:
         engine.dispose()
+    return 0
+
+
+def cmd_searches_purge(args: argparse.Namespace) -> int:
+    from app.services.search import purge_searches
+
+    settings = get_settings()
+    days = args.older_than_days
+    if days is None:
+        days = settings.SEARCH_RETENTION_DAYS
+    if days < 1:
+        raise UserInputError(
+            "no retention period: set SKETCHREID_SEARCH_RETENTION_DAYS or pass "
+            "--older-than-days (at least 1)"
+        )
+    engine, factory = _with_session(settings)
+    try:
+        with session_scope(factory) as session:
+            report = purge_searches(settings, session, days, dry_run=args.dry_run)
+    finally:
+        engine.dispose()
+    span = (
+        f" (made {report.oldest:%Y-%m-%d %H:%M} to {report.newest:%Y-%m-%d %H:%M} UTC)"
+        if report.oldest and report.newest
+        else ""
+    )
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"{verb} {report.count} search(es) older than {days} days, made before "
+        f"{report.cutoff:%Y-%m-%d %H:%M} UTC{span}"
+    )
     return 0
 
 

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     ORPHAN_MIN_AGE_SECONDS: float = Field(default=900.0, ge=0)
     ORPHAN_SWEEP_SECONDS: float = Field(default=3600.0, ge=0)
 
+    # Searches (record, sketch, translated image) older than this many days are removed by
+    # `sketchreid searches purge`; 0 keeps them until purged with --older-than-days.
+    SEARCH_RETENTION_DAYS: int = Field(default=0, ge=0, le=100_000)
+
     RERANK_CANDIDATES: int = Field(default=100, ge=2, le=2000)
     EMBED_BATCH_SIZE: int = Field(default=64, ge=1)
 

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from app.db.models import GalleryItem
 from app.db.types import MAX_ID, is_valid_id
 from app.errors import ImageError, SketchReidError, UserInputError
+from app.services import audit
 from app.services.blobs import CONTENT_TYPES, sha256_hex, sniff_extension
 from app.services.context import ServiceContext
 from app.services.errors import (
@@ -449,6 +450,9 @@ def ingest_batch(
 def get_item(session: Session, item_id: int) -> GalleryItem:
     item = session.get(GalleryItem, item_id) if is_valid_id(item_id) else None
     if item is None:
+        deleted = audit.deletions(session, [item_id]).get(item_id) if is_valid_id(item_id) else None
+        if deleted is not None:
+            raise NotFoundError(f"gallery item {item_id} {audit.describe_deletion(deleted)}")
         raise NotFoundError(f"gallery item {item_id} does not exist")
     return item
 
@@ -512,11 +516,49 @@ def filter_conditions(
     return conditions
 
 
-def delete_item(ctx: ServiceContext, session: Session, item_id: int) -> None:
-    """Delete an item: row and embeddings, index entry at once, blob when unreferenced."""
+MAX_REASON_LENGTH = 500
+
+
+def delete_item(
+    ctx: ServiceContext,
+    session: Session,
+    item_id: int,
+    *,
+    deleted_by: int | None = None,
+    actor: audit.Actor = "api",
+    reason: str | None = None,
+) -> None:
+    """Delete an item: row and embeddings, index entry at once, blob when unreferenced.
+
+    The deletion is recorded (who, when, why, and the image's sha256 and capture metadata) in
+    the same transaction, so search records that listed the item can say it was deleted.
+    """
+    reason = (reason or "").strip() or None
+    if reason is not None and len(reason) > MAX_REASON_LENGTH:
+        raise OutOfRangeError(
+            f"reason is longer than {MAX_REASON_LENGTH} characters", field="reason"
+        )
+    if reason is not None and any(ord(c) < 32 for c in reason):
+        raise UserInputError("reason contains control characters")
     item = get_item(session, item_id)
     sha, relative = item.sha256, item.blob_path
     with _sha_lock(sha):
+        audit.record(
+            session,
+            audit.GALLERY_DELETE,
+            api_key_id=deleted_by,
+            actor=actor,
+            gallery_id=item_id,
+            details={
+                "sha256": sha,
+                "camera_id": item.camera_id,
+                "captured_at": item.captured_at.isoformat() if item.captured_at else None,
+                "external_id": item.external_id,
+                "created_at": item.created_at.isoformat(),
+                "created_by": item.created_by,
+                "reason": reason,
+            },
+        )
         session.delete(item)
         session.commit()
         ctx.index.remove([item_id])

@@ -38,7 +38,7 @@ from .helpers import build_tiny_bundle
 PG_ADMIN_URL = os.environ.get(
     "SKETCHREID_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-TABLES = ("searches", "embeddings", "gallery_items", "api_keys")
+TABLES = ("audit_events", "searches", "embeddings", "gallery_items", "api_keys")
 
 
 @pytest.fixture(scope="session")

@@ -176,6 +176,18 @@ def get_image(item_id: int, ctx: CtxDep, session: SessionDep, _key: ReaderDep) -
 @router.delete(
     "/{item_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404, 422)
 )
-def delete_item(item_id: int, ctx: CtxDep, session: SessionDep, _key: OperatorDep) -> Response:
-    gallery.delete_item(ctx, session, item_id)
+def delete_item(
+    item_id: int,
+    ctx: CtxDep,
+    session: SessionDep,
+    key: OperatorDep,
+    reason: Annotated[
+        str | None,
+        Query(
+            max_length=gallery.MAX_REASON_LENGTH,
+            description="Why (kept in the audit trail with who and when)",
+        ),
+    ] = None,
+) -> Response:
+    gallery.delete_item(ctx, session, item_id, deleted_by=key.id, actor="api", reason=reason)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFil
 from app.api.deps import CtxDep, InvestigatorDep, SessionDep, single_valued
 from app.api.schemas import SearchOut, SearchRecordOut, error_responses
 from app.api.uploads import read_upload
+from app.services import audit
 from app.services import search as search_service
 from app.services.blobs import content_type_for
 from app.services.timeparse import parse_timestamp
@@ -76,7 +77,9 @@ def search(
     "/searches/{search_id}", response_model=SearchRecordOut, responses=error_responses(404, 422)
 )
 def get_search(search_id: uuid.UUID, session: SessionDep, key: InvestigatorDep) -> SearchRecordOut:
-    return SearchRecordOut.of(search_service.get_search(session, search_id, key))
+    record = search_service.get_search(session, search_id, key)
+    deleted = audit.deletions(session, (r["gallery_id"] for r in record.results))
+    return SearchRecordOut.of(record, deleted)
 
 
 @router.get(

@@ -137,6 +137,7 @@ def test_rerank_reorders_the_candidates(
         rr = k_reciprocal_rerank(d(q, g), np.zeros((1, 1)), d(g, g), k1=4, k2=2, lambda_value=0.3)
         expected = [cand[i] for i in np.argsort(rr[0], kind="stable")[:5]]
         assert [r["gallery_id"] for r in body["results"]] == expected
+        assert expected != cand[:5]  # re-ranking changed the cosine order
         distances = [r["distance"] for r in body["results"]]
         assert distances == sorted(distances)
 

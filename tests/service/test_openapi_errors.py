@@ -96,6 +96,8 @@ CASES: list[tuple[str, str, str, dict[str, Any], str | None, int]] = [
     ("GET", "/api/v1/gallery/{item_id}/image", "/api/v1/gallery/7/image", {}, "admin", 404),
     ("DELETE", "/api/v1/gallery/{item_id}", "/api/v1/gallery/7", {}, "investigator", 403),
     ("DELETE", "/api/v1/gallery/{item_id}", "/api/v1/gallery/7", {}, "operator", 404),
+    ("DELETE", "/api/v1/gallery/{item_id}", "/api/v1/gallery/7?reason=a%00b", {}, "operator",
+     400),
     ("POST", "/api/v1/search", "/api/v1/search",
      {"files": {"sketch": ("s.png", b"not an image", "image/png")}}, "investigator", 400),
     ("POST", "/api/v1/search", "/api/v1/search",

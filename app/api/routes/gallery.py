@@ -174,7 +174,9 @@ def get_image(item_id: int, ctx: CtxDep, session: SessionDep, _key: ReaderDep) -
 
 
 @router.delete(
-    "/{item_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404, 422)
+    "/{item_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(400, 404, 422),
 )
 def delete_item(
     item_id: int,

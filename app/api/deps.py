@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Annotated
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
@@ -61,3 +62,35 @@ ReaderDep = Annotated[ApiKey, Depends(require_role("admin", "operator", "investi
 InvestigatorDep = Annotated[ApiKey, Depends(require_role("admin", "investigator"))]
 OperatorDep = Annotated[ApiKey, Depends(require_role("admin", "operator"))]
 AdminDep = Annotated[ApiKey, Depends(require_role("admin"))]
+
+
+def single_valued(
+    *, form: tuple[str, ...] = (), query: tuple[str, ...] = ()
+) -> Callable[[Request], Awaitable[None]]:
+    """A dependency refusing (422) a field that must come once but came several times.
+
+    FastAPI would silently use one of the values (a second ``image`` part was stored, the first
+    dropped). The form is already parsed (and cached on the request) when this runs.
+    """
+
+    async def check(request: Request) -> None:
+        counts: list[tuple[str, str, int]] = []
+        if query:
+            counts += [("query", n, len(request.query_params.getlist(n))) for n in query]
+        if form:
+            parsed = await request.form()
+            counts += [("body", n, len(parsed.getlist(n))) for n in form]
+        errors: list[dict[str, Any]] = [
+            {
+                "loc": (where, name),
+                "msg": f"sent {count} times; send it once",
+                "type": "repeated_field",
+                "input": None,
+            }
+            for where, name, count in counts
+            if count > 1
+        ]
+        if errors:
+            raise RequestValidationError(errors)
+
+    return check

@@ -11,8 +11,10 @@ from fastapi.responses import JSONResponse
 from app.errors import BundleError, SketchReidError, UserInputError
 from app.services.errors import (
     AuthenticationError,
+    ConflictError,
     NotFoundError,
     NotReadyError,
+    OutOfRangeError,
     PayloadTooLargeError,
     PermissionDeniedError,
 )
@@ -24,7 +26,9 @@ STATUS_BY_ERROR: tuple[tuple[type[SketchReidError], int], ...] = (
     (AuthenticationError, 401),
     (PermissionDeniedError, 403),
     (NotFoundError, 404),
+    (ConflictError, 409),
     (PayloadTooLargeError, 413),
+    (OutOfRangeError, 422),
     (UserInputError, 400),
     (NotReadyError, 503),
     (BundleError, 503),
@@ -49,7 +53,11 @@ async def sketchreid_error(request: Request, exc: Exception) -> JSONResponse:
     if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
     headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
-    return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+    body: dict[str, object] = {"detail": str(exc)}
+    if status == 422:  # like a validation error: say which field
+        field = getattr(exc, "field", None) or "request"
+        body["errors"] = [{"field": field, "message": str(exc), "type": "out_of_range"}]
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -66,12 +74,7 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
 
 
-async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return JSONResponse({"detail": "internal server error"}, status_code=500)
-
-
 def install(app: FastAPI) -> None:
     app.add_exception_handler(SketchReidError, sketchreid_error)
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(Exception, unexpected_error)
+    # Other exceptions: app.api.middleware.UnexpectedErrors (a 500 that keeps the connection).

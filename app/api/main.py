@@ -18,12 +18,13 @@ from fastapi import APIRouter, FastAPI
 
 from app.api import errors
 from app.api.metrics import Metrics
-from app.api.middleware import BodySizeLimit, RequestMetrics
-from app.api.routes import apikeys, gallery, health, model, search
-from app.api.schemas import API_PREFIX
+from app.api.middleware import BodySizeLimit, ConcurrencyLimit, RequestMetrics, UnexpectedErrors
+from app.api.routes import apikeys, audit, gallery, health, model, search
+from app.api.schemas import API_PREFIX, COMMON_ERRORS, error_responses
 from app.core.config import Settings, get_settings
 from app.ml.bundle import Bundle
-from app.services.context import close_context, open_context, sync_index
+from app.services.context import ServiceContext, close_context, open_context, sync_index
+from app.services.orphans import sweep_orphans
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,12 @@ _FORM_OVERHEAD = 1024 * 1024
 
 
 def api_router() -> APIRouter:
-    router = APIRouter(prefix=API_PREFIX)
+    router = APIRouter(prefix=API_PREFIX, responses=error_responses(*COMMON_ERRORS))
     router.include_router(gallery.router)
     router.include_router(search.router)
     router.include_router(model.router)
     router.include_router(apikeys.router)
+    router.include_router(audit.router)
     return router
 
 
@@ -47,6 +49,19 @@ async def _index_sync_loop(app: FastAPI, every: float) -> None:
             await anyio.to_thread.run_sync(sync_index, app.state.ctx)
         except Exception:  # keep serving; readyz reports the inconsistency
             log.exception("index synchronisation failed")
+
+
+def _sweep(ctx: ServiceContext) -> None:
+    sweep_orphans(ctx.settings, ctx.sessions)
+
+
+async def _orphan_sweep_loop(app: FastAPI, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await anyio.to_thread.run_sync(_sweep, app.state.ctx)
+        except Exception:  # keep serving; the next round tries again
+            log.exception("orphan sweep failed")
 
 
 def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None) -> FastAPI:
@@ -67,13 +82,21 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
             ctx.index_status,
             len(ctx.index),
         )
-        task = None
+        try:
+            await anyio.to_thread.run_sync(_sweep, ctx)
+        except Exception:  # a failed sweep must not stop the service
+            log.exception("orphan sweep at start-up failed")
+        tasks = []
         if settings.INDEX_SYNC_SECONDS > 0:
-            task = asyncio.create_task(_index_sync_loop(app, settings.INDEX_SYNC_SECONDS))
+            tasks.append(asyncio.create_task(_index_sync_loop(app, settings.INDEX_SYNC_SECONDS)))
+        if settings.ORPHAN_SWEEP_SECONDS > 0:
+            tasks.append(
+                asyncio.create_task(_orphan_sweep_loop(app, settings.ORPHAN_SWEEP_SECONDS))
+            )
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -94,11 +117,23 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
     app.include_router(api_router())
 
     single = settings.max_upload_bytes + _FORM_OVERHEAD
-    batch = settings.max_upload_bytes * settings.MAX_BATCH_FILES + _FORM_OVERHEAD
+    batch_path = f"{API_PREFIX}/gallery/batch"
+    batch = min(
+        settings.max_upload_bytes * settings.MAX_BATCH_FILES + _FORM_OVERHEAD,
+        settings.max_batch_bytes,
+    )
 
     def body_limit(path: str) -> int:
-        return batch if path.rstrip("/") == f"{API_PREFIX}/gallery/batch" else single
+        return batch if path.rstrip("/") == batch_path else single
 
+    # The last added is the outermost: metrics see the 500 that UnexpectedErrors sends.
     app.add_middleware(BodySizeLimit, limit_for=body_limit)
+    app.add_middleware(
+        ConcurrencyLimit,
+        path=batch_path,
+        limit=settings.MAX_CONCURRENT_BATCHES,
+        what="batch upload",
+    )
+    app.add_middleware(UnexpectedErrors)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -1,8 +1,10 @@
-"""Pure ASGI middleware: request-body size cap (413 while streaming) and request metrics."""
+"""Pure ASGI middleware: request-body size cap (413 while streaming), unexpected errors as a
+JSON 500, and request metrics."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +14,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.metrics import Metrics
 from app.api.schemas import API_PREFIX
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = {"detail": "internal server error"}
 
 
 class BodyTooLarge(HTTPException):
@@ -73,6 +79,90 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+class ConcurrencyLimit:
+    """At most ``limit`` requests to ``path`` (POST) at once; one more gets 429 at once, before
+    its body is read. A counter on the event loop: no lock needed."""
+
+    def __init__(self, app: ASGIApp, path: str, limit: int, what: str) -> None:
+        self.app = app
+        self.path = path.rstrip("/")
+        self.limit = limit
+        self.what = what
+        self.running = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope.get("method") != "POST"
+            or scope.get("path", "").rstrip("/") != self.path
+        ):
+            await self.app(scope, receive, send)
+            return
+        if self.running >= self.limit:
+            detail = (
+                f"{self.running} {self.what}(s) already running, the limit is {self.limit}: "
+                "retry when one has finished"
+            )
+            await _send_json(send, 429, {"detail": detail}, [(b"retry-after", b"5")])
+            return
+        self.running += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.running -= 1
+
+
+class UnexpectedErrors:
+    """Turn an exception that no handler took into a JSON 500 *response*.
+
+    Starlette's outermost ``ServerErrorMiddleware`` sends its 500 and then re-raises, and uvicorn
+    closes the connection of any request whose app raised: a keep-alive client's next request on
+    that connection fails (ECONNRESET). Answering here, without re-raising, keeps the connection.
+    Once a response has started there is nothing left to send; the exception goes on up.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            log.exception("%s %s failed", scope.get("method", "?"), scope.get("path", "?"))
+            if started:
+                raise
+            await _send_json(send, 500, INTERNAL_ERROR)
 
 
 def route_template(scope: Scope) -> str:

@@ -3,16 +3,61 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
-from app.db.models import ApiKey, GalleryItem, Search
+from app.db.models import ApiKey, AuditEvent, GalleryItem, Search
 from app.services.gallery import IngestOutcome
 from app.services.search import SearchOutcome
 
 API_PREFIX = "/api/v1"
+
+
+class FieldError(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    field: str
+    message: str
+    type: str | None = None
+
+
+class ErrorOut(BaseModel):
+    """The body of every error response."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detail: str = Field(description="What was wrong, for a person to read")
+    errors: list[FieldError] | None = Field(
+        default=None, description="422 only: one entry per offending field"
+    )
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Bad input: a file that is not a usable image, a value that cannot be read, or "
+    "values that contradict each other",
+    401: "No API key, an unknown key or a revoked key",
+    403: "The key's role may not do this",
+    404: "No such id (or one this key may not see)",
+    409: "Refused in the current state",
+    413: "A file or the request body is over its size limit",
+    422: "A missing, repeated, mistyped or out-of-range field (`errors` lists them)",
+    429: "Too many batch uploads running at once; retry after `Retry-After` seconds",
+    500: "A fault of the server (logged); nothing was changed by this request's failure",
+    503: "The service is starting or cannot serve right now",
+}
+# Every route under /api/v1 can answer these (key checks, server faults, not started yet).
+COMMON_ERRORS = (401, 403, 500, 503)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries declaring the error body for each of ``statuses``."""
+    return {
+        status: {"model": ErrorOut, "description": _ERROR_DESCRIPTIONS[status]}
+        for status in statuses
+    }
 
 
 def image_url(item_id: int) -> str:
@@ -150,6 +195,22 @@ def _translated_url(record: Search) -> str | None:
     return f"{API_PREFIX}/searches/{record.id}/translated"
 
 
+class DeletionOut(BaseModel):
+    deleted_at: datetime
+    deleted_by: int | None = Field(description="API key id; null when deleted on the server")
+    reason: str | None
+
+
+class RecordedResultOut(BaseModel):
+    """One result as the search returned it; ``deleted`` says if the item was deleted since."""
+
+    rank: int
+    gallery_id: int
+    score: float
+    distance: float | None
+    deleted: DeletionOut | None
+
+
 class SearchRecordOut(BaseModel):
     id: uuid.UUID
     created_at: datetime
@@ -157,12 +218,25 @@ class SearchRecordOut(BaseModel):
     sketch_sha256: str
     model: ModelRef
     parameters: dict[str, Any]
-    results: list[dict[str, Any]]
+    results: list[RecordedResultOut]
     translated_image_url: str | None
     sketch_url: str
 
     @classmethod
-    def of(cls, record: Search) -> SearchRecordOut:
+    def of(cls, record: Search, deletions: Mapping[int, AuditEvent]) -> SearchRecordOut:
+        results = []
+        for stored in record.results:
+            event = deletions.get(int(stored["gallery_id"]))
+            deleted = (
+                DeletionOut(
+                    deleted_at=event.created_at,
+                    deleted_by=event.api_key_id,
+                    reason=event.details.get("reason"),
+                )
+                if event is not None
+                else None
+            )
+            results.append(RecordedResultOut(**stored, deleted=deleted))
         return cls(
             id=record.id,
             created_at=record.created_at,
@@ -170,7 +244,7 @@ class SearchRecordOut(BaseModel):
             sketch_sha256=record.sketch_sha256,
             model=ModelRef(name=record.model_name, version=record.model_version),
             parameters=record.parameters,
-            results=record.results,
+            results=results,
             translated_image_url=_translated_url(record),
             sketch_url=f"{API_PREFIX}/searches/{record.id}/sketch",
         )
@@ -205,3 +279,33 @@ class ApiKeyCreated(ApiKeyOut):
 class ApiKeyCreate(BaseModel):
     name: str
     role: Literal["admin", "operator", "investigator"]
+
+
+class AuditEventOut(BaseModel):
+    id: int
+    created_at: datetime
+    api_key_id: int | None
+    actor: str
+    action: str
+    gallery_id: int | None
+    details: dict[str, Any]
+
+    @classmethod
+    def of(cls, row: AuditEvent) -> AuditEventOut:
+        return cls(
+            id=row.id,
+            created_at=row.created_at,
+            api_key_id=row.api_key_id,
+            actor=row.actor,
+            action=row.action,
+            gallery_id=row.gallery_id,
+            details=row.details,
+        )
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEventOut]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None

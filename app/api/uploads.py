@@ -12,7 +12,8 @@ def read_upload(upload: UploadFile, limit: int) -> bytes:
     if upload.size is not None and upload.size > limit:
         raise PayloadTooLargeError(_too_large(upload.size, limit))
     upload.file.seek(0)
-    data = upload.file.read(limit + 1)
+    # Read what is there (plus one byte to notice more), not a buffer of the whole limit.
+    data = upload.file.read((limit if upload.size is None else min(upload.size, limit)) + 1)
     if len(data) > limit:
         raise PayloadTooLargeError(_too_large(None, limit))
     return data

@@ -1,4 +1,5 @@
-"""Service commands: `serve`, `db upgrade|current`, `apikey create|list|revoke`, `ingest DIR`.
+"""Service commands: `serve`, `db upgrade|current`, `apikey create|list|revoke`, `ingest DIR`,
+`sweep-orphans`.
 
 Settings come from ``SKETCHREID_*`` environment variables (see docs/service.md).
 """
@@ -48,7 +49,41 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.set_defaults(func=cmd_apikey_list)
     revoke = key_sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id", type=int, metavar="ID")
+    revoke.add_argument(
+        "--force",
+        action="store_true",
+        help="revoke even the last active admin key (e.g. a leaked one; create a new one after)",
+    )
     revoke.set_defaults(func=cmd_apikey_revoke)
+
+    searches = subparsers.add_parser("searches", help="stored searches: retention")
+    searches_sub = searches.add_subparsers(dest="searches_command", metavar="ACTION", required=True)
+    purge = searches_sub.add_parser(
+        "purge", help="remove searches older than the retention period (audited)"
+    )
+    purge.add_argument(
+        "--older-than-days",
+        type=int,
+        default=None,
+        metavar="DAYS",
+        help="default SKETCHREID_SEARCH_RETENTION_DAYS",
+    )
+    purge.add_argument("--dry-run", action="store_true", help="only say how many would go")
+    purge.set_defaults(func=cmd_searches_purge)
+
+    sweep = subparsers.add_parser(
+        "sweep-orphans",
+        help="remove image files and search folders that no database row references",
+    )
+    sweep.add_argument(
+        "--min-age",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="only files older than this (default SKETCHREID_ORPHAN_MIN_AGE_SECONDS); 0 is "
+        "safe only when nothing is ingesting",
+    )
+    sweep.set_defaults(func=cmd_sweep_orphans)
 
     ingest = subparsers.add_parser(
         "ingest", help="bulk-ingest a folder of person crops (resumable)"
@@ -181,13 +216,63 @@ def cmd_apikey_revoke(args: argparse.Namespace) -> int:
     engine, factory = _with_session(get_settings())
     try:
         with session_scope(factory) as session:
-            row = apikeys.revoke_key(session, args.key_id)
+            row = apikeys.revoke_key(session, args.key_id, allow_last_admin=args.force)
             print(
                 f"key {row.id} ({row.role}, {row.name!r}) revoked at "
                 f"{row.revoked_at:%Y-%m-%d %H:%M:%S} UTC"
             )
     finally:
         engine.dispose()
+    return 0
+
+
+def cmd_searches_purge(args: argparse.Namespace) -> int:
+    from app.services.search import purge_searches
+
+    settings = get_settings()
+    days = args.older_than_days
+    if days is None:
+        days = settings.SEARCH_RETENTION_DAYS
+    if days < 1:
+        raise UserInputError(
+            "no retention period: set SKETCHREID_SEARCH_RETENTION_DAYS or pass "
+            "--older-than-days (at least 1)"
+        )
+    engine, factory = _with_session(settings)
+    try:
+        with session_scope(factory) as session:
+            report = purge_searches(settings, session, days, dry_run=args.dry_run)
+    finally:
+        engine.dispose()
+    span = (
+        f" (made {report.oldest:%Y-%m-%d %H:%M} to {report.newest:%Y-%m-%d %H:%M} UTC)"
+        if report.oldest and report.newest
+        else ""
+    )
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"{verb} {report.count} search(es) older than {days} days, made before "
+        f"{report.cutoff:%Y-%m-%d %H:%M} UTC{span}"
+    )
+    return 0
+
+
+def cmd_sweep_orphans(args: argparse.Namespace) -> int:
+    from app.services.orphans import sweep_orphans
+
+    if args.min_age is not None and args.min_age < 0:
+        raise UserInputError("--min-age must be 0 or more")
+    settings = get_settings()
+    engine, factory = _with_session(settings)
+    try:
+        report = sweep_orphans(settings, factory, args.min_age)
+    finally:
+        engine.dispose()
+    for line in report.images + report.temporary:
+        print(f"removed {settings.blob_dir / line}")
+    for line in report.searches:
+        print(f"removed {settings.search_dir / line}")
+    print(report.summary())
     return 0
 
 

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     # Images are downscaled to this longest side right after decoding (the model sees 64x32).
     DECODE_MAX_SIDE: int = Field(default=1024, ge=64)
     MAX_BATCH_FILES: int = Field(default=100, ge=1, le=10_000)
+    # Whole body of one batch request (413 beyond, refused while it streams).
+    MAX_BATCH_MB: float = Field(default=200.0, gt=0, le=100_000)
+    # Batch uploads processed at once; one more is refused with 429 before its body is read.
+    MAX_CONCURRENT_BATCHES: int = Field(default=2, ge=1, le=1000)
 
     INDEX_TYPE: IndexType = "flat"
     INDEX_HNSW_M: int = Field(default=32, ge=4, le=256)
@@ -44,6 +48,16 @@ class Settings(BaseSettings):
     # Seconds between checks that the in-memory index matches the database (picks up items
     # ingested by `sketchreid ingest` while the server runs). 0 disables the check.
     INDEX_SYNC_SECONDS: float = Field(default=30.0, ge=0)
+
+    # Files that no row references (left by a crash between writing a file and committing its
+    # row) are removed once older than this (the in-flight window), at start-up and then
+    # every ORPHAN_SWEEP_SECONDS (0: only at start-up).
+    ORPHAN_MIN_AGE_SECONDS: float = Field(default=900.0, ge=0)
+    ORPHAN_SWEEP_SECONDS: float = Field(default=3600.0, ge=0)
+
+    # Searches (record, sketch, translated image) older than this many days are removed by
+    # `sketchreid searches purge`; 0 keeps them until purged with --older-than-days.
+    SEARCH_RETENTION_DAYS: int = Field(default=0, ge=0, le=100_000)
 
     RERANK_CANDIDATES: int = Field(default=100, ge=2, le=2000)
     EMBED_BATCH_SIZE: int = Field(default=64, ge=1)
@@ -70,6 +84,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.MAX_UPLOAD_MB * 1024 * 1024)
+
+    @property
+    def max_batch_bytes(self) -> int:
+        return int(self.MAX_BATCH_MB * 1024 * 1024)
 
     @property
     def blob_dir(self) -> Path:

@@ -122,3 +122,25 @@ class Search(Base):
     model_name: Mapped[str] = mapped_column(String(200))
     model_version: Mapped[str] = mapped_column(String(200))
     translated_image_path: Mapped[str | None] = mapped_column(String(300), default=None)
+
+
+class AuditEvent(Base):
+    """Something done to the evidence that must stay on record after the thing itself is gone:
+    a gallery item deleted, searches purged. Rows are only ever added (no API changes or
+    deletes them); API keys are never deleted, so ``api_key_id`` keeps naming who did it.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    # The key that did it; None when done on the server's command line (actor "cli").
+    api_key_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL"), default=None
+    )
+    actor: Mapped[str] = mapped_column(String(20))  # "api" or "cli"
+    action: Mapped[str] = mapped_column(String(50), index=True)  # "gallery.delete", ...
+    # The gallery item concerned (no foreign key: the item is gone; ids are never reused).
+    gallery_id: Mapped[int | None] = mapped_column(IdType, default=None, index=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -24,6 +24,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _postgres_utc(dbapi_connection: Any, _record: Any) -> None:
+    """Sessions in UTC whatever the server's zone or the client's PGTZ: in a zone east of UTC
+    PostgreSQL would show 9999-12-31T23:59Z as year 10000, which no datetime can hold."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET TIME ZONE 'UTC'")
+    dbapi_connection.commit()
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout.
 
@@ -42,7 +50,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(parsed, pool_pre_ping=True, **kwargs)
+    engine = create_engine(parsed, pool_pre_ping=True, **kwargs)
+    if parsed.get_backend_name() == "postgresql":
+        event.listen(engine, "connect", _postgres_utc)
+    return engine
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

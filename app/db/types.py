@@ -9,6 +9,15 @@ from sqlalchemy import DateTime
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
+# Ids are 64-bit signed integers in both databases (SQLite INTEGER, PostgreSQL BIGINT); a
+# larger number cannot be bound as a parameter at all, so it is checked before any query.
+MAX_ID = 2**63 - 1
+
+
+def is_valid_id(value: int) -> bool:
+    """Whether ``value`` can be the id of a row (1 .. 2**63 - 1)."""
+    return 1 <= value <= MAX_ID
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC ``datetime`` in and out.

@@ -10,9 +10,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db.models import ROLES, ApiKey
-from app.db.types import utcnow
+from app.db.types import is_valid_id, utcnow
 from app.errors import UserInputError
-from app.services.errors import AuthenticationError, NotFoundError
+from app.services.errors import AuthenticationError, ConflictError, NotFoundError
 
 KEY_PREFIX = "skr_"
 # last_used_at is refreshed at most this often, so reads do not each write to the database.
@@ -41,13 +41,33 @@ def list_keys(session: Session) -> list[ApiKey]:
     return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
 
 
-def revoke_key(session: Session, key_id: int) -> ApiKey:
-    row = session.get(ApiKey, key_id)
+def revoke_key(session: Session, key_id: int, *, allow_last_admin: bool = False) -> ApiKey:
+    """Revoke a key (revoking a revoked key changes nothing).
+
+    The last active admin key is kept unless ``allow_last_admin``: without one, keys can only
+    be managed from the command line of the server. ``ConflictError`` says so.
+    """
+    row = session.get(ApiKey, key_id) if is_valid_id(key_id) else None
     if row is None:
         raise NotFoundError(f"API key {key_id} does not exist")
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-        session.commit()
+    if row.revoked_at is not None:
+        return row
+    if row.role == "admin" and not allow_last_admin:
+        # Lock the active admin rows (PostgreSQL) so two admins revoking each other at once
+        # cannot both pass the check; SQLite serialises writers anyway.
+        admins = session.scalars(
+            select(ApiKey.id)
+            .where(ApiKey.role == "admin", ApiKey.revoked_at.is_(None))
+            .with_for_update()
+        ).all()
+        if set(admins) <= {row.id}:
+            session.rollback()
+            raise ConflictError(
+                f"API key {key_id} is the last active admin key: create another admin key "
+                "first (POST /api/v1/apikeys with role admin), then revoke this one"
+            )
+    row.revoked_at = utcnow()
+    session.commit()
     return row
 
 

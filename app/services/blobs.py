@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -20,6 +21,10 @@ _FORMATS: tuple[tuple[str, str], ...] = (
     ("tif", "image/tiff"),
 )
 CONTENT_TYPES = dict(_FORMATS)
+
+
+def is_sha256(text: str) -> bool:
+    return bool(_SHA_RE.match(text))
 
 
 def sha256_hex(data: bytes) -> str:
@@ -72,7 +77,12 @@ class BlobStore:
         relative = self.relative_path(sha256, ext)
         path = self.path(relative)
         if path.is_file() and path.stat().st_size == len(data):
-            return relative, False
+            try:
+                # Fresh again, so an orphan sweep running now leaves it (app.services.orphans).
+                os.utime(path)
+                return relative, False
+            except FileNotFoundError:
+                pass  # swept away just now: write it again
         atomic_write_bytes(path, data)
         return relative, True
 

@@ -9,8 +9,20 @@ class NotFoundError(UserInputError):
     """An id that does not exist (or that the caller may not see): HTTP 404."""
 
 
+class OutOfRangeError(UserInputError):
+    """A value of the right type outside the range the service accepts: HTTP 422."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class PayloadTooLargeError(UserInputError):
     """An upload over the size limit: HTTP 413."""
+
+
+class ConflictError(SketchReidError):
+    """A request that the current state forbids (e.g. revoking the last admin key): HTTP 409."""
 
 
 class AuthenticationError(SketchReidError):
@@ -23,3 +35,14 @@ class PermissionDeniedError(SketchReidError):
 
 class NotReadyError(SketchReidError):
     """The service cannot answer right now (e.g. the index is being rebuilt): HTTP 503."""
+
+
+def input_error_status(exc: UserInputError) -> int:
+    """The HTTP status of a refused input (also used for one file of a batch)."""
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, PayloadTooLargeError):
+        return 413
+    if isinstance(exc, OutOfRangeError):
+        return 422
+    return 400

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -26,10 +26,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.models import GalleryItem
+from app.db.types import MAX_ID, is_valid_id
 from app.errors import ImageError, SketchReidError, UserInputError
+from app.services import audit
 from app.services.blobs import CONTENT_TYPES, sha256_hex, sniff_extension
 from app.services.context import ServiceContext
-from app.services.errors import NotFoundError, PayloadTooLargeError
+from app.services.errors import (
+    NotFoundError,
+    OutOfRangeError,
+    PayloadTooLargeError,
+    input_error_status,
+)
+from app.services.imagecheck import trailing_bytes
 from app.services.timeparse import parse_timestamp
 
 log = logging.getLogger(__name__)
@@ -104,10 +112,19 @@ class IngestOutcome:
     sha256: str | None = None
 
 
+# An upload's bytes, or a function that reads them (again) from where they wait, e.g. the
+# temporary file a multipart upload was spooled to: a batch then holds one file at a time.
+ByteSource = bytes | Callable[[], bytes]
+
+
+def _read(source: ByteSource) -> bytes:
+    return source() if callable(source) else source
+
+
 @dataclass
 class _Prepared:
     filename: str | None
-    data: bytes
+    source: ByteSource
     sha256: str
     meta: ItemMetadata
     image: Image.Image
@@ -138,11 +155,24 @@ def check_upload(ctx: ServiceContext, data: bytes, filename: str | None = None) 
         )
     if not data:
         raise ImageError(f"empty file{where} (0 bytes)")
+    tail = trailing_bytes(data)
+    if tail is not None:
+        fmt, count = tail
+        raise ImageError(
+            f"file{where} has {count} bytes after the end of the {fmt} image; "
+            "send the image alone (data appended to an image is refused, not stored)"
+        )
 
 
 def _prepare(
-    ctx: ServiceContext, data: bytes, meta: ItemMetadata, filename: str | None
+    ctx: ServiceContext,
+    data: bytes,
+    meta: ItemMetadata,
+    filename: str | None,
+    source: ByteSource | None = None,
 ) -> _Prepared:
+    """Check and decode ``data``; the result keeps ``source`` (default: ``data``) to read the
+    bytes again when they are stored."""
     check_upload(ctx, data, filename)
     t0 = time.perf_counter()
     try:
@@ -152,7 +182,7 @@ def _prepare(
     decode_ms = (time.perf_counter() - t0) * 1000
     return _Prepared(
         filename=filename,
-        data=data,
+        source=data if source is None else source,
         sha256=sha256_hex(data),
         meta=meta,
         image=image,
@@ -179,12 +209,14 @@ def _store(
     created_by: int | None,
 ) -> tuple[GalleryItem, bool]:
     with _sha_lock(prep.sha256):
+        data = _read(prep.source)
         existing = find_by_sha(session, prep.sha256)
         if existing is not None:
-            _heal_blob(ctx, existing, prep.data)
+            _heal_blob(ctx, existing, data)
             return existing, False
-        ext = sniff_extension(prep.data)
-        relative, new_blob = ctx.blobs.put(prep.sha256, ext, prep.data)
+        ext = sniff_extension(data)
+        relative, new_blob = ctx.blobs.put(prep.sha256, ext, data)  # checks the sha256 again
+        del data
         item_id: int | None = None
         in_index = False
         try:
@@ -247,62 +279,99 @@ def ingest_image(
     return _store(ctx, session, prep, vector, created_by)
 
 
+# Files of a batch decoded (and held decoded) at once before one embedding call: bounds the
+# memory of a batch to one encoded file plus this many decoded images (each at most
+# DECODE_MAX_SIDE on its longest side).
+BATCH_DECODE_CHUNK = 16
+
+
+def _take(
+    ctx: ServiceContext,
+    session: Session,
+    position: int,
+    name: str | None,
+    source: ByteSource,
+    meta: ItemMetadata,
+    first_of: dict[str, int],
+) -> tuple[IngestOutcome, _Prepared | None]:
+    """Read, check and decode one file of a batch; its bytes are dropped on return."""
+    try:
+        data = _read(source)
+        check_upload(ctx, data, name)
+        sha = sha256_hex(data)
+        existing = find_by_sha(session, sha)
+        if existing is not None:
+            _heal_blob(ctx, existing, data)
+            return IngestOutcome(name, "exists", existing, http_status=200, sha256=sha), None
+        if sha in first_of:
+            return IngestOutcome(name, "exists", None, http_status=200, sha256=sha), None
+        prep = _prepare(ctx, data, meta, name, source)
+        first_of[sha] = position
+        return IngestOutcome(name, "created", None, sha256=sha), prep
+    except UserInputError as exc:
+        message = str(exc)
+        if name and name not in message:
+            message = f"{name}: {message}"
+        status = input_error_status(exc)
+        return IngestOutcome(name, "error", error=message, http_status=status), None
+
+
+def _embed_and_store(
+    ctx: ServiceContext,
+    session: Session,
+    prepared: list[tuple[int, _Prepared]],
+    outcomes: list[IngestOutcome],
+    created_by: int | None,
+) -> None:
+    if not prepared:
+        return
+    vectors = ctx.bundle.embedder.embed(
+        [p.image for _, p in prepared],
+        modality="photo",
+        batch_size=ctx.settings.EMBED_BATCH_SIZE,
+    )
+    for (position, prep), vector in zip(prepared, vectors, strict=True):
+        outcome = outcomes[position]
+        try:
+            item, created = _store(ctx, session, prep, vector, created_by)
+        except SketchReidError as exc:
+            outcome.status, outcome.error, outcome.http_status = "error", str(exc), 400
+            continue
+        except Exception:  # a server fault (database, disk): this file only, logged
+            log.exception("storing %s failed", prep.filename or prep.sha256)
+            outcome.status, outcome.http_status = "error", 500
+            outcome.error = "internal error while storing the file; it was not stored"
+            continue
+        outcome.item = item
+        if not created:
+            outcome.status, outcome.http_status = "exists", 200
+
+
 def ingest_many(
     ctx: ServiceContext,
     session: Session,
-    files: Sequence[tuple[str | None, bytes, ItemMetadata]],
+    files: Sequence[tuple[str | None, ByteSource, ItemMetadata]],
     *,
     created_by: int | None = None,
 ) -> list[IngestOutcome]:
     """Store several crops, one transaction each; a bad file fails alone.
 
-    Decoding is per file, embedding is one batched call for all decodable new files.
+    Files are taken ``BATCH_DECODE_CHUNK`` at a time: each is read, checked and decoded (its
+    bytes dropped again when they come from a reader), then the chunk is embedded in one call
+    and stored file by file (reading the bytes again to write the blob).
     """
     outcomes: list[IngestOutcome] = []
-    prepared: list[tuple[int, _Prepared]] = []
     first_of: dict[str, int] = {}  # sha256 -> position of its first occurrence in this batch
-    for position, (name, data, meta) in enumerate(files):
-        try:
-            check_upload(ctx, data, name)
-            sha = sha256_hex(data)
-            existing = find_by_sha(session, sha)
-            if existing is not None:
-                _heal_blob(ctx, existing, data)
-                outcomes.append(
-                    IngestOutcome(name, "exists", existing, http_status=200, sha256=sha)
-                )
-                continue
-            if sha in first_of:
-                outcomes.append(IngestOutcome(name, "exists", None, http_status=200, sha256=sha))
-                continue
-            first_of[sha] = position
-            prep = _prepare(ctx, data, meta, name)
-            prepared.append((position, prep))
-            outcomes.append(IngestOutcome(name, "created", None, sha256=sha))
-        except UserInputError as exc:
-            status = 413 if isinstance(exc, PayloadTooLargeError) else 400
-            outcomes.append(IngestOutcome(name, "error", error=str(exc), http_status=status))
-    if prepared:
-        vectors = ctx.bundle.embedder.embed(
-            [p.image for _, p in prepared],
-            modality="photo",
-            batch_size=ctx.settings.EMBED_BATCH_SIZE,
-        )
-        for (position, prep), vector in zip(prepared, vectors, strict=True):
-            outcome = outcomes[position]
-            try:
-                item, created = _store(ctx, session, prep, vector, created_by)
-            except SketchReidError as exc:
-                outcome.status, outcome.error, outcome.http_status = "error", str(exc), 400
-                continue
-            except Exception:  # a server fault (database, disk): this file only, logged
-                log.exception("storing %s failed", prep.filename or prep.sha256)
-                outcome.status, outcome.http_status = "error", 500
-                outcome.error = "internal error while storing the file; it was not stored"
-                continue
-            outcome.item = item
-            if not created:
-                outcome.status, outcome.http_status = "exists", 200
+    for start in range(0, len(files), BATCH_DECODE_CHUNK):
+        prepared: list[tuple[int, _Prepared]] = []
+        for position in range(start, min(start + BATCH_DECODE_CHUNK, len(files))):
+            name, source, meta = files[position]
+            outcome, prep = _take(ctx, session, position, name, source, meta, first_of)
+            outcomes.append(outcome)
+            if prep is not None:
+                prepared.append((position, prep))
+        _embed_and_store(ctx, session, prepared, outcomes, created_by)
+        del prepared
     # Later copies of a file stored earlier in the same batch point at that item.
     by_sha = {o.sha256: o.item for o in outcomes if o.item is not None and o.sha256}
     for outcome in outcomes:
@@ -317,12 +386,11 @@ def ingest_many(
 
 @dataclass
 class BatchEntry:
-    """One file of a batch upload as received: its bytes, or why they were not read."""
+    """One file of a batch upload: its bytes or a reader of them, and its metadata."""
 
     filename: str | None
-    data: bytes | None
+    source: ByteSource
     metadata: object = None  # a JSON object of ItemMetadata fields, or None
-    error: UserInputError | None = None
 
 
 _META_FIELDS = ("camera_id", "captured_at", "location", "external_id")
@@ -362,16 +430,13 @@ def ingest_batch(
             f"{len(entries)} files in one batch, the limit is {ctx.settings.MAX_BATCH_FILES}"
         )
     outcomes: list[IngestOutcome | None] = [None] * len(entries)
-    todo: list[tuple[int, tuple[str | None, bytes, ItemMetadata]]] = []
+    todo: list[tuple[int, tuple[str | None, ByteSource, ItemMetadata]]] = []
     for position, entry in enumerate(entries):
         try:
-            if entry.error is not None:
-                raise entry.error
             meta = _entry_metadata(entry, camera_from_name)
-            assert entry.data is not None
-            todo.append((position, (entry.filename, entry.data, meta)))
+            todo.append((position, (entry.filename, entry.source, meta)))
         except UserInputError as exc:
-            status = 413 if isinstance(exc, PayloadTooLargeError) else 400
+            status = input_error_status(exc)
             message = f"{entry.filename}: {exc}" if entry.filename else str(exc)
             outcomes[position] = IngestOutcome(
                 entry.filename, "error", error=message, http_status=status
@@ -383,8 +448,11 @@ def ingest_batch(
 
 
 def get_item(session: Session, item_id: int) -> GalleryItem:
-    item = session.get(GalleryItem, item_id)
+    item = session.get(GalleryItem, item_id) if is_valid_id(item_id) else None
     if item is None:
+        deleted = audit.deletions(session, [item_id]).get(item_id) if is_valid_id(item_id) else None
+        if deleted is not None:
+            raise NotFoundError(f"gallery item {item_id} {audit.describe_deletion(deleted)}")
         raise NotFoundError(f"gallery item {item_id} does not exist")
     return item
 
@@ -404,9 +472,13 @@ def list_items(
     time are excluded as soon as either bound is given.
     """
     if not 1 <= limit <= MAX_LIST_LIMIT:
-        raise UserInputError(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
-    if offset < 0:
-        raise UserInputError(f"offset must be 0 or more, got {offset}")
+        raise OutOfRangeError(
+            f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}", field="limit"
+        )
+    if not 0 <= offset <= MAX_ID:
+        raise OutOfRangeError(
+            f"offset must be between 0 and {MAX_ID}, got {offset}", field="offset"
+        )
     check_range(captured_after, captured_before)
     conditions = filter_conditions(camera_ids, captured_after, captured_before)
     total = session.scalar(select(func.count(GalleryItem.id)).where(*conditions))
@@ -444,11 +516,49 @@ def filter_conditions(
     return conditions
 
 
-def delete_item(ctx: ServiceContext, session: Session, item_id: int) -> None:
-    """Delete an item: row and embeddings, index entry at once, blob when unreferenced."""
+MAX_REASON_LENGTH = 500
+
+
+def delete_item(
+    ctx: ServiceContext,
+    session: Session,
+    item_id: int,
+    *,
+    deleted_by: int | None = None,
+    actor: audit.Actor = "api",
+    reason: str | None = None,
+) -> None:
+    """Delete an item: row and embeddings, index entry at once, blob when unreferenced.
+
+    The deletion is recorded (who, when, why, and the image's sha256 and capture metadata) in
+    the same transaction, so search records that listed the item can say it was deleted.
+    """
+    reason = (reason or "").strip() or None
+    if reason is not None and len(reason) > MAX_REASON_LENGTH:
+        raise OutOfRangeError(
+            f"reason is longer than {MAX_REASON_LENGTH} characters", field="reason"
+        )
+    if reason is not None and any(ord(c) < 32 for c in reason):
+        raise UserInputError("reason contains control characters")
     item = get_item(session, item_id)
     sha, relative = item.sha256, item.blob_path
     with _sha_lock(sha):
+        audit.record(
+            session,
+            audit.GALLERY_DELETE,
+            api_key_id=deleted_by,
+            actor=actor,
+            gallery_id=item_id,
+            details={
+                "sha256": sha,
+                "camera_id": item.camera_id,
+                "captured_at": item.captured_at.isoformat() if item.captured_at else None,
+                "external_id": item.external_id,
+                "created_at": item.created_at.isoformat(),
+                "created_by": item.created_by,
+                "reason": reason,
+            },
+        )
         session.delete(item)
         session.commit()
         ctx.index.remove([item_id])

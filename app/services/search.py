@@ -9,22 +9,24 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from app.core.config import Settings
 from app.core.files import atomic_write_bytes
 from app.db.models import ApiKey, GalleryItem, Search
-from app.errors import UserInputError
+from app.db.types import utcnow
 from app.ml.evaluate import distances
 from app.ml.rerank import k_reciprocal_rerank
+from app.services import audit
 from app.services.blobs import sha256_hex, sniff_extension
 from app.services.context import ServiceContext, load_vectors
-from app.services.errors import NotFoundError
+from app.services.errors import NotFoundError, OutOfRangeError
 from app.services.gallery import check_range, check_upload, filter_conditions
 
 MAX_TOP_K = 100
@@ -45,13 +47,20 @@ class SearchParams:
 
     def validate(self) -> None:
         if not 1 <= self.top_k <= MAX_TOP_K:
-            raise UserInputError(f"top_k must be between 1 and {MAX_TOP_K}, got {self.top_k}")
+            raise OutOfRangeError(
+                f"top_k must be between 1 and {MAX_TOP_K}, got {self.top_k}", field="top_k"
+            )
         if not 1 <= self.k1 <= 100:
-            raise UserInputError(f"k1 must be between 1 and 100, got {self.k1}")
+            raise OutOfRangeError(f"k1 must be between 1 and 100, got {self.k1}", field="k1")
         if not 1 <= self.k2 <= self.k1:
-            raise UserInputError(f"k2 must be between 1 and k1 ({self.k1}), got {self.k2}")
+            raise OutOfRangeError(
+                f"k2 must be between 1 and k1 ({self.k1}), got {self.k2}", field="k2"
+            )
         if not 0.0 <= self.lambda_value <= 1.0:
-            raise UserInputError(f"lambda_value must be between 0 and 1, got {self.lambda_value}")
+            raise OutOfRangeError(
+                f"lambda_value must be between 0 and 1, got {self.lambda_value}",
+                field="lambda_value",
+            )
         check_range(self.captured_after, self.captured_before)
 
     def as_json(self) -> dict[str, Any]:
@@ -254,3 +263,57 @@ def read_search_file(ctx: ServiceContext, record: Search, which: str) -> bytes:
     if not path.is_relative_to(ctx.settings.search_dir.resolve()) or not path.is_file():
         raise NotFoundError(f"the {which} image of search {record.id} is missing from storage")
     return path.read_bytes()
+
+
+@dataclass
+class PurgeReport:
+    count: int
+    cutoff: datetime
+    oldest: datetime | None
+    newest: datetime | None
+
+
+def purge_searches(
+    settings: Settings, session: Session, older_than_days: int, *, dry_run: bool = False
+) -> PurgeReport:
+    """Remove the searches made before ``older_than_days`` days ago: rows, then their files.
+
+    The purge itself is recorded (how many, which period, when; not what they were). Files of
+    a purge interrupted after the commit are removed by the orphan sweep.
+    """
+    if older_than_days < 1:
+        raise OutOfRangeError(
+            f"the retention period must be at least 1 day, got {older_than_days}",
+            field="older_than_days",
+        )
+    cutoff = utcnow() - timedelta(days=older_than_days)
+    old = select(Search.id, Search.created_at).where(Search.created_at < cutoff)
+    rows = session.execute(old.order_by(Search.created_at)).all()
+    report = PurgeReport(
+        count=len(rows),
+        cutoff=cutoff,
+        oldest=rows[0][1] if rows else None,
+        newest=rows[-1][1] if rows else None,
+    )
+    if dry_run or not rows:
+        return report
+    ids = [row[0] for row in rows]
+    for start in range(0, len(ids), 500):
+        session.execute(delete(Search).where(Search.id.in_(ids[start : start + 500])))
+    audit.record(
+        session,
+        audit.SEARCHES_PURGE,
+        api_key_id=None,
+        actor="cli",
+        details={
+            "older_than_days": older_than_days,
+            "cutoff": cutoff.isoformat(),
+            "count": report.count,
+            "oldest": report.oldest.isoformat() if report.oldest else None,
+            "newest": report.newest.isoformat() if report.newest else None,
+        },
+    )
+    session.commit()
+    for search_id in ids:
+        shutil.rmtree(settings.search_dir / str(search_id), ignore_errors=True)
+    return report

@@ -1,5 +1,8 @@
 """ISO 8601 timestamps from users: a UTC offset is required (naive times are refused).
 
+Times are kept in UTC, so a time whose UTC equivalent falls outside years 1-9999 is refused
+(422) rather than overflowing later.
+
 A naive time from CCTV export could be local time of any of several sites; guessing UTC would
 silently shift evidence by hours, so the service asks for an explicit offset instead.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from app.errors import UserInputError
+from app.services.errors import OutOfRangeError
 
 
 def parse_timestamp(value: str | datetime | None, name: str) -> datetime | None:
@@ -31,4 +35,11 @@ def parse_timestamp(value: str | datetime | None, name: str) -> datetime | None:
         raise UserInputError(
             f"{name} {value!s} has no time zone: add Z or an offset such as +02:00"
         )
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is in year 0 in UTC
+        raise OutOfRangeError(
+            f"{name} {value!s} is out of range: in UTC it must fall between "
+            f"{datetime.min.isoformat()}Z and {datetime.max.isoformat()}Z",
+            field=name,
+        ) from None

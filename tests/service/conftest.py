@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -33,7 +38,7 @@ from .helpers import build_tiny_bundle
 PG_ADMIN_URL = os.environ.get(
     "SKETCHREID_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-TABLES = ("searches", "embeddings", "gallery_items", "api_keys")
+TABLES = ("audit_events", "searches", "embeddings", "gallery_items", "api_keys")
 
 
 @pytest.fixture(scope="session")
@@ -200,3 +205,22 @@ def upload(client: TestClient, headers: dict[str, str], data: bytes, **form: str
         data=form,
         headers=headers,
     )
+
+
+@contextmanager
+def running_server(app: FastAPI) -> Iterator[str]:
+    """``app`` under a real uvicorn server on 127.0.0.1 (a free port) in a thread of this
+    process; yields the base URL. Unlike TestClient, requests cross a TCP connection."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while thread.is_alive() and not server.started:
+        time.sleep(0.01)
+    assert server.started, "uvicorn did not start"
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join()

@@ -63,8 +63,11 @@ def _centre_embeddings(member: torch.nn.Module) -> None:
         member.fc.bias.copy_(-member.fc.weight @ feats[0].mean(0))
 
 
-def build_tiny_bundle(out: Path, *, translator: bool = True, version: str = "1.0") -> Path:
-    torch.manual_seed(0)
+def build_tiny_bundle(
+    out: Path, *, translator: bool = True, version: str = "1.0", seed: int = 0
+) -> Path:
+    """A tiny bundle; another ``seed`` gives other weights (another embedding space)."""
+    torch.manual_seed(seed)
     spec = MemberSpec(arch="resnet20", num_classes=10, fc_dim=64, input_size=(64, 32))
     member = build_member(spec).eval()
     _centre_embeddings(member)

@@ -124,3 +124,26 @@ def test_db_upgrade_and_refusal(
         assert (tmp_path / "sketchreid.db").is_file()
     finally:
         get_settings.cache_clear()
+
+
+def test_apikey_revoke_keeps_the_last_admin_unless_forced(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["apikey", "create", "--role", "admin", "--name", "only admin"]) == 0
+    key = capsys.readouterr().out.strip().splitlines()[-1]
+    engine = make_engine(get_settings().DATABASE_URL)
+    with session_scope(make_session_factory(engine)) as session:
+        key_id = apikeys.authenticate(session, key).id
+    assert main(["apikey", "revoke", str(key_id)]) == 2
+    err = capsys.readouterr().err
+    assert "last active admin key" in err
+    with session_scope(make_session_factory(engine)) as session:
+        assert apikeys.authenticate(session, key).revoked_at is None
+    assert main(["apikey", "revoke", "--force", str(key_id)]) == 0
+    assert "revoked" in capsys.readouterr().out
+    with (
+        session_scope(make_session_factory(engine)) as session,
+        pytest.raises(AuthenticationError, match="revoked"),
+    ):
+        apikeys.authenticate(session, key)
+    engine.dispose()

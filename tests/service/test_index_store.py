@@ -89,3 +89,25 @@ def test_bad_vectors_are_refused() -> None:
         index.add([1], np.full((1, 4), np.nan, np.float32))
     with pytest.raises(ValueError, match="duplicate"):
         index.build([1, 1], np.ones((2, 4), np.float32))
+
+
+@pytest.mark.parametrize(("kind", "n"), [("flat", 60), ("hnsw", 60), ("ivf", IVF_MIN_TRAIN + 100)])
+def test_saved_after_deletions_and_reloaded(tmp_path: Path, kind: str, n: int) -> None:
+    x, ids = _unit(n, seed=4), np.arange(1, n + 1, dtype=np.int64)
+    index = VectorIndex(16, kind, hnsw_ef_search=512, ivf_nprobe=1000)
+    index.build(ids, x)
+    assert index.kind == kind
+    gone = [2, 5, 7, n]
+    assert index.remove(gone) == 4
+    queries = [x[1], x[4], x[10]]  # x[1], x[4] are the vectors of the deleted ids 2 and 5
+    before = [[(h.id, round(h.score, 5)) for h in index.search(q, 10)] for q in queries]
+    index.save(tmp_path, "m")
+    live = np.setdiff1d(ids, gone)
+    again = VectorIndex(16, kind, hnsw_ef_search=512, ivf_nprobe=1000)
+    assert again.load(tmp_path, "m", live) is None
+    assert again.kind == kind and again.ids().tolist() == live.tolist()
+    after = [[(h.id, round(h.score, 5)) for h in again.search(q, 10)] for q in queries]
+    assert after == before
+    assert not {h[0] for hits in after for h in hits} & set(gone)
+    # The saved copy does not match a database that still holds a deleted id.
+    assert "items" in (VectorIndex(16, kind).load(tmp_path, "m", ids) or "")

@@ -22,7 +22,7 @@ from app.services import gallery
 from app.services.context import close_context, open_context, sync_index
 
 from .conftest import Keys, snapshot, upload
-from .helpers import jpeg, sketch_png
+from .helpers import build_tiny_bundle, jpeg, sketch_png
 
 
 def _search(client: TestClient, keys: Keys, **form: Any) -> list[tuple[int, float]]:
@@ -182,18 +182,47 @@ def test_concurrent_duplicates_make_one_item(settings: Settings, bundle: Bundle)
 
 
 def test_model_change_reembeds_the_gallery(
-    settings: Settings, bundle: Bundle, keys: Keys, bundle_dir_no_translator: Any
+    settings: Settings, bundle: Bundle, keys: Keys, tmp_path: Any
 ) -> None:
+    from sqlalchemy import select
+
+    from app.db.models import Embedding
     from app.ml.bundle import load_bundle
-    from app.services.context import embedding_key
+    from app.ml.images import load_image
+    from app.services.context import embedding_key, vector_from_bytes
 
     with _app(settings, bundle) as client:
-        for seed in range(3):
-            upload(client, keys.operator, jpeg(seed))
-    other = load_bundle(bundle_dir_no_translator)
-    other.manifest = other.manifest.model_copy(update={"version": "2.0"})
-    assert embedding_key(other.manifest) != embedding_key(bundle.manifest)
+        ids = [upload(client, keys.operator, jpeg(seed)).json()["id"] for seed in range(3)]
+    other = load_bundle(build_tiny_bundle(tmp_path / "other", version="2.0", seed=1))
+    old_key, new_key = embedding_key(bundle.manifest), embedding_key(other.manifest)
+    assert new_key != old_key
+    images = [load_image(jpeg(seed)) for seed in range(3)]
+    expected = other.embedder.embed(images)
+    assert not np.allclose(expected, bundle.embedder.embed(images), atol=1e-3)  # other weights
+
     with _app(settings, other) as client:
         ctx = client.app.state.ctx  # type: ignore[attr-defined]
-        assert len(ctx.index) == 3 and ctx.index_status["source"] == "rebuilt"
-        assert np.isfinite(_search(client, keys)[0][1])
+        assert ctx.embedding_key == new_key and ctx.index_status["source"] == "rebuilt"
+        assert ctx.index.ids().tolist() == ids
+        with session_scope(ctx.sessions) as session:
+            rows = {
+                (row.item_id, row.model_version): vector_from_bytes(row.vector, ctx.dim)
+                for row in session.scalars(select(Embedding))
+            }
+        assert {k for _, k in rows} == {old_key, new_key}  # the old vectors stay
+        stored = np.stack([rows[(i, new_key)] for i in ids])
+        np.testing.assert_allclose(stored, expected, atol=1e-5)  # embedded from the blobs
+        # The search runs in the new space: its scores are the new model's cosines.
+        query = other.embedder.embed([load_image(sketch_png(3))], modality="sketch")[0]
+        r = client.post(
+            "/api/v1/search",
+            files={"sketch": ("s.png", sketch_png(3), "image/png")},
+            data={"translate": "false"},
+            headers=keys.investigator,
+        )
+        assert r.status_code == 200, r.text
+        got = {x["gallery_id"]: x["score"] for x in r.json()["results"]}
+        want = dict(zip(ids, (expected @ query).tolist(), strict=True))
+        assert got.keys() == want.keys()
+        for item_id, score in got.items():
+            assert score == pytest.approx(want[item_id], abs=1e-4)

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -135,6 +137,7 @@ def test_rerank_reorders_the_candidates(
         rr = k_reciprocal_rerank(d(q, g), np.zeros((1, 1)), d(g, g), k1=4, k2=2, lambda_value=0.3)
         expected = [cand[i] for i in np.argsort(rr[0], kind="stable")[:5]]
         assert [r["gallery_id"] for r in body["results"]] == expected
+        assert expected != cand[:5]  # re-ranking changed the cosine order
         distances = [r["distance"] for r in body["results"]]
         assert distances == sorted(distances)
 
@@ -175,7 +178,9 @@ def test_delete_removes_from_search_at_once(client: TestClient, keys: Keys) -> N
 
 def test_search_is_recorded_for_audit(client: TestClient, keys: Keys) -> None:
     _fill(client, keys, 4)
-    body = _search(client, keys, top_k=3, camera_id="c1")
+    before = datetime.now(UTC)
+    body = _search(client, keys, top_k=3, camera_id="c1", rerank="true", k1="3", k2="2")
+    after = datetime.now(UTC)
     record = client.get(f"/api/v1/searches/{body['search_id']}", headers=keys.investigator)
     assert record.status_code == 200
     rec = record.json()
@@ -184,11 +189,26 @@ def test_search_is_recorded_for_audit(client: TestClient, keys: Keys) -> None:
             "rank": r["rank"],
             "gallery_id": r["gallery_id"],
             "score": pytest.approx(r["score"]),
-            "distance": None,
+            "distance": pytest.approx(r["distance"]),
+            "deleted": None,
         }
         for r in body["results"]
     ]
-    assert rec["parameters"]["top_k"] == 3 and rec["parameters"]["camera_id"] == ["c1"]
+    assert all(r["distance"] is not None for r in rec["results"])  # re-ranked distances kept
+    assert rec["sketch_sha256"] == hashlib.sha256(sketch_png(1)).hexdigest()
+    assert before <= datetime.fromisoformat(rec["created_at"]) <= after
+    investigator = next(
+        k for k in client.get("/api/v1/apikeys", headers=keys.admin).json()
+        if k["name"] == "investigator"
+    )
+    assert rec["api_key_id"] == investigator["id"]
+    params = rec["parameters"]
+    assert {k: params[k] for k in ("top_k", "translate", "rerank", "k1", "k2", "lambda_value")} == {
+        "top_k": 3, "translate": True, "rerank": True, "k1": 3, "k2": 2, "lambda_value": 0.3
+    }  # fmt: skip
+    assert params["camera_id"] == ["c1"] and params["captured_after"] is None
+    assert params["translated"] is True and params["reranked"] is True
+    assert params["embedding_key"].startswith("tiny:1.0:") and params["index"] == "flat"
     assert rec["model"] == {"name": "tiny", "version": "1.0"}
     sketch = client.get(rec["sketch_url"], headers=keys.investigator)
     assert sketch.status_code == 200 and sketch.content == sketch_png(1)

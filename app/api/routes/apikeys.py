@@ -5,13 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from app.api.deps import AdminDep, SessionDep
-from app.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
+from app.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, error_responses
 from app.services import apikeys
 
 router = APIRouter(prefix="/apikeys", tags=["apikeys"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ApiKeyCreated,
+    responses=error_responses(400, 413, 422),
+)
 def create(body: ApiKeyCreate, session: SessionDep, _key: AdminDep) -> ApiKeyCreated:
     row, key = apikeys.create_key(session, body.name, body.role)
     return ApiKeyCreated(**ApiKeyOut.of(row).model_dump(), key=key)
@@ -22,6 +27,6 @@ def list_keys(session: SessionDep, _key: AdminDep) -> list[ApiKeyOut]:
     return [ApiKeyOut.of(row) for row in apikeys.list_keys(session)]
 
 
-@router.post("/{key_id}/revoke", response_model=ApiKeyOut)
+@router.post("/{key_id}/revoke", response_model=ApiKeyOut, responses=error_responses(404, 409, 422))
 def revoke(key_id: int, session: SessionDep, _key: AdminDep) -> ApiKeyOut:
     return ApiKeyOut.of(apikeys.revoke_key(session, key_id))

@@ -2,36 +2,55 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.responses import JSONResponse
 
-from app.api.deps import CtxDep, OperatorDep, ReaderDep, SessionDep
-from app.api.schemas import BatchItemResult, BatchResult, GalleryItemOut, GalleryPage
+from app.api.deps import CtxDep, OperatorDep, ReaderDep, SessionDep, single_valued
+from app.api.schemas import (
+    BatchItemResult,
+    BatchResult,
+    GalleryItemOut,
+    GalleryPage,
+    error_responses,
+)
 from app.api.uploads import read_upload
+from app.db.types import MAX_ID
 from app.errors import UserInputError
 from app.services import gallery
-from app.services.errors import PayloadTooLargeError
 from app.services.timeparse import parse_timestamp
 
 router = APIRouter(prefix="/gallery", tags=["gallery"])
+
+_ONE_IMAGE = Depends(
+    single_valued(form=("image", "camera_id", "captured_at", "location", "external_id"))
+)
+_ONE_BATCH = Depends(single_valued(form=("metadata", "camera_from_filename")))
+_ONE_LISTING = Depends(
+    single_valued(query=("limit", "offset", "captured_after", "captured_before"))
+)
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=GalleryItemOut,
-    responses={200: {"description": "The same image was already stored", "model": GalleryItemOut}},
+    responses={
+        200: {"description": "The same image was already stored", "model": GalleryItemOut},
+        **error_responses(400, 413, 422),
+    },
 )
 def ingest(
     request: Request,
     ctx: CtxDep,
     session: SessionDep,
     key: OperatorDep,
+    _once: Annotated[None, _ONE_IMAGE],
     image: Annotated[UploadFile, File(description="A person crop (JPEG, PNG, WEBP, ...)")],
     camera_id: Annotated[str | None, Form()] = None,
     captured_at: Annotated[
@@ -51,12 +70,13 @@ def ingest(
     return JSONResponse(body, status_code=201 if created else 200)
 
 
-@router.post("/batch", response_model=BatchResult)
+@router.post("/batch", response_model=BatchResult, responses=error_responses(400, 413, 422, 429))
 def ingest_batch(
     request: Request,
     ctx: CtxDep,
     session: SessionDep,
     key: OperatorDep,
+    _once: Annotated[None, _ONE_BATCH],
     images: Annotated[list[UploadFile], File(description="Person crops")],
     metadata: Annotated[
         str | None,
@@ -81,14 +101,13 @@ def ingest_batch(
                 f"metadata must be a JSON list with one entry per file ({len(images)} files)"
             )
         per_file = parsed
-    entries = []
-    for upload, meta in zip(images, per_file, strict=True):
-        try:
-            data: bytes | None = read_upload(upload, ctx.settings.max_upload_bytes)
-            error = None
-        except PayloadTooLargeError as exc:
-            data, error = None, exc
-        entries.append(gallery.BatchEntry(upload.filename, data, meta, error))
+    # Each file stays where the multipart parser put it (a temporary file once over 1 MB) and
+    # is read when its turn comes, so one batch holds one file in memory, not all of them.
+    limit = ctx.settings.max_upload_bytes
+    entries = [
+        gallery.BatchEntry(upload.filename, functools.partial(read_upload, upload, limit), meta)
+        for upload, meta in zip(images, per_file, strict=True)
+    ]
     outcomes = gallery.ingest_batch(
         ctx, session, entries, camera_from_name=camera_from_filename, created_by=key.id
     )
@@ -101,12 +120,13 @@ def ingest_batch(
     )
 
 
-@router.get("", response_model=GalleryPage)
+@router.get("", response_model=GalleryPage, responses=error_responses(400, 422))
 def list_items(
     session: SessionDep,
     _key: ReaderDep,
+    _once: Annotated[None, _ONE_LISTING],
     limit: Annotated[int, Query(ge=1, le=gallery.MAX_LIST_LIMIT)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     camera_id: Annotated[list[str] | None, Query()] = None,
     captured_after: Annotated[str | None, Query(description="inclusive, ISO 8601")] = None,
     captured_before: Annotated[str | None, Query(description="exclusive, ISO 8601")] = None,
@@ -131,7 +151,7 @@ def list_items(
     )
 
 
-@router.get("/{item_id}", response_model=GalleryItemOut)
+@router.get("/{item_id}", response_model=GalleryItemOut, responses=error_responses(404, 422))
 def get_item(item_id: int, session: SessionDep, _key: ReaderDep) -> GalleryItemOut:
     return GalleryItemOut.of(gallery.get_item(session, item_id))
 
@@ -139,7 +159,10 @@ def get_item(item_id: int, session: SessionDep, _key: ReaderDep) -> GalleryItemO
 @router.get(
     "/{item_id}/image",
     response_class=Response,
-    responses={200: {"content": {"image/*": {}}, "description": "The stored bytes"}},
+    responses={
+        200: {"content": {"image/*": {}}, "description": "The stored bytes"},
+        **error_responses(404, 422),
+    },
 )
 def get_image(item_id: int, ctx: CtxDep, session: SessionDep, _key: ReaderDep) -> Response:
     item = gallery.get_item(session, item_id)
@@ -150,7 +173,23 @@ def get_image(item_id: int, ctx: CtxDep, session: SessionDep, _key: ReaderDep) -
     )
 
 
-@router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_item(item_id: int, ctx: CtxDep, session: SessionDep, _key: OperatorDep) -> Response:
-    gallery.delete_item(ctx, session, item_id)
+@router.delete(
+    "/{item_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(400, 404, 422),
+)
+def delete_item(
+    item_id: int,
+    ctx: CtxDep,
+    session: SessionDep,
+    key: OperatorDep,
+    reason: Annotated[
+        str | None,
+        Query(
+            max_length=gallery.MAX_REASON_LENGTH,
+            description="Why (kept in the audit trail with who and when)",
+        ),
+    ] = None,
+) -> Response:
+    gallery.delete_item(ctx, session, item_id, deleted_by=key.id, actor="api", reason=reason)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -5,11 +5,12 @@ None of them reveals case data; keep them on the internal network all the same.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from app.db.session import session_scope
@@ -23,7 +24,16 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+class ReadyOut(BaseModel):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, Any]
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadyOut,
+    responses={503: {"model": ReadyOut, "description": "Not ready: see checks"}},
+)
 def readyz(request: Request) -> JSONResponse:
     ctx = getattr(request.app.state, "ctx", None)
     checks: dict[str, Any] = {"model": ctx is not None, "database": False, "index": False}

@@ -5,24 +5,43 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 
-from app.api.deps import CtxDep, InvestigatorDep, SessionDep
-from app.api.schemas import SearchOut, SearchRecordOut
+from app.api.deps import CtxDep, InvestigatorDep, SessionDep, single_valued
+from app.api.schemas import SearchOut, SearchRecordOut, error_responses
 from app.api.uploads import read_upload
+from app.services import audit
 from app.services import search as search_service
 from app.services.blobs import content_type_for
 from app.services.timeparse import parse_timestamp
 
 router = APIRouter(tags=["search"])
 
+# Every field but the repeatable camera_id.
+_ONE_EACH = Depends(
+    single_valued(
+        form=(
+            "sketch",
+            "top_k",
+            "translate",
+            "rerank",
+            "k1",
+            "k2",
+            "lambda_value",
+            "captured_after",
+            "captured_before",
+        )
+    )
+)
 
-@router.post("/search", response_model=SearchOut)
+
+@router.post("/search", response_model=SearchOut, responses=error_responses(400, 413, 422))
 def search(
     request: Request,
     ctx: CtxDep,
     session: SessionDep,
     key: InvestigatorDep,
+    _once: Annotated[None, _ONE_EACH],
     sketch: Annotated[UploadFile, File(description="A full-body sketch of the suspect")],
     top_k: Annotated[int, Form(ge=1, le=search_service.MAX_TOP_K)] = 10,
     translate: Annotated[bool, Form(description="sketch -> photo before embedding")] = True,
@@ -54,15 +73,19 @@ def search(
     return SearchOut.of(outcome)
 
 
-@router.get("/searches/{search_id}", response_model=SearchRecordOut)
+@router.get(
+    "/searches/{search_id}", response_model=SearchRecordOut, responses=error_responses(404, 422)
+)
 def get_search(search_id: uuid.UUID, session: SessionDep, key: InvestigatorDep) -> SearchRecordOut:
-    return SearchRecordOut.of(search_service.get_search(session, search_id, key))
+    record = search_service.get_search(session, search_id, key)
+    deleted = audit.deletions(session, (r["gallery_id"] for r in record.results))
+    return SearchRecordOut.of(record, deleted)
 
 
 @router.get(
     "/searches/{search_id}/translated",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}},
+    responses={200: {"content": {"image/png": {}}}, **error_responses(404, 422)},
 )
 def get_translated(
     search_id: uuid.UUID, ctx: CtxDep, session: SessionDep, key: InvestigatorDep
@@ -75,7 +98,7 @@ def get_translated(
 @router.get(
     "/searches/{search_id}/sketch",
     response_class=Response,
-    responses={200: {"content": {"image/*": {}}}},
+    responses={200: {"content": {"image/*": {}}}, **error_responses(404, 422)},
 )
 def get_sketch(
     search_id: uuid.UUID, ctx: CtxDep, session: SessionDep, key: InvestigatorDep

@@ -36,7 +36,7 @@ STAGES = ("decode", "translate", "embed", "search", "rerank")
 @dataclass(frozen=True)
 class SearchParams:
     top_k: int = 10
-    translate: bool = True
+    translate: bool | None = None  # None: translate when the bundle has a translator
     rerank: bool = False
     k1: int = 20
     k2: int = 6
@@ -152,11 +152,11 @@ def run_search(
     timings["decode"] = _ms(t)
 
     translated: Image.Image | None = None
-    if params.translate and bundle.translator is not None:
+    if params.translate is not False and bundle.translator is not None:
         t = time.perf_counter()
         translated = bundle.translator.translate(image)
         timings["translate"] = _ms(t)
-    elif params.translate:
+    elif params.translate is True:
         notes.append(
             "translate was requested but the model has no translator: "
             "the sketch was embedded as drawn"

@@ -154,13 +154,27 @@ def test_empty_gallery_returns_no_results(client: TestClient, keys: Keys) -> Non
     assert body["results"] == []
 
 
+def test_translate_left_out_follows_the_model(
+    client: TestClient, keys: Keys, bundle: Bundle
+) -> None:
+    items = _with_seed(_fill(client, keys))
+    body = _search(client, keys, top_k=5)
+    assert body["translated"] is True  # the test bundle has a translator
+    assert [r["gallery_id"] for r in body["results"]] == [
+        e[0] for e in _expected(bundle, items, 1, True)[:5]
+    ]
+
+
 def test_model_without_translator_notes_it(
     make_settings: Callable[..., Settings], bundle_dir_no_translator: Any, keys: Keys
 ) -> None:
     plain = load_bundle(bundle_dir_no_translator)
     with TestClient(create_app(make_settings(), bundle=plain)) as client:
         _fill(client, keys, 3)
-        body = _search(client, keys)
+        body = _search(client, keys)  # translate left out: the model's choice, no note
+        assert body["translated"] is False and body["translated_image_url"] is None
+        assert body["notes"] == []
+        body = _search(client, keys, translate="true")
         assert body["translated"] is False and body["translated_image_url"] is None
         assert any("no translator" in n for n in body["notes"])
         model = client.get("/api/v1/model", headers=keys.investigator).json()

@@ -44,7 +44,13 @@ def search(
     _once: Annotated[None, _ONE_EACH],
     sketch: Annotated[UploadFile, File(description="A full-body sketch of the suspect")],
     top_k: Annotated[int, Form(ge=1, le=search_service.MAX_TOP_K)] = 10,
-    translate: Annotated[bool, Form(description="sketch -> photo before embedding")] = True,
+    translate: Annotated[
+        bool | None,
+        Form(
+            description="sketch -> photo before embedding; left out: the model's choice "
+            "(on when its bundle has a translator)"
+        ),
+    ] = None,
     rerank: Annotated[bool, Form(description="k-reciprocal re-ranking")] = False,
     k1: Annotated[int, Form(ge=1, le=100)] = 20,
     k2: Annotated[int, Form(ge=1, le=100)] = 6,

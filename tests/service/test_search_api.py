@@ -218,7 +218,9 @@ def test_search_is_recorded_for_audit(client: TestClient, keys: Keys) -> None:
     assert rec["api_key_id"] == investigator["id"]
     params = rec["parameters"]
     assert {k: params[k] for k in ("top_k", "translate", "rerank", "k1", "k2", "lambda_value")} == {
-        "top_k": 3, "translate": True, "rerank": True, "k1": 3, "k2": 2, "lambda_value": 0.3
+        # translate left out: recorded as asked (null = the model's choice); "translated" says
+        # what was done
+        "top_k": 3, "translate": None, "rerank": True, "k1": 3, "k2": 2, "lambda_value": 0.3
     }  # fmt: skip
     assert params["camera_id"] == ["c1"] and params["captured_after"] is None
     assert params["translated"] is True and params["reranked"] is True

@@ -13,7 +13,8 @@ import torch
 from PIL import Image, ImageOps
 
 from app.errors import BundleError
-from app.ml.bundle import Bundle, Embedder, Translator, load_bundle, save_bundle, update_manifest
+from app.ml.bundle import Bundle, load_bundle, save_bundle, update_manifest
+from app.ml.inference import Embedder, Translator
 from app.ml.models.cyclegan import GeneratorSpec, build_generator
 from app.ml.models.resnet_cifar import MemberSpec, build_member
 

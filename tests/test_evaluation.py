@@ -23,12 +23,13 @@ import torch
 import app.cli.evaluate_cmd as evaluate_cmd
 import app.ml.evaluate as evaluate_mod
 from app.cli.main import main
-from app.ml.bundle import Bundle, Embedder, load_bundle, save_bundle
+from app.ml.bundle import Bundle, load_bundle, save_bundle
 from app.ml.crossval import cross_validate
 from app.ml.data.pku import PKUSketchDataset, load_pku_sketch
 from app.ml.data.splits import random_splits
 from app.ml.evaluate import Embedded, RerankParams, distances, embed_test_set, score
 from app.ml.images import load_image
+from app.ml.inference import Embedder
 from app.ml.metrics import ranking_result
 from app.ml.models.cyclegan import GeneratorSpec, ResnetGenerator
 from app.ml.models.resnet_cifar import MemberSpec, build_member

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import torch
 
-from app.ml.bundle import Translator
 from app.ml.data.pku import load_pku_sketch
 from app.ml.images import load_image
+from app.ml.inference import Translator
 from app.ml.models.cyclegan import to_gan_input
 from app.ml.train.config import TranslatorConfig
 from app.ml.train.translator import train_translator

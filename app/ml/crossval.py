@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from app.ml.bundle import Embedder, load_bundle
+from app.ml.bundle import load_bundle
 from app.ml.data.splits import Split
 from app.ml.evaluate import RerankParams, embed_test_set, score
+from app.ml.inference import Embedder
 from app.ml.metrics import mean_std
 from app.ml.train.pipeline import TrainPlan, add_translator, save_members, train_members
 

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from app.errors import UserInputError
-from app.ml.bundle import Bundle, Embedder, Translator
+from app.ml.bundle import Bundle
 from app.ml.data.pku import PKUSketchDataset, Sample
 from app.ml.data.splits import Split
 from app.ml.images import load_image
+from app.ml.inference import Embedder, Translator
 from app.ml.metrics import mean_std, ranking_result
 from app.ml.rerank import k_reciprocal_rerank
 

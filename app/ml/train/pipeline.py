@@ -26,7 +26,12 @@ from app.ml.models.cyclegan import GeneratorSpec, build_generator
 from app.ml.models.resnet_cifar import MemberSpec, ResNetCifar, build_member, count_parameters
 from app.ml.precision import Precision
 from app.ml.train.config import ModelConfig, Preset
-from app.ml.train.pretrain import health_check, load_pretrained, pretrain_sets
+from app.ml.train.pretrain import (
+    health_check,
+    load_pretrained,
+    pretrain_sets,
+    split_pretrain_samples,
+)
 from app.ml.train.reid import (
     classifier_free_parameters,
     json_logger,
@@ -107,14 +112,13 @@ def pretrain_member(
         raise UserInputError("pre-training needs at least one --pretrain-root folder")
     m = model_cfg or plan.pretrain_model or plan.preset.model
     roots = [Path(r) for r in plan.pretrain_roots]
-    train, holdout, data_info = pretrain_sets(
-        roots, plan.holdout, m.input_size, cache_dir=plan.workdir / "cache", progress=plan.progress
-    )
-    spec = member_spec(plan, arch, train.num_classes, m)
+    # The cache key needs only the file lists; images are decoded when training is due.
+    samples, _, _ = split_pretrain_samples(roots, plan.holdout)
+    spec = member_spec(plan, arch, len({(i, s.pid) for i, s in samples}), m)
     cfg = plan.preset.pretrain
     key = _digest(
         [str(r.resolve()) for r in roots],
-        len(train),
+        len(samples),
         plan.holdout,
         spec.model_dump(),
         cfg.model_dump(),
@@ -126,6 +130,9 @@ def pretrain_member(
         model = build_member(spec)
         model.load_state_dict(cached["state"])
         return spec, model.eval(), cached["info"]
+    train, holdout, data_info = pretrain_sets(
+        roots, plan.holdout, m.input_size, cache_dir=plan.workdir / "cache", progress=plan.progress
+    )
     health = health_check(holdout, input_size=m.input_size, tta_flip=m.tta_flip, device=plan.device)
     curve: list[dict[str, Any]] = []
     log_file = json_logger(plan.workdir / "logs" / f"pretrain-{arch}-{key}.jsonl")

@@ -8,10 +8,20 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
+
+from app.ml.train.config import PRESETS
 
 
 def pct(entry: dict[str, float]) -> str:
     return f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}"
+
+
+def rerank_label(report: dict[str, Any], variant: str) -> str:
+    params = report.get("rerank_params")
+    if "rerank" not in variant or not params:
+        return ""
+    return f" (k1 {params['k1']}, k2 {params['k2']}, λ {params['lambda_value']})"
 
 
 def pretraining(report: dict[str, object]) -> str:
@@ -24,6 +34,21 @@ def pretraining(report: dict[str, object]) -> str:
     return "+".join(Path(str(r)).name for r in roots) if roots else "no"  # type: ignore[union-attr]
 
 
+def recipe(report: dict[str, Any]) -> str:
+    """The preset's name and the fields the run changed (``--set``), e.g.
+    ``ship finetune.triplet_weight=1.0``; the re-ranking parameters of the rerank rows."""
+    preset = report["preset"]
+    base = PRESETS[preset["name"]].model_dump(mode="json")
+    changed = [
+        f"{section}.{field}={json.dumps(value)}"
+        for section, fields in preset.items()
+        if isinstance(fields, dict)
+        for field, value in fields.items()
+        if base.get(section, {}).get(field) != value
+    ]
+    return " ".join([preset["name"], *changed])
+
+
 def rows(path: Path) -> list[str]:
     report = json.loads(path.read_text())
     proto = report["protocol"]
@@ -32,9 +57,9 @@ def rows(path: Path) -> list[str]:
         cells = [
             path.stem,
             ",".join(report["archs"]),
-            report["preset"]["name"],
+            recipe(report),
             pretraining(report),
-            name,
+            name + rerank_label(report, name),
             *(pct(v[k]) for k in ("rank1", "rank5", "rank10", "mAP")),
             str(proto["n_splits"]),
             f"{report['train_seconds_mean']:.0f}",
@@ -48,7 +73,7 @@ def main() -> None:
     parser.add_argument("reports", nargs="+", type=Path, help="crossval --json files")
     args = parser.parse_args()
     print(
-        "| run | members | preset | pre-trained | variant | Rank-1 % | Rank-5 % | Rank-10 % "
+        "| run | members | recipe | pre-trained | variant | Rank-1 % | Rank-5 % | Rank-10 % "
         "| mAP % | splits | train s/split |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -44,11 +44,13 @@ def cross_validate(
     rows: dict[str, list[dict[str, Any]]] = {}
     timings = []
     archs: list[str] = list(plan.archs)
+    preset: dict[str, Any] = plan.preset.model_dump(mode="json")
     for i, split in enumerate(splits):
         t0 = time.perf_counter()
         if reuse:
             bundle, train_seconds = reused_bundle(reuse, i, split, plan)
             archs = [e.spec.arch for e in bundle.manifest.members]
+            preset = bundle.manifest.training.get("preset") or preset
         else:
             bundle_dir = plan.workdir / "splits" / f"split{i:02d}"
             _train_split(plan, split, i, bundle_dir, with_translator, command)
@@ -94,7 +96,8 @@ def cross_validate(
         },
         "archs": archs,
         "reused": [str(r) for r in reuse],
-        "preset": plan.preset.model_dump(mode="json"),
+        "preset": preset,
+        "rerank_params": vars(rerank) if rerank else None,
         "pretrain_roots": [str(r) for r in plan.pretrain_roots],
         "pretrained": str(plan.pretrained_dir) if plan.pretrained_dir else None,
         "seed": plan.seed,

@@ -23,7 +23,7 @@ import torch
 import app.cli.evaluate_cmd as evaluate_cmd
 import app.ml.evaluate as evaluate_mod
 from app.cli.main import main
-from app.ml.bundle import Bundle, load_bundle, save_bundle
+from app.ml.bundle import Bundle, combine_bundles, load_bundle, save_bundle
 from app.ml.crossval import cross_validate
 from app.ml.data.pku import PKUSketchDataset, load_pku_sketch
 from app.ml.data.splits import random_splits
@@ -390,6 +390,9 @@ def test_crossval_reuse_evaluates_kept_bundles_and_their_ensemble(
     want = score(embed_test_set(ensemble, None, dataset, split.test))
     assert _figures(v["plain"]["splits"][0]) == _figures(want)
     assert ensemble.dim == bundles[0].embedder.dim + bundles[1].embedder.dim
+    twice = combine_bundles([bundles[0], bundles[0]])  # two runs of one architecture
+    assert [e.name for e in twice.manifest.members] == ["resnet8", "resnet8-1"]
+    assert twice.embedder.dim == 2 * bundles[0].embedder.dim
 
     argv = ["crossval", "--data-root", str(synth_root), "--splits", "1", "--test-size", "4"]
     argv += ["--split-seed", "7", "--reuse", str(a), "--json", str(tmp_path / "x.json")]

@@ -451,7 +451,9 @@ def combine_bundles(bundles: Sequence[Bundle], device: str | torch.device = "cpu
     ResNet-110 trained in separate runs on the same identities).
 
     The bundles must embed alike: same input size, normalisation, sketch handling and
-    flip-TTA. Member names must differ. The translator is the first bundle's that has one.
+    flip-TTA. A member whose name an earlier bundle already uses is renamed ``NAME-i`` (``i``
+    its bundle's position), so two runs of one architecture can be combined. The translator is
+    the first bundle's that has one.
     The result lives in memory (its ``path`` is the first bundle's); nothing is written.
     """
     if not bundles:
@@ -467,10 +469,15 @@ def combine_bundles(bundles: Sequence[Bundle], device: str | torch.device = "cpu
                 f"{other.path} and {bundles[0].path} differ in {', '.join(differ)}: "
                 "they cannot be combined into one ensemble"
             )
-    entries = [e for b in bundles for e in b.manifest.members]
-    names = [e.name for e in entries]
-    if len(set(names)) != len(names):
-        raise BundleError(f"member names must differ to combine bundles, got {names}")
+    entries = []
+    seen: set[str] = set()
+    for i, b in enumerate(bundles):
+        for entry in b.manifest.members:
+            name = entry.name if entry.name not in seen else f"{entry.name}-{i}"
+            if name in seen:
+                raise BundleError(f"member name {name!r} occurs twice; cannot combine")
+            seen.add(name)
+            entries.append(entry.model_copy(update={"name": name}))
     members = [model for b in bundles for model in b.members]
     translator = next((b.translator for b in bundles if b.translator is not None), None)
     manifest = first.model_copy(

@@ -25,7 +25,10 @@ def rerank_label(report: dict[str, Any], variant: str) -> str:
 
 
 def pretraining(report: dict[str, object]) -> str:
-    """Where the members started: a pre-trained folder, pre-training folders, or nothing."""
+    """Where the members started: a pre-trained folder, pre-training folders, or nothing;
+    for an evaluation of earlier runs' kept bundles, those runs."""
+    if report.get("reused"):
+        return "members of " + " + ".join(Path(str(r)).name for r in report["reused"])
     if report.get("pretrained"):
         return f"from {report['pretrained']}"
     roots = report.get("pretrain_roots") or (
@@ -34,10 +37,9 @@ def pretraining(report: dict[str, object]) -> str:
     return "+".join(Path(str(r)).name for r in roots) if roots else "no"  # type: ignore[union-attr]
 
 
-def recipe(report: dict[str, Any]) -> str:
-    """The preset's name and the fields the run changed (``--set``), e.g.
-    ``ship finetune.triplet_weight=1.0``; the re-ranking parameters of the rerank rows."""
-    preset = report["preset"]
+def recipe_of(preset: dict[str, Any]) -> str:
+    """A preset's name and the fields a run changed (``--set``), e.g.
+    ``ship finetune.triplet_weight=1.0``."""
     base = PRESETS[preset["name"]].model_dump(mode="json")
     changed = [
         f"{section}.{field}={json.dumps(value)}"
@@ -47,6 +49,14 @@ def recipe(report: dict[str, Any]) -> str:
         if base.get(section, {}).get(field) != value
     ]
     return " ".join([preset["name"], *changed])
+
+
+def recipe(report: dict[str, Any]) -> str:
+    """The run's recipe; for an evaluation of reused runs, each run's, joined by " + "."""
+    reused = [p for p in report.get("reused_presets") or [] if p]
+    if reused:
+        return " + ".join(recipe_of(p) for p in reused)
+    return recipe_of(report["preset"])
 
 
 def rows(path: Path) -> list[str]:

@@ -377,6 +377,7 @@ def test_crossval_reuse_evaluates_kept_bundles_and_their_ensemble(
     )
     assert both["archs"] == ["resnet8", "resnet14"]
     assert both["reused"] == [str(a), str(b)]
+    assert [p["name"] for p in both["reused_presets"]] == ["smoke", "smoke"]
     assert not (tmp_path / "c" / "splits").exists()  # nothing trained, nothing written
 
     v = both["variants"]

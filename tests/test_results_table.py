@@ -51,3 +51,24 @@ def test_rows_name_the_changed_fields_and_rerank_parameters(tmp_path: Path) -> N
     report["preset"] = PRESETS["ship"].model_dump(mode="json")
     path.write_text(json.dumps(report))
     assert "| ship | from" in _script().rows(path)[0]
+
+
+def test_rows_of_reused_runs_name_each_run_and_recipe(tmp_path: Path) -> None:
+    ship = PRESETS["ship"].model_dump(mode="json")
+    triplet = PRESETS["ship"].model_dump(mode="json")
+    triplet["finetune"]["triplet_weight"] = 1.0
+    report = {
+        "archs": ["resnet56", "resnet56"],
+        "preset": ship,
+        "pretrained": None,
+        "reused": ["runs/cv-ship10", "runs/cv-xtriplet10"],
+        "reused_presets": [ship, triplet],
+        "protocol": {"n_splits": 10},
+        "train_seconds_mean": 303.0,
+        "variants": {"plain": _variant(0.183)},
+    }
+    path = tmp_path / "cv-pair.json"
+    path.write_text(json.dumps(report))
+    (row,) = _script().rows(path)
+    assert "| ship + ship finetune.triplet_weight=1.0 |" in row
+    assert "| members of cv-ship10 + cv-xtriplet10 |" in row

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import UserInputError
-from app.ml.bundle import Bundle, combine_bundles, load_bundle
+from app.ml.bundle import Bundle, combine_bundles, load_bundle, read_manifest
 from app.ml.data.splits import Split
 from app.ml.evaluate import RerankParams, embed_test_set, score
 from app.ml.inference import Embedder
@@ -45,12 +45,14 @@ def cross_validate(
     timings = []
     archs: list[str] = list(plan.archs)
     preset: dict[str, Any] = plan.preset.model_dump(mode="json")
+    presets: list[dict[str, Any] | None] = []
     for i, split in enumerate(splits):
         t0 = time.perf_counter()
         if reuse:
             bundle, train_seconds = reused_bundle(reuse, i, split, plan)
             archs = [e.spec.arch for e in bundle.manifest.members]
-            preset = bundle.manifest.training.get("preset") or preset
+            presets = reused_presets(reuse, i)
+            preset = presets[0] or preset
         else:
             bundle_dir = plan.workdir / "splits" / f"split{i:02d}"
             _train_split(plan, split, i, bundle_dir, with_translator, command)
@@ -96,6 +98,7 @@ def cross_validate(
         },
         "archs": archs,
         "reused": [str(r) for r in reuse],
+        "reused_presets": presets,
         "preset": preset,
         "rerank_params": vars(rerank) if rerank else None,
         "pretrain_roots": [str(r) for r in plan.pretrain_roots],
@@ -160,3 +163,12 @@ def reused_bundle(
     if len(bundles) == 1:
         return bundles[0], seconds
     return combine_bundles(bundles, device=plan.device), seconds
+
+
+def reused_presets(workdirs: Sequence[Path], i: int) -> list[dict[str, Any] | None]:
+    """The preset each reused run trained split ``i`` with (from its manifest)."""
+    out = []
+    for workdir in workdirs:
+        manifest = read_manifest(Path(workdir) / "splits" / f"split{i:02d}")
+        out.append(manifest.training.get("preset"))
+    return out

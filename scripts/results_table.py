@@ -41,13 +41,13 @@ def recipe_of(preset: dict[str, Any]) -> str:
     """A preset's name and the fields a run changed (``--set``), e.g.
     ``ship finetune.triplet_weight=1.0``."""
     base = PRESETS[preset["name"]].model_dump(mode="json")
-    changed = [
+    changed = sorted(
         f"{section}.{field}={json.dumps(value)}"
         for section, fields in preset.items()
         if isinstance(fields, dict)
         for field, value in fields.items()
         if base.get(section, {}).get(field) != value
-    ]
+    )
     return " ".join([preset["name"], *changed])
 
 
@@ -55,7 +55,7 @@ def recipe(report: dict[str, Any]) -> str:
     """The run's recipe; for an evaluation of reused runs, each run's, joined by " + "."""
     reused = [p for p in report.get("reused_presets") or [] if p]
     if reused:
-        return " + ".join(recipe_of(p) for p in reused)
+        return " + ".join(dict.fromkeys(recipe_of(p) for p in reused))  # each recipe once
     return recipe_of(report["preset"])
 
 

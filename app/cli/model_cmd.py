@@ -1,11 +1,14 @@
-"""`sketchreid model info|verify BUNDLE`: inspect and check model bundles."""
+"""`sketchreid model info|verify BUNDLE`, `model export-onnx BUNDLE OUT`: inspect, check and
+export model bundles."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
+from app.errors import UserInputError
 from app.ml.bundle import Manifest, load_bundle, read_manifest
 
 
@@ -20,6 +23,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     verify = sub.add_parser("verify", help="check checksums and load every network")
     verify.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
     verify.set_defaults(func=cmd_verify)
+
+    export = sub.add_parser(
+        "export-onnx",
+        help="export the members (and translator) to ONNX, checked for parity with PyTorch",
+    )
+    export.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
+    export.add_argument("out", metavar="OUT", type=Path, help="new folder for the .onnx files")
+    export.set_defaults(func=cmd_export_onnx)
 
 
 def _fmt_value(value: Any) -> str:
@@ -80,5 +91,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(
         f"OK {bundle.name} {bundle.version}: {len(bundle.members)} member(s), "
         f"{bundle.embedder.dim}-d embedding, {translator}; checksums and architectures verified"
+    )
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from app.ml.onnx_export import export_onnx
+    from app.ml.onnx_infer import onnxruntime_available
+
+    if not onnxruntime_available():
+        raise UserInputError(
+            "export-onnx needs onnx and onnxruntime: pip install 'sketch-reid[onnx]'"
+        )
+    bundle = load_bundle(args.bundle)
+    record = export_onnx(bundle, args.out)
+    files = [m.file for m in record.members] + (
+        [record.translator.file] if record.translator else []
+    )
+    parity = ", ".join(f"{k} {v:.1e}" for k, v in sorted(record.parity.items()))
+    print(
+        f"exported {', '.join(files)} to {args.out} (opset {record.opset}); "
+        f"parity with PyTorch: {parity}"
     )
     return 0

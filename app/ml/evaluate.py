@@ -126,6 +126,7 @@ def evaluate_bundle(
         per_split.append(result)
     report: dict[str, Any] = {
         "model": {"name": bundle.name, "version": bundle.version, "path": str(bundle.path)},
+        "inference": bundle.inference,
         "data_root": str(dataset.root),
         "translated": per_split[0]["translated"],
         "translator_available": bundle.translator is not None,

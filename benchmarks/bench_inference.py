@@ -15,6 +15,8 @@ the gallery. Per row:
 * one query: one image with flip test-time augmentation (two forward images), median of
   ``--repeats`` calls after a warm-up;
 * batch: ``--batch`` gallery crops in one call, median of 3 calls -> ms and crops/s;
+* the backends take turns call by call (round-robin), so a busy machine slows them alike;
+  beside the wall time, the process CPU time of the call (less sensitive to other jobs);
 * parity with PyTorch fp32 over every query and gallery embedding: the lowest cosine, and how
   many queries keep the same top-10 gallery items (as a set, and in the same order);
 * translator (when the bundle has one): one sketch, median ms, and the largest difference of
@@ -63,14 +65,22 @@ def build_bundle(out: Path) -> Path:
     return out
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def interleaved_ms(
+    calls: dict[str, Callable[[], object]], repeats: int
+) -> dict[str, tuple[float, float]]:
+    """Median wall and CPU milliseconds per call, the calls taking turns (round-robin) so
+    that every backend meets the same background load."""
+    for fn in calls.values():
+        fn()  # warm-up
+    wall: dict[str, list[float]] = {k: [] for k in calls}
+    cpu: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        for name, fn in calls.items():
+            w, c = time.perf_counter(), time.process_time()
+            fn()
+            cpu[name].append((time.process_time() - c) * 1000)
+            wall[name].append((time.perf_counter() - w) * 1000)
+    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in calls}
 
 
 def top10(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
@@ -127,22 +137,41 @@ def main(argv: list[str] | None = None) -> int:
         ref_top = top10(ref_q, ref_g)
         scores = np.sort(ref_q @ ref_g.T, axis=1)[:, ::-1]
         gaps = scores[:, 9] - scores[:, 10]
+        embedders = {name: b.embedder for name, b in backends.items()}
+        one_ms = interleaved_ms(
+            {k: (lambda e=e: e.embed_tensor(one)) for k, e in embedders.items()}, args.repeats
+        )
+        batch_ms = interleaved_ms(
+            {k: (lambda e=e: e.embed_tensor(batch)) for k, e in embedders.items()}, 3
+        )
+        translate_ms: dict[str, tuple[float, float]] = {}
+        if base.translator is not None:
+            translators = {k: b.translator for k, b in backends.items() if b.translator}
+            translate_ms = interleaved_ms(
+                {k: (lambda t=t: t.translate_tensor(sketch)) for k, t in translators.items()},
+                args.repeats,
+            )
         rows = []
         for name, bundle in backends.items():
             emb = bundle.embedder
-            one_ms = median_ms(lambda e=emb: e.embed_tensor(one), args.repeats)
-            batch_ms = median_ms(lambda e=emb: e.embed_tensor(batch), 3)
             q, g = emb.embed(sketches, "sketch"), emb.embed(photos)
             cos = min(float((q * ref_q).sum(1).min()), float((g * ref_g).sum(1).min()))
             top = top10(q, g)
             same_set = sum(set(a) == set(b) for a, b in zip(top, ref_top, strict=True))
             same_order = int((top == ref_top).all(axis=1).sum())
-            row = [name, one_ms, batch_ms, args.batch / batch_ms * 1000, cos, same_set, same_order]
-            if base.translator is not None and bundle.translator is not None:
-                tr = bundle.translator
-                row.append(median_ms(lambda t=tr, s=sketch: t.translate_tensor(s), args.repeats))
+            row: list[object] = [
+                name,
+                *one_ms[name],
+                *batch_ms[name],
+                args.batch / batch_ms[name][0] * 1000,
+                cos,
+                same_set,
+                same_order,
+            ]
+            if name in translate_ms and base.translator is not None and bundle.translator:
                 ref_img = base.translator.translate_tensor(sketch).int()
-                row.append(int((tr.translate_tensor(sketch).int() - ref_img).abs().max()))
+                diff = (bundle.translator.translate_tensor(sketch).int() - ref_img).abs().max()
+                row += [*translate_ms[name], int(diff)]
             rows.append(row)
 
     n = len(ref_top)
@@ -151,19 +180,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{np.median(gaps):.5f} (a top-10 set changes when an error exceeds this gap)\n"
     )
     head = (
-        "| backend | 1 query ms | batch ms | crops/s | min cosine | same top-10 set | same order |"
+        "| backend | 1 query ms (CPU ms) | batch ms (CPU ms) | crops/s | min cosine "
+        "| same top-10 set | same order |"
     )
     if base.translator is not None:
-        head += " translate ms | max level diff |"
+        head += " translate ms (CPU ms) | max level diff |"
     print(head)
     print("|" + "---|" * head.count(" |"))
-    for row in rows:
+    for r in rows:
         cells = (
-            f"| {row[0]} | {row[1]:.1f} | {row[2]:.0f} | {row[3]:.0f} | {row[4]:.6f} | "
-            f"{row[5]}/{n} | {row[6]}/{n} |"
+            f"| {r[0]} | {r[1]:.1f} ({r[2]:.1f}) | {r[3]:.0f} ({r[4]:.0f}) | {r[5]:.0f} | "
+            f"{r[6]:.6f} | {r[7]}/{n} | {r[8]}/{n} |"
         )
-        if len(row) > 7:
-            cells += f" {row[7]:.1f} | {row[8]} |"
+        if len(r) > 9:
+            cells += f" {r[9]:.1f} ({r[10]:.1f}) | {r[11]} |"
         print(cells)
     print(f"\nbatch = {args.batch} crops; 1 query = one image + its mirror (flip TTA)")
     return 0

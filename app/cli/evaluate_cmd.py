@@ -63,6 +63,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     cv.add_argument(
         "--per-member", action="store_true", help="also evaluate each ensemble member on its own"
     )
+    cv.add_argument(
+        "--keep-bundles",
+        action="store_true",
+        help="keep each split's bundle in WORKDIR/splits/splitNN (for later re-evaluation)",
+    )
+    cv.add_argument(
+        "--reuse",
+        type=existing_dir,
+        action="append",
+        default=[],
+        metavar="WORKDIR",
+        help="evaluate the bundles kept (--keep-bundles) in this earlier crossval work "
+        "folder instead of training; repeat to evaluate the ensemble of several runs' members",
+    )
     _rerank_options(cv)
     cv.add_argument("--json", type=Path, required=True)
     cv.add_argument("--plot", type=Path)
@@ -137,6 +151,8 @@ def run_crossval(args: argparse.Namespace) -> int:
         with_translator=args.translator,
         rerank=rerank,
         per_member=args.per_member,
+        keep_bundles=args.keep_bundles,
+        reuse=args.reuse,
         command=command_line(args),
     )
     report["command"] = command_line(args)

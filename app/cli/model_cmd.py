@@ -1,5 +1,5 @@
-"""`sketchreid model info|verify BUNDLE`, `model export-onnx BUNDLE OUT`: inspect, check and
-export model bundles."""
+"""`sketchreid model info|verify|annotate BUNDLE`, `model export-onnx BUNDLE OUT`: inspect,
+check, annotate and export model bundles."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import UserInputError
-from app.ml.bundle import Manifest, load_bundle, read_manifest
+from app.ml.bundle import Manifest, load_bundle, read_manifest, update_manifest
+
+_FIGURES = ("rank1", "rank5", "rank10", "mAP")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,6 +33,33 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
     export.add_argument("out", metavar="OUT", type=Path, help="new folder for the .onnx files")
     export.set_defaults(func=cmd_export_onnx)
+
+    annotate = sub.add_parser(
+        "annotate",
+        help="record evaluation figures (crossval / evaluate JSON reports), name, version and "
+        "notes in a bundle's manifest; weights and checksums are untouched",
+    )
+    annotate.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
+    annotate.add_argument("--name", help="new bundle name")
+    annotate.add_argument("--version", help="new bundle version")
+    annotate.add_argument(
+        "--crossval",
+        action="append",
+        default=[],
+        metavar="LABEL=JSON",
+        help="a `sketchreid crossval` report to record under evaluation.crossval.LABEL "
+        "(repeat; together they replace the recorded cross-validation)",
+    )
+    annotate.add_argument(
+        "--fit",
+        type=Path,
+        metavar="JSON",
+        help="a `sketchreid evaluate` report on the bundle's own training identities",
+    )
+    annotate.add_argument(
+        "--note", action="append", default=None, help="replace the notes (repeat for several)"
+    )
+    annotate.set_defaults(func=cmd_annotate)
 
 
 def _fmt_value(value: Any) -> str:
@@ -113,4 +142,70 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         f"exported {', '.join(files)} to {args.out} (opset {record.opset}); "
         f"parity with PyTorch: {parity}"
     )
+
+def _read_report(path: Path) -> dict[str, Any]:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"{path}: cannot read a JSON report ({exc})") from exc
+    if not isinstance(report, dict):
+        raise UserInputError(f"{path}: not a JSON object")
+    return report
+
+
+def crossval_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The part of a `sketchreid crossval` report a manifest keeps: command, protocol,
+    members, and each variant's mean ± std (fractions, 4 decimals)."""
+    if "variants" not in report or "protocol" not in report:
+        raise UserInputError("not a `sketchreid crossval` report (no variants/protocol)")
+    variants = {
+        name: {k: {"mean": round(v[k]["mean"], 4), "std": round(v[k]["std"], 4)} for k in _FIGURES}
+        for name, v in report["variants"].items()
+    }
+    return {
+        "command": report.get("command", ""),
+        "archs": report.get("archs"),
+        "reused": report.get("reused") or [],
+        "protocol": report["protocol"],
+        "train_seconds_mean": report.get("train_seconds_mean"),
+        "variants": variants,
+    }
+
+
+def fit_summary(report: dict[str, Any]) -> dict[str, Any]:
+    if "rank1" not in report or "n_queries" not in report:
+        raise UserInputError("not a single-split `sketchreid evaluate` report")
+    out = {k: round(float(report[k]), 4) for k in _FIGURES}
+    out.update(
+        command=report.get("command", ""),
+        n_queries=report["n_queries"],
+        n_gallery=report["n_gallery"],
+        translated=report.get("translated"),
+        reranked=report.get("reranked"),
+    )
+    return out
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    manifest = read_manifest(args.bundle)
+    evaluation = dict(manifest.evaluation)
+    if args.crossval:
+        recorded = {}
+        for item in args.crossval:
+            label, sep, path = item.partition("=")
+            if not sep or not label or not path:
+                raise UserInputError(f"--crossval wants LABEL=JSON, got {item!r}")
+            recorded[label] = crossval_summary(_read_report(Path(path)))
+        evaluation["crossval"] = recorded
+    if args.fit:
+        evaluation["fit_check"] = fit_summary(_read_report(args.fit))
+    fields: dict[str, Any] = {"evaluation": evaluation}
+    if args.name:
+        fields["name"] = args.name
+    if args.version:
+        fields["version"] = args.version
+    if args.note is not None:
+        fields["notes"] = args.note
+    updated = update_manifest(args.bundle, **fields)
+    print(f"annotated {args.bundle}: {updated.name} {updated.version}")
     return 0

@@ -472,3 +472,59 @@ def load_bundle(
         precision=precision,
     )
     return Bundle(root, manifest, members, embedder, translator, generator)
+
+
+def combine_bundles(bundles: Sequence[Bundle], device: str | torch.device = "cpu") -> Bundle:
+    """One ensemble of the members of several loaded bundles (e.g. a ResNet-56 and a
+    ResNet-110 trained in separate runs on the same identities).
+
+    The bundles must embed alike: same input size, normalisation, sketch handling and
+    flip-TTA. A member whose name an earlier bundle already uses is renamed ``NAME-i`` (``i``
+    its bundle's position), so two runs of one architecture can be combined. The translator is
+    the first bundle's that has one.
+    The result lives in memory (its ``path`` is the first bundle's); nothing is written.
+    """
+    if not bundles:
+        raise BundleError("combine_bundles needs at least one bundle")
+    first = bundles[0].manifest
+    alike = {"input_size", "mean", "std", "sketch_grey", "tta_flip", "combine"}
+    want = first.model_dump(include=alike)
+    for other in bundles[1:]:
+        got = other.manifest.model_dump(include=alike)
+        differ = sorted(k for k in alike if got[k] != want[k])
+        if differ:
+            raise BundleError(
+                f"{other.path} and {bundles[0].path} differ in {', '.join(differ)}: "
+                "they cannot be combined into one ensemble"
+            )
+    entries = []
+    seen: set[str] = set()
+    for i, b in enumerate(bundles):
+        for entry in b.manifest.members:
+            name = entry.name if entry.name not in seen else f"{entry.name}-{i}"
+            if name in seen:
+                raise BundleError(f"member name {name!r} occurs twice; cannot combine")
+            seen.add(name)
+            entries.append(entry.model_copy(update={"name": name}))
+    members = [model for b in bundles for model in b.members]
+    translator = next((b.translator for b in bundles if b.translator is not None), None)
+    generator = next((b.generator for b in bundles if b.translator is not None), None)
+    manifest = first.model_copy(
+        update={
+            "name": "+".join(b.name for b in bundles),
+            "members": entries,
+            "translator": next(
+                (b.manifest.translator for b in bundles if b.manifest.translator), None
+            ),
+        }
+    )
+    embedder = Embedder(
+        members,
+        first.input_size,
+        first.mean,
+        first.std,
+        sketch_grey=first.sketch_grey,
+        tta_flip=first.tta_flip,
+        device=device,
+    )
+    return Bundle(bundles[0].path, manifest, members, embedder, translator, generator)

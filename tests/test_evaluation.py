@@ -350,6 +350,16 @@ def test_crossval_reports_members_alone_only_with_per_member(
     assert set(report["variants"]) == {"plain", "rerank"}
 
 
+def test_evaluate_cli_runs_at_the_precision_asked(
+    bundle_dir: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    plain = ("--no-translate",)
+    fp32 = _evaluate(synth_root, bundle_dir, tmp_path / "f.json", *plain)
+    bf16 = _evaluate(synth_root, bundle_dir, tmp_path / "b.json", *plain, "--precision", "bf16")
+    assert fp32["inference"] == {"backend": "torch", "precision": "fp32"}
+    assert bf16["inference"] == {"backend": "torch", "precision": "bf16"}
+
+
 @pytest.mark.slow
 def test_crossval_reuse_evaluates_kept_bundles_and_their_ensemble(
     dataset: PKUSketchDataset, synth_root: Path, tmp_path: Path

@@ -76,9 +76,10 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
         ctx = await anyio.to_thread.run_sync(open_context, settings, bundle)
         app.state.ctx = ctx
         log.info(
-            "serving model %s (%s), index %s with %d items",
+            "serving model %s (%s, %s), index %s with %d items",
             ctx.bundle.name,
             ctx.embedding_key,
+            ctx.bundle.inference,
             ctx.index_status,
             len(ctx.index),
         )

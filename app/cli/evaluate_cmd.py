@@ -21,6 +21,7 @@ from app.ml.bundle import load_bundle
 from app.ml.crossval import cross_validate
 from app.ml.evaluate import RerankParams, evaluate_bundle
 from app.ml.plots import plot_cmc
+from app.ml.precision import PRECISIONS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-translate",
         action="store_true",
         help="embed the sketches themselves, not their translations",
+    )
+    ev.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="inference precision (default fp32; bf16 = autocast, auto = bf16 where the "
+        "hardware has it)",
     )
     ev.add_argument("--json", type=Path, required=True, help="where to write the figures")
     ev.add_argument("--plot", type=Path, help="draw the CMC curve into this PNG")
@@ -105,7 +113,7 @@ def _fmt(report: dict[str, Any]) -> str:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data_root)
-    bundle = load_bundle(args.model)
+    bundle = load_bundle(args.model, precision=args.precision)
     splits = resolve_splits(args, dataset)
     if not args.no_translate and bundle.translator is None:
         print(

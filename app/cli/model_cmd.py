@@ -1,4 +1,5 @@
-"""`sketchreid model info|verify|annotate BUNDLE`: inspect, check and annotate model bundles."""
+"""`sketchreid model info|verify|annotate BUNDLE`, `model export-onnx BUNDLE OUT`: inspect,
+check, annotate and export model bundles."""
 
 from __future__ import annotations
 
@@ -24,6 +25,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     verify = sub.add_parser("verify", help="check checksums and load every network")
     verify.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
     verify.set_defaults(func=cmd_verify)
+
+    export = sub.add_parser(
+        "export-onnx",
+        help="export the members (and translator) to ONNX, checked for parity with PyTorch",
+    )
+    export.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
+    export.add_argument("out", metavar="OUT", type=Path, help="new folder for the .onnx files")
+    export.set_defaults(func=cmd_export_onnx)
 
     annotate = sub.add_parser(
         "annotate",
@@ -114,6 +123,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
     )
     return 0
 
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from app.ml.onnx_export import export_onnx
+    from app.ml.onnx_infer import onnxruntime_available
+
+    if not onnxruntime_available():
+        raise UserInputError(
+            "export-onnx needs onnx and onnxruntime: pip install 'sketch-reid[onnx]'"
+        )
+    bundle = load_bundle(args.bundle)
+    record = export_onnx(bundle, args.out)
+    files = [m.file for m in record.members] + (
+        [record.translator.file] if record.translator else []
+    )
+    parity = ", ".join(f"{k} {v:.1e}" for k, v in sorted(record.parity.items()))
+    print(
+        f"exported {', '.join(files)} to {args.out} (opset {record.opset}); "
+        f"parity with PyTorch: {parity}"
+    )
 
 def _read_report(path: Path) -> dict[str, Any]:
     try:

@@ -124,7 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.api.main import create_app
-    from app.ml.bundle import load_bundle
+    from app.services.model import load_model
 
     settings = get_settings()
     if not (Path(settings.MODEL_DIR) / "manifest.json").is_file():
@@ -135,7 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     _check_database(settings)  # refuses a database behind head, saying what to run
     # Load (and verify) the model here so a bad bundle is a one-line error, not a traceback.
-    bundle = load_bundle(settings.MODEL_DIR, device=settings.MODEL_DEVICE)
+    bundle = load_model(settings)
     key = initial_admin_key(settings)
     if key is not None:
         print(

@@ -19,7 +19,7 @@ from app.ml.bundle import Bundle
 from app.ml.data.pku import PKUSketchDataset, Sample
 from app.ml.data.splits import Split
 from app.ml.images import load_image
-from app.ml.inference import Embedder, Translator
+from app.ml.inference import BaseEmbedder, BaseTranslator
 from app.ml.metrics import mean_std, ranking_result
 from app.ml.rerank import k_reciprocal_rerank
 
@@ -52,8 +52,8 @@ def _ids(samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def embed_test_set(
-    embedder: Embedder,
-    translator: Translator | None,
+    embedder: BaseEmbedder,
+    translator: BaseTranslator | None,
     dataset: PKUSketchDataset,
     test_pids: Sequence[int],
     *,
@@ -126,6 +126,7 @@ def evaluate_bundle(
         per_split.append(result)
     report: dict[str, Any] = {
         "model": {"name": bundle.name, "version": bundle.version, "path": str(bundle.path)},
+        "inference": bundle.inference,
         "data_root": str(dataset.root),
         "translated": per_split[0]["translated"],
         "translator_available": bundle.translator is not None,

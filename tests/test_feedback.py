@@ -1,12 +1,16 @@
-"""The query of a search (app.ml.feedback): several sketches fused, moved by feedback."""
+"""The query of a search (app.ml.feedback): several sketches fused, moved by feedback; and the
+relevance-feedback protocol of the evaluation (app.ml.feedback_eval) on hand-made embeddings."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+import app.ml.feedback_eval as feedback_eval
 from app.errors import UserInputError
 from app.ml.feedback import FeedbackWeights, build_query, unit_mean
+from app.ml.feedback_eval import VARIANTS, evaluate_feedback
+from app.ml.testset import Embedded
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -53,3 +57,84 @@ def test_weights_and_degenerate_queries_are_refused() -> None:
     v = np.array([[1.0, 0.0]])
     with pytest.raises(UserInputError, match="cancel"):
         build_query(v, None, v, FeedbackWeights(rejected=1.0))
+
+
+def _three_people() -> Embedded:
+    """Persons 0, 1, 2: a sketch each, photos from cameras 1 and 2. Person 0's sketch is
+    closest to person 1's photos; its camera-1 photo resembles its camera-2 photo."""
+    e = np.eye(4, dtype=np.float32)
+    p0c1, p0c2 = _unit(e[0] + 0.3 * e[3]), _unit(e[0] - 0.3 * e[3])
+    p1c1, p1c2 = _unit(e[1] + 0.2 * e[3]), _unit(e[1] - 0.2 * e[3])
+    p2c1, p2c2 = _unit(e[2] + 0.2 * e[3]), _unit(e[2] - 0.2 * e[3])
+    sketches = np.stack([_unit(0.5 * e[0] + e[1]), _unit(e[1] + 0.2 * e[2]), e[2]])
+    return Embedded(
+        query=sketches.astype(np.float32),
+        gallery=np.stack([p0c1, p0c2, p1c1, p1c2, p2c1, p2c2]).astype(np.float32),
+        q_pids=np.array([0, 1, 2]),
+        g_pids=np.array([0, 0, 1, 1, 2, 2]),
+        q_camids=np.full(3, -1),
+        g_camids=np.array([1, 2, 1, 2, 1, 2]),
+        translated=False,
+    )
+
+
+def test_feedback_protocol_ranks_the_other_camera_after_confirming_one() -> None:
+    e = _three_people()
+    result = evaluate_feedback(e)
+    assert set(result) == set(VARIANTS)
+    for figures in result.values():
+        assert figures["n_queries"] == 6  # 3 sketches x 2 confirmed photos
+    # Person 0's sketch ranks both photos of person 1 first: its other photo is 3rd.
+    assert result["plain"]["rank1"] == pytest.approx(4 / 6)
+    # Confirming one photo of person 0 brings the other to the top.
+    assert result["confirmed"]["rank1"] == 1.0
+    assert result["confirmed"]["mAP"] == 1.0
+    # The two photos of person 1 above person 0's confirmed photo are rejected, and left out.
+    assert result["plain+rejected"]["rank1"] == 1.0
+
+
+def test_feedback_protocol_moves_the_query_with_build_query(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The evaluation's query is the service's: build_query with the weights given."""
+    calls: list[FeedbackWeights] = []
+
+    def spy(*args: object) -> np.ndarray:
+        calls.append(args[3])  # type: ignore[arg-type]
+        return build_query(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(feedback_eval, "build_query", spy)
+    e = _three_people()
+    weights = FeedbackWeights(1.0, 0.1, 0.0)
+    weak = evaluate_feedback(e, weights)
+    assert calls and all(w == weights for w in calls)
+    # With a weak confirmed weight the sketch still leads: person 0's other photo is not first.
+    assert weak["confirmed"]["rank1"] < evaluate_feedback(e)["confirmed"]["rank1"]
+
+
+def test_feedback_protocol_needs_two_cameras() -> None:
+    e = _three_people()
+    e.g_camids = np.ones(6, dtype=np.int64)
+    with pytest.raises(UserInputError, match="two cameras"):
+        evaluate_feedback(e)
+
+
+def test_the_confirmed_photo_itself_does_not_count() -> None:
+    """Only the person's photos from the other camera count: person 0's camera-1 photo looks
+    more like person 1 than like person 0's camera-2 photo, so it finds its own person second
+    (the confirmed photo, first with itself, is junk)."""
+    e = np.eye(4, dtype=np.float32)
+    gallery = np.stack([e[0], _unit(e[0] + 2 * e[3]), _unit(e[0] + e[1]), e[1]])
+    embedded = Embedded(
+        query=_unit(e[0] + e[3])[None],
+        gallery=gallery.astype(np.float32),
+        q_pids=np.array([0]),
+        g_pids=np.array([0, 0, 1, 1]),
+        q_camids=np.array([-1]),
+        g_camids=np.array([1, 2, 1, 2]),
+        translated=False,
+    )
+    photo_only = evaluate_feedback(embedded)["photo only"]
+    assert photo_only["n_queries"] == 2 and photo_only["n_gallery"] == 4
+    assert photo_only["rank1"] == 0.5  # camera 2 finds camera 1 first; camera 1 does not
+    assert photo_only["mAP"] == pytest.approx((1 / 2 + 1) / 2)

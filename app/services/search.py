@@ -24,9 +24,9 @@ from app.core.files import atomic_write_bytes
 from app.db.models import ApiKey, GalleryItem, Search
 from app.db.types import utcnow
 from app.errors import UserInputError
-from app.ml.evaluate import distances
 from app.ml.feedback import FeedbackWeights, build_query
 from app.ml.rerank import k_reciprocal_rerank
+from app.ml.testset import distances
 from app.services import audit
 from app.services.blobs import sha256_hex, sniff_extension
 from app.services.context import ServiceContext, load_vectors

@@ -20,11 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-import app.cli.evaluate_cmd as evaluate_cmd
 import app.ml.evaluate as evaluate_mod
 from app.cli.main import main
 from app.ml.bundle import Bundle, load_bundle
-from app.ml.crossval import cross_validate
 from app.ml.data.pku import PKUSketchDataset, load_pku_sketch
 from app.ml.data.splits import random_splits
 from app.ml.evaluate import Embedded, RerankParams, distances, embed_test_set, score
@@ -263,15 +261,12 @@ def test_crossval_per_member_reports_each_member_alone(
     dataset: PKUSketchDataset,
     synth_root: Path,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    def keeping_bundles(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        return cross_validate(*args, **{**kwargs, "keep_bundles": True})
-
-    monkeypatch.setattr(evaluate_cmd, "cross_validate", keeping_bundles)
     workdir = tmp_path / "runs"
-    report = _crossval(synth_root, workdir, tmp_path / "cv.json", "--per-member", "--translator")
+    report = _crossval(
+        synth_root, workdir, tmp_path / "cv.json", "--per-member", "--translator", "--keep-bundles"
+    )
     out = capsys.readouterr().out
 
     members = ["resnet8", "resnet14"]
@@ -318,3 +313,4 @@ def test_crossval_reports_members_alone_only_with_per_member(
     report = _crossval(synth_root, tmp_path / "runs", tmp_path / "cv.json")
     assert report["archs"] == ["resnet8", "resnet14"]
     assert set(report["variants"]) == {"plain", "rerank"}
+    assert not (tmp_path / "runs" / "splits" / "split00").exists()  # no --keep-bundles

@@ -85,6 +85,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     cv.add_argument(
         "--per-member", action="store_true", help="also evaluate each ensemble member on its own"
     )
+    cv.add_argument(
+        "--keep-bundles",
+        action="store_true",
+        help="keep each split's bundle in WORKDIR/splits/splitNN (for `evaluate --test-ids "
+        "heldout`, e.g. --feedback); by default they are deleted once evaluated",
+    )
     _rerank_options(cv)
     cv.add_argument("--json", type=Path, required=True)
     cv.add_argument("--plot", type=Path)
@@ -200,6 +206,7 @@ def run_crossval(args: argparse.Namespace) -> int:
         with_translator=args.translator,
         rerank=rerank,
         per_member=args.per_member,
+        keep_bundles=args.keep_bundles,
         command=command_line(args),
     )
     report["command"] = command_line(args)

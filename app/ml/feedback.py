@@ -10,8 +10,9 @@ sketch, so the ranking is exactly mean-score fusion; yet it stays one vector, so
 FAISS top-k, the filters and the k-reciprocal re-ranking work unchanged. The alternative,
 max-similarity fusion (rank by each crop's best cosine to any sketch), needs one index search
 per sketch and lets a crop that resembles one drawing only (a sketch's oddity) outrank the
-person all sketches agree on; it is measured against the mean on real data in
-``docs/results.md`` (there with a confirmed photo as the second query).
+person all sketches agree on. Measured on real data with a sketch and a confirmed photo as the
+two queries (``docs/results.md``), the two rank alike (no difference beyond the split-to-split
+noise), so the one that keeps a single vector is used.
 
 Relevance feedback is Rocchio's (Rocchio 1971; Salton and Buckley 1990) on unit vectors::
 

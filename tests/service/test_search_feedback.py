@@ -185,6 +185,7 @@ def test_unknown_deleted_or_contradictory_feedback_is_refused(
         ({"confirmed_id": items[1], "rejected_id": items[1]}, 400, "both as confirmed"),
         ({"confirmed_id": "seven"}, 422, "confirmed_id"),
         ({"refine": "00000000-0000-0000-0000-000000000000"}, 404, "does not exist"),
+        ({"rejected_id": list(range(1000, 1201))}, 422, "at most 200"),
     ):
         body = _search(client, keys.investigator, [1], expect=status, **form)
         assert needle in body["detail"], (form, body)

@@ -20,21 +20,16 @@ import numpy as np
 import pytest
 import torch
 
-import app.cli.evaluate_cmd as evaluate_cmd
 import app.ml.evaluate as evaluate_mod
 from app.cli.main import main
-from app.ml.bundle import Bundle, combine_bundles, load_bundle, save_bundle
-from app.ml.crossval import cross_validate
+from app.ml.bundle import Bundle, combine_bundles, load_bundle
 from app.ml.data.pku import PKUSketchDataset, load_pku_sketch
 from app.ml.data.splits import random_splits
 from app.ml.evaluate import Embedded, RerankParams, distances, embed_test_set, score
 from app.ml.images import load_image
 from app.ml.inference import Embedder
 from app.ml.metrics import ranking_result
-from app.ml.models.cyclegan import GeneratorSpec, ResnetGenerator
-from app.ml.models.resnet_cifar import MemberSpec, build_member
 from app.ml.rerank import k_reciprocal_rerank
-from app.ml.transforms import to_batch
 
 SIZE = (32, 16)
 FIGURES = ("rank1", "rank5", "rank10", "mAP", "cmc", "n_queries", "n_gallery")
@@ -51,36 +46,9 @@ def dataset(synth_root: Path) -> PKUSketchDataset:
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory, dataset: PKUSketchDataset) -> Path:
-    """A random-weight bundle with a translator, written as `train` would write one.
-
-    The member has a BN neck whose statistics are set from the data set's photos and grey
-    sketches (one forward pass in training mode, no gradient step), so its embeddings are
-    centred and spread out. Without that they are all nearly parallel (cosine above 0.9), each
-    query's nearest neighbours are the other 11 queries and no k1 below 12 changes the
-    re-ranking. The generator keeps PyTorch's default initialisation: with the reference
-    N(0, 0.02) one its output hardly depends on the sketch."""
-    torch.manual_seed(0)
-    member = MemberSpec(arch="resnet8", num_classes=12, fc_dim=16, input_size=SIZE, bn_neck=True)
-    net = build_member(member)
-    photos = to_batch([load_image(s.path) for s in dataset.photos], SIZE)
-    sketches = to_batch([load_image(s.path) for s in dataset.sketches], SIZE, grey=True)
-    for module in net.modules():
-        if isinstance(module, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
-            module.momentum = None  # running statistics = the mean over the batches seen
-    with torch.no_grad():
-        net.train()(torch.cat([photos, sketches]))
-    generator = GeneratorSpec(ngf=4, n_blocks=1, input_size=SIZE)
-    out = tmp_path_factory.mktemp("bundles") / "random"
-    save_bundle(
-        out,
-        name="random",
-        version="1",
-        members=[("resnet8", member, net.eval(), {})],
-        translator=(generator, ResnetGenerator(ngf=4, n_blocks=1).eval(), {}),
-        input_size=SIZE,
-    )
-    return out
+def bundle_dir(random_bundle_dir: Path) -> Path:
+    """The session's random-weight bundle with a translator (tests/conftest.py)."""
+    return random_bundle_dir
 
 
 @pytest.fixture(scope="module")
@@ -293,15 +261,12 @@ def test_crossval_per_member_reports_each_member_alone(
     dataset: PKUSketchDataset,
     synth_root: Path,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    def keeping_bundles(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        return cross_validate(*args, **{**kwargs, "keep_bundles": True})
-
-    monkeypatch.setattr(evaluate_cmd, "cross_validate", keeping_bundles)
     workdir = tmp_path / "runs"
-    report = _crossval(synth_root, workdir, tmp_path / "cv.json", "--per-member", "--translator")
+    report = _crossval(
+        synth_root, workdir, tmp_path / "cv.json", "--per-member", "--translator", "--keep-bundles"
+    )
     out = capsys.readouterr().out
 
     members = ["resnet8", "resnet14"]
@@ -348,6 +313,7 @@ def test_crossval_reports_members_alone_only_with_per_member(
     report = _crossval(synth_root, tmp_path / "runs", tmp_path / "cv.json")
     assert report["archs"] == ["resnet8", "resnet14"]
     assert set(report["variants"]) == {"plain", "rerank"}
+    assert not (tmp_path / "runs" / "splits" / "split00").exists()  # no --keep-bundles
 
 
 def test_evaluate_cli_runs_at_the_precision_asked(

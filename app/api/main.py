@@ -25,6 +25,7 @@ from app.core.config import Settings, get_settings
 from app.ml.bundle import Bundle
 from app.services.context import ServiceContext, close_context, open_context, sync_index
 from app.services.orphans import sweep_orphans
+from app.services.search import MAX_SKETCHES
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,12 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
         settings.max_batch_bytes,
     )
 
+    search_path = f"{API_PREFIX}/search"
+    search_limit = settings.max_upload_bytes * MAX_SKETCHES + _FORM_OVERHEAD
+
     def body_limit(path: str) -> int:
-        return batch if path.rstrip("/") == batch_path else single
+        path = path.rstrip("/")
+        return batch if path == batch_path else search_limit if path == search_path else single
 
     # The last added is the outermost: metrics see the 500 that UnexpectedErrors sends.
     app.add_middleware(BodySizeLimit, limit_for=body_limit)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.db.models import ApiKey, AuditEvent, GalleryItem, Search
+from app.db.models import ApiKey, AuditEvent, GalleryItem, Search, SearchMark
 from app.services.gallery import IngestOutcome
 from app.services.search import SearchOutcome
 
@@ -146,14 +146,45 @@ class SearchResultOut(BaseModel):
     image_url: str
 
 
+class FeedbackOut(BaseModel):
+    """The feedback a search was made with (its own ids and those of the search it refines)."""
+
+    confirmed_ids: list[int]
+    rejected_ids: list[int]
+
+
+def _search_file_url(record: Search, which: str, index: int) -> str:
+    """``/searches/{id}/sketch`` or ``/translated``; ``?index=`` from the second sketch on."""
+    url = f"{API_PREFIX}/searches/{record.id}/{which}"
+    return url if index == 0 else f"{url}?index={index}"
+
+
+def _sketch_url(record: Search, index: int) -> str:
+    return _search_file_url(record, "sketch", index)
+
+
+def _translated_url(record: Search, index: int) -> str | None:
+    if not record.sketches[index].get("translated_path"):
+        return None
+    return _search_file_url(record, "translated", index)
+
+
 class SearchOut(BaseModel):
     search_id: uuid.UUID
     model: ModelRef
     translated: bool
     reranked: bool
-    results: list[SearchResultOut]
-    translated_image_url: str | None
-    sketch_url: str
+    results: list[SearchResultOut] = Field(
+        description="Best first; confirmed and rejected items are left out"
+    )
+    feedback: FeedbackOut
+    refine: uuid.UUID | None = Field(description="The earlier search this one refines")
+    translated_image_url: str | None = Field(description="The first sketch's translation")
+    sketch_url: str = Field(description="The first sketch")
+    sketch_urls: list[str] = Field(description="Every sketch, in upload order")
+    translated_image_urls: list[str] = Field(
+        description="Every sketch's translation (empty when not translated)"
+    )
     timings_ms: dict[str, float]
     notes: list[str]
 
@@ -176,23 +207,44 @@ class SearchOut(BaseModel):
                     image_url=image_url(hit.gallery_id),
                 )
             )
+        sketches = SketchOut.all_of(record)
         return cls(
             search_id=record.id,
             model=ModelRef(name=record.model_name, version=record.model_version),
             translated=bool(record.parameters.get("translated")),
             reranked=bool(record.parameters.get("reranked")),
             results=results,
-            translated_image_url=_translated_url(record),
-            sketch_url=f"{API_PREFIX}/searches/{record.id}/sketch",
+            feedback=FeedbackOut(
+                confirmed_ids=list(outcome.feedback.confirmed),
+                rejected_ids=list(outcome.feedback.rejected),
+            ),
+            refine=record.parameters.get("refine"),
+            translated_image_url=sketches[0].translated_url,
+            sketch_url=sketches[0].url,
+            sketch_urls=[s.url for s in sketches],
+            translated_image_urls=[s.translated_url for s in sketches if s.translated_url],
             timings_ms=outcome.timings_ms,
             notes=outcome.notes,
         )
 
 
-def _translated_url(record: Search) -> str | None:
-    if not record.translated_image_path:
-        return None
-    return f"{API_PREFIX}/searches/{record.id}/translated"
+class SketchOut(BaseModel):
+    index: int = Field(description="0-based, in upload order")
+    sha256: str
+    url: str
+    translated_url: str | None
+
+    @classmethod
+    def all_of(cls, record: Search) -> list[SketchOut]:
+        return [
+            cls(
+                index=i,
+                sha256=entry["sha256"],
+                url=_sketch_url(record, i),
+                translated_url=_translated_url(record, i),
+            )
+            for i, entry in enumerate(record.sketches)
+        ]
 
 
 class DeletionOut(BaseModel):
@@ -202,31 +254,69 @@ class DeletionOut(BaseModel):
 
 
 class RecordedResultOut(BaseModel):
-    """One result as the search returned it; ``deleted`` says if the item was deleted since."""
+    """One result as the search returned it; ``deleted`` says if the item was deleted since,
+    ``mark`` how it is judged now (null: not marked)."""
 
     rank: int
     gallery_id: int
     score: float
     distance: float | None
     deleted: DeletionOut | None
+    mark: Literal["confirmed", "rejected"] | None
+
+
+class MarkIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    gallery_id: int = Field(description="One of the search's results")
+    mark: Literal["confirmed", "rejected", "none"] = Field(
+        description="confirmed: the suspect; rejected: someone else; none: withdraw the mark"
+    )
+
+
+class MarkOut(BaseModel):
+    gallery_id: int
+    mark: Literal["confirmed", "rejected", "none"]
+    api_key_id: int | None = Field(description="Who marked it")
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: SearchMark) -> MarkOut:
+        return cls(
+            gallery_id=row.gallery_id,
+            mark=row.mark,  # type: ignore[arg-type]
+            api_key_id=row.api_key_id,
+            created_at=row.created_at,
+        )
 
 
 class SearchRecordOut(BaseModel):
     id: uuid.UUID
     created_at: datetime
     api_key_id: int | None
-    sketch_sha256: str
+    sketch_sha256: str = Field(description="The first sketch's")
     model: ModelRef
     parameters: dict[str, Any]
     results: list[RecordedResultOut]
-    translated_image_url: str | None
-    sketch_url: str
+    translated_image_url: str | None = Field(description="The first sketch's translation")
+    sketch_url: str = Field(description="The first sketch")
+    sketches: list[SketchOut] = Field(description="Every sketch, in upload order")
+    marks: list[MarkOut] = Field(description="Every mark made on the results, oldest first")
 
     @classmethod
-    def of(cls, record: Search, deletions: Mapping[int, AuditEvent]) -> SearchRecordOut:
+    def of(
+        cls,
+        record: Search,
+        deletions: Mapping[int, AuditEvent],
+        marks: Sequence[SearchMark],
+    ) -> SearchRecordOut:
+        current: dict[int, str] = {}
+        for row in marks:
+            current[int(row.gallery_id)] = row.mark
         results = []
         for stored in record.results:
-            event = deletions.get(int(stored["gallery_id"]))
+            gallery_id = int(stored["gallery_id"])
+            event = deletions.get(gallery_id)
             deleted = (
                 DeletionOut(
                     deleted_at=event.created_at,
@@ -236,17 +326,27 @@ class SearchRecordOut(BaseModel):
                 if event is not None
                 else None
             )
-            results.append(RecordedResultOut(**stored, deleted=deleted))
+            mark = current.get(gallery_id)
+            results.append(
+                RecordedResultOut(
+                    **stored,
+                    deleted=deleted,
+                    mark=mark if mark in ("confirmed", "rejected") else None,  # type: ignore[arg-type]
+                )
+            )
+        sketches = SketchOut.all_of(record)
         return cls(
             id=record.id,
             created_at=record.created_at,
             api_key_id=record.api_key_id,
-            sketch_sha256=record.sketch_sha256,
+            sketch_sha256=sketches[0].sha256,
             model=ModelRef(name=record.model_name, version=record.model_version),
             parameters=record.parameters,
             results=results,
-            translated_image_url=_translated_url(record),
-            sketch_url=f"{API_PREFIX}/searches/{record.id}/sketch",
+            translated_image_url=sketches[0].translated_url,
+            sketch_url=sketches[0].url,
+            sketches=sketches,
+            marks=[MarkOut.of(row) for row in marks],
         )
 
 

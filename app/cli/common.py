@@ -77,9 +77,16 @@ def positive_int(value: str) -> int:
     return number
 
 
-def add_split_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+def add_split_options(
+    parser: argparse.ArgumentParser, *, required: bool, heldout: bool = False
+) -> None:
     group = parser.add_mutually_exclusive_group(required=required)
-    group.add_argument("--test-ids", choices=["all"], help="every identity is a test identity")
+    group.add_argument(
+        "--test-ids",
+        choices=["all", "heldout"] if heldout else ["all"],
+        help="all: every identity is a test identity"
+        + ("; heldout: those each bundle was not trained on (its manifest)" if heldout else ""),
+    )
     group.add_argument(
         "--split-file", type=existing_file, help='JSON {"train": [...], "test": [...]}'
     )

@@ -17,9 +17,13 @@ from app.cli.common import (
     resolve_splits,
 )
 from app.cli.train_cmd import add_member_options, add_run_options, plan_from_args
-from app.ml.bundle import load_bundle
+from app.errors import UserInputError
+from app.ml.bundle import Bundle, load_bundle
 from app.ml.crossval import cross_validate
-from app.ml.evaluate import RerankParams, evaluate_bundle
+from app.ml.data.pku import PKUSketchDataset
+from app.ml.data.splits import Split
+from app.ml.evaluate import Extras, RerankParams, evaluate_runs, heldout_split
+from app.ml.feedback import FeedbackWeights
 from app.ml.plots import plot_cmc
 from app.ml.precision import PRECISIONS
 
@@ -30,8 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="Rank-1/5/10, mAP and CMC of a bundle: test sketches against test photos",
     )
     ev.add_argument("--data-root", type=existing_dir, required=True)
-    ev.add_argument("--model", type=existing_dir, required=True, help="bundle folder")
-    add_split_options(ev, required=True)
+    ev.add_argument(
+        "--model",
+        type=existing_dir,
+        required=True,
+        nargs="+",
+        help="bundle folder; several (e.g. a cross-validation's per-split bundles) with "
+        "--test-ids heldout",
+    )
+    add_split_options(ev, required=True, heldout=True)
     _rerank_options(ev)
     ev.add_argument(
         "--no-translate",
@@ -44,6 +55,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="fp32",
         help="inference precision (default fp32; bf16 = autocast, auto = bf16 where the "
         "hardware has it)",
+    )
+    ev.add_argument(
+        "--feedback",
+        action="store_true",
+        help="also measure relevance feedback: confirm each photo of the person in turn, rank "
+        "the person's photos from the other camera (docs/results.md)",
+    )
+    ev.add_argument(
+        "--feedback-weights",
+        type=_weights,
+        metavar="SKETCH,CONFIRMED,REJECTED",
+        help=f"Rocchio weights of --feedback (default: the service's, {_DEFAULT_WEIGHTS})",
+    )
+    ev.add_argument(
+        "--ranklist",
+        type=Path,
+        metavar="DIR",
+        help="write one picture per query (sketch, translation, top-10 crops framed green when "
+        "correct, red when not) into DIR/splitNN/<person id>.png",
     )
     ev.add_argument("--json", type=Path, required=True, help="where to write the figures")
     ev.add_argument("--plot", type=Path, help="draw the CMC curve into this PNG")
@@ -66,7 +96,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     cv.add_argument(
         "--keep-bundles",
         action="store_true",
-        help="keep each split's bundle in WORKDIR/splits/splitNN (for later re-evaluation)",
+        help="keep each split's bundle in WORKDIR/splits/splitNN (for `crossval --reuse` and "
+        "`evaluate --test-ids heldout`, e.g. --feedback); by default they are deleted once "
+        "evaluated",
     )
     cv.add_argument(
         "--reuse",
@@ -90,6 +122,20 @@ def _rerank_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lambda-value", type=float, default=0.3)
 
 
+_DEFAULT_WEIGHTS = ",".join(f"{v:g}" for v in FeedbackWeights().as_json().values())
+
+
+def _weights(value: str) -> FeedbackWeights:
+    try:
+        sketch, confirmed, rejected = (float(v) for v in value.split(","))
+        return FeedbackWeights(sketch, confirmed, rejected)
+    except ValueError as exc:  # also UserInputError, a ValueError
+        raise argparse.ArgumentTypeError(
+            f"expected three weights SKETCH,CONFIRMED,REJECTED such as 1,1,0.25, got {value!r}"
+            + (f" ({exc})" if isinstance(exc, UserInputError) else "")
+        ) from None
+
+
 def _rerank(args: argparse.Namespace) -> RerankParams | None:
     if not args.rerank:
         return None
@@ -104,6 +150,8 @@ def _write(path: Path, report: dict[str, Any]) -> None:
 def _fmt(report: dict[str, Any]) -> str:
     def f(key: str) -> str:
         value = report[key]
+        if isinstance(value, dict) and report.get("n_splits") == 1:
+            return f"{key} {100 * value['mean']:.1f}%"
         if isinstance(value, dict):
             return f"{key} {100 * value['mean']:.1f}±{100 * value['std']:.1f}%"
         return f"{key} {100 * value:.1f}%"
@@ -111,16 +159,37 @@ def _fmt(report: dict[str, Any]) -> str:
     return ", ".join(f(k) for k in ("rank1", "rank5", "rank10", "mAP"))
 
 
+def _runs(args: argparse.Namespace, dataset: PKUSketchDataset) -> list[tuple[Bundle, Split]]:
+    bundles = [load_bundle(path, precision=args.precision) for path in args.model]
+    if args.test_ids == "heldout":
+        return [(bundle, heldout_split(bundle, dataset)) for bundle in bundles]
+    if len(bundles) > 1:
+        raise UserInputError(
+            "several --model folders are evaluated on their own held-out identities only: "
+            "add --test-ids heldout"
+        )
+    return [(bundles[0], split) for split in resolve_splits(args, dataset)]
+
+
+def _print_feedback(feedback: dict[str, Any]) -> None:
+    print("relevance feedback (the person's photos from the other camera):")
+    for name, figures in feedback["variants"].items():
+        print(f"{name:>24}: {_fmt(figures)}")
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data_root)
-    bundle = load_bundle(args.model, precision=args.precision)
-    splits = resolve_splits(args, dataset)
-    if not args.no_translate and bundle.translator is None:
+    runs = _runs(args, dataset)
+    if not args.no_translate and any(b.translator is None for b, _ in runs):
         print(
             "note: the bundle has no translator; evaluating untranslated sketches", file=sys.stderr
         )
-    report = evaluate_bundle(
-        bundle, dataset, splits, translate=not args.no_translate, rerank=_rerank(args)
+    extras = Extras(
+        feedback=(args.feedback_weights or FeedbackWeights()) if args.feedback else None,
+        ranklist_dir=args.ranklist,
+    )
+    report = evaluate_runs(
+        runs, dataset, translate=not args.no_translate, rerank=_rerank(args), extras=extras
     )
     report["command"] = command_line(args)
     overlap = sum(s["train_test_overlap"] for s in report["splits"])
@@ -133,8 +202,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     _write(args.json, report)
     if args.plot:
         cmc = report["cmc"]["mean"] if isinstance(report["cmc"], dict) else report["cmc"]
-        plot_cmc({bundle.name: cmc}, args.plot)
+        plot_cmc({runs[0][0].name: cmc}, args.plot)
     print(_fmt(report))
+    if "feedback" in report:
+        _print_feedback(report["feedback"])
+    if args.ranklist:
+        print(f"rank lists written to {args.ranklist}")
     return 0
 
 

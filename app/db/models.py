@@ -113,15 +113,42 @@ class Search(Base):
         ForeignKey("api_keys.id", ondelete="SET NULL"), index=True
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    sketch_sha256: Mapped[str] = mapped_column(String(64))
-    # Relative to DATA_DIR/searches.
-    sketch_path: Mapped[str] = mapped_column(String(300))
+    # One entry per sketch, in upload order: {"sha256", "path", "translated_path"}; paths are
+    # relative to DATA_DIR/searches, "translated_path" is null when it was not translated.
+    sketches: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     # [{"rank", "gallery_id", "score", "distance"}], best first.
     results: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     model_name: Mapped[str] = mapped_column(String(200))
     model_version: Mapped[str] = mapped_column(String(200))
-    translated_image_path: Mapped[str | None] = mapped_column(String(300), default=None)
+
+
+MARKS = ("confirmed", "rejected", "none")
+
+
+class SearchMark(Base):
+    """An investigator's judgement of one result of a search: the suspect (``confirmed``),
+    someone else (``rejected``), or withdrawn (``none``). Rows are only ever added; an item's
+    mark is its latest row. They go with their search when it is purged.
+    """
+
+    __tablename__ = "search_marks"
+    __table_args__ = (
+        CheckConstraint(f"mark IN {MARKS!r}", name="mark"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    search_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("searches.id", ondelete="CASCADE"), index=True
+    )
+    # No foreign key: the item may be deleted later and the mark stays on record.
+    gallery_id: Mapped[int] = mapped_column(IdType)
+    mark: Mapped[str] = mapped_column(String(20))
+    api_key_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class AuditEvent(Base):

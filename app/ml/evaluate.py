@@ -1,27 +1,41 @@
-"""The evaluation protocol: test sketches as queries, test photos as gallery.
-
-Queries go through the translator (when the model has one and ``translate`` is on) and the
-embedder exactly as the service sends an uploaded sketch; photos are embedded as the service
-embeds ingested crops. Distances are ``2 - 2 cos`` on the unit embeddings (squared Euclidean),
-optionally re-ranked with :func:`app.ml.rerank.k_reciprocal_rerank`.
+"""The evaluation protocol: test sketches as queries, test photos as gallery
+(:mod:`app.ml.testset`), distances ``2 - 2 cos`` optionally re-ranked with
+:func:`app.ml.rerank.k_reciprocal_rerank`; optionally the relevance-feedback protocol
+(:mod:`app.ml.feedback_eval`) and rank-list pictures (:mod:`app.ml.ranklist`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from app.errors import UserInputError
 from app.ml.bundle import Bundle
-from app.ml.data.pku import PKUSketchDataset, Sample
+from app.ml.data.pku import PKUSketchDataset
 from app.ml.data.splits import Split
-from app.ml.images import load_image
-from app.ml.inference import BaseEmbedder, BaseTranslator
+from app.ml.feedback import FeedbackWeights
+from app.ml.feedback_eval import FEEDBACK_PROTOCOL, evaluate_feedback
 from app.ml.metrics import mean_std, ranking_result
+from app.ml.ranklist import write_ranklists
 from app.ml.rerank import k_reciprocal_rerank
+from app.ml.testset import Embedded, distances, embed_test_set
+
+__all__ = [
+    "Embedded",
+    "Extras",
+    "RerankParams",
+    "distance_matrix",
+    "distances",
+    "embed_test_set",
+    "evaluate_bundle",
+    "evaluate_runs",
+    "heldout_split",
+    "score",
+]
 
 
 @dataclass(frozen=True)
@@ -31,105 +45,113 @@ class RerankParams:
     lambda_value: float = 0.3
 
 
-@dataclass
-class Embedded:
-    """Query and gallery embeddings of one test set, with their identities and cameras."""
-
-    query: np.ndarray
-    gallery: np.ndarray
-    q_pids: np.ndarray
-    g_pids: np.ndarray
-    q_camids: np.ndarray
-    g_camids: np.ndarray
-    translated: bool
-
-
-def _ids(samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
-    return (
-        np.array([s.pid for s in samples], dtype=np.int64),
-        np.array([s.camid for s in samples], dtype=np.int64),
+def distance_matrix(e: Embedded, rerank: RerankParams | None = None) -> np.ndarray:
+    """Query x gallery distances the evaluation ranks by: ``2 - 2 cos``, or re-ranked."""
+    dist = distances(e.query, e.gallery)
+    if rerank is None:
+        return dist
+    return k_reciprocal_rerank(
+        dist,
+        distances(e.query, e.query),
+        distances(e.gallery, e.gallery),
+        k1=rerank.k1,
+        k2=rerank.k2,
+        lambda_value=rerank.lambda_value,
     )
 
 
-def embed_test_set(
-    embedder: BaseEmbedder,
-    translator: BaseTranslator | None,
-    dataset: PKUSketchDataset,
-    test_pids: Sequence[int],
+def score(
+    e: Embedded,
     *,
-    translate: bool = True,
-) -> Embedded:
-    test = dataset.subset(test_pids)
-    with_photo = set(test.pids)
-    queries = [s for s in test.sketches if s.pid in with_photo]
-    if not queries or not test.photos:
-        raise UserInputError("the test identities have no sketch/photo pairs to evaluate")
-    sketches = [load_image(s.path) for s in queries]
-    use_translator = translate and translator is not None
-    if use_translator:
-        assert translator is not None
-        q = embedder.embed(translator.translate_batch(sketches), modality="photo")
-    else:
-        q = embedder.embed(sketches, modality="sketch")
-    g = embedder.embed([load_image(s.path) for s in test.photos], modality="photo")
-    q_pids, q_cams = _ids(queries)
-    g_pids, g_cams = _ids(test.photos)
-    return Embedded(q, g, q_pids, g_pids, q_cams, g_cams, use_translator)
-
-
-def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distance of unit vectors: 2 - 2 cos."""
-    return np.clip(2.0 - 2.0 * (a @ b.T), 0.0, 4.0).astype(np.float32)
-
-
-def score(e: Embedded, *, rerank: RerankParams | None = None, max_rank: int = 50) -> dict[str, Any]:
-    """Rank-1/5/10, mAP, CMC of one embedded test set."""
-    dist = distances(e.query, e.gallery)
-    if rerank is not None:
-        dist = k_reciprocal_rerank(
-            dist,
-            distances(e.query, e.query),
-            distances(e.gallery, e.gallery),
-            k1=rerank.k1,
-            k2=rerank.k2,
-            lambda_value=rerank.lambda_value,
-        )
+    rerank: RerankParams | None = None,
+    max_rank: int = 50,
+    dist: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Rank-1/5/10, mAP, CMC of one embedded test set (``dist``: its
+    :func:`distance_matrix`, when the caller has it already)."""
+    if dist is None:
+        dist = distance_matrix(e, rerank)
     result = ranking_result(dist, e.q_pids, e.g_pids, e.q_camids, e.g_camids, max_rank).to_dict()
     result["translated"] = e.translated
     result["reranked"] = rerank is not None
     return result
 
 
-def evaluate_bundle(
-    bundle: Bundle,
+def heldout_split(bundle: Bundle, dataset: PKUSketchDataset) -> Split:
+    """The identities (with a sketch) that ``bundle`` was not trained on, as recorded in its
+    manifest: the test identities of a cross-validation split's bundle."""
+    trained = bundle.manifest.training.get("train_pids")
+    if not isinstance(trained, list):
+        raise UserInputError(
+            f"bundle {bundle.path} does not record its training identities "
+            "(manifest training.train_pids); choose the test identities with --split-file"
+        )
+    test = [pid for pid in dataset.sketch_pids if pid not in set(trained)]
+    if not test:
+        raise UserInputError(
+            f"bundle {bundle.path} was trained on every identity of {dataset.root} that has a "
+            "sketch: no held-out identity to test on"
+        )
+    return Split(train=sorted(int(p) for p in trained), test=test, seed=None)
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What `sketchreid evaluate` can add to the figures."""
+
+    feedback: FeedbackWeights | None = None  # also measure relevance feedback
+    ranklist_dir: Path | None = None  # write one rank-list picture per query here
+    ranklist_top: int = 10
+
+
+def evaluate_runs(
+    runs: Sequence[tuple[Bundle, Split]],
     dataset: PKUSketchDataset,
-    splits: Sequence[Split],
     *,
     translate: bool = True,
     rerank: RerankParams | None = None,
+    extras: Extras = Extras(),
 ) -> dict[str, Any]:
-    """Evaluate ``bundle`` on each split's test identities; mean ± std when several.
+    """Evaluate each bundle on its split's test identities; mean ± std when several.
 
-    A split whose test identities the bundle was trained on is flagged
+    A split whose test identities its bundle was trained on is flagged
     (``train_test_overlap``): its figures measure memory, not generalisation.
     """
-    trained_on = set(bundle.manifest.training.get("train_pids") or [])
+    if not runs:
+        raise UserInputError("nothing to evaluate: no bundle and split given")
     per_split = []
-    for split in splits:
+    feedback_rows: list[dict[str, dict[str, Any]]] = []
+    for i, (bundle, split) in enumerate(runs):
+        trained_on = set(bundle.manifest.training.get("train_pids") or [])
         embedded = embed_test_set(
             bundle.embedder, bundle.translator, dataset, split.test, translate=translate
         )
-        result = score(embedded, rerank=rerank)
+        dist = distance_matrix(embedded, rerank)
+        result = score(embedded, rerank=rerank, dist=dist)
+        result["model"] = str(bundle.path)
         result["seed"] = split.seed
         result["test_pids"] = list(split.test)
         result["train_test_overlap"] = len(trained_on & set(split.test))
+        if extras.feedback is not None:
+            result["feedback"] = evaluate_feedback(embedded, extras.feedback)
+            feedback_rows.append(result["feedback"])
+        if extras.ranklist_dir is not None:
+            write_ranklists(
+                embedded,
+                dist,
+                extras.ranklist_dir / f"split{i:02d}",
+                top=extras.ranklist_top,
+                reranked=rerank is not None,
+            )
         per_split.append(result)
+    first = runs[0][0]
     report: dict[str, Any] = {
-        "model": {"name": bundle.name, "version": bundle.version, "path": str(bundle.path)},
-        "inference": bundle.inference,
+        "model": {"name": first.name, "version": first.version, "path": str(first.path)},
+        "models": [str(b.path) for b, _ in runs],
+        "inference": first.inference,
         "data_root": str(dataset.root),
         "translated": per_split[0]["translated"],
-        "translator_available": bundle.translator is not None,
+        "translator_available": first.translator is not None,
         "reranked": rerank is not None,
         "rerank_params": vars(rerank) if rerank else None,
         "n_splits": len(per_split),
@@ -140,4 +162,31 @@ def evaluate_bundle(
         report.update({k: per_split[0][k] for k in ("n_queries", "n_gallery")})
     else:
         report.update(mean_std(per_split))
+    if extras.feedback is not None:
+        report["feedback"] = {
+            "weights": extras.feedback.as_json(),
+            "protocol": FEEDBACK_PROTOCOL,
+            "variants": {
+                name: mean_std([rows[name] for rows in feedback_rows]) for name in feedback_rows[0]
+            },
+        }
     return report
+
+
+def evaluate_bundle(
+    bundle: Bundle,
+    dataset: PKUSketchDataset,
+    splits: Sequence[Split],
+    *,
+    translate: bool = True,
+    rerank: RerankParams | None = None,
+    extras: Extras = Extras(),
+) -> dict[str, Any]:
+    """Evaluate one bundle on each of ``splits`` (see :func:`evaluate_runs`)."""
+    return evaluate_runs(
+        [(bundle, split) for split in splits],
+        dataset,
+        translate=translate,
+        rerank=rerank,
+        extras=extras,
+    )

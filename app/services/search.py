@@ -1,5 +1,6 @@
-"""Sketch search: decode, translate, embed, FAISS top-k, optional k-reciprocal re-ranking,
-and the audit record of every search.
+"""Sketch search: decode, translate and embed each sketch, fuse them with the relevance
+feedback into one query (:func:`app.ml.feedback.build_query`), FAISS top-k, optional
+k-reciprocal re-ranking, and the audit record of every search.
 """
 
 from __future__ import annotations
@@ -8,9 +9,10 @@ import io
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -21,15 +23,22 @@ from app.core.config import Settings
 from app.core.files import atomic_write_bytes
 from app.db.models import ApiKey, GalleryItem, Search
 from app.db.types import utcnow
-from app.ml.evaluate import distances
+from app.errors import UserInputError
+from app.ml.feedback import FeedbackWeights, build_query
 from app.ml.rerank import k_reciprocal_rerank
+from app.ml.testset import distances
 from app.services import audit
 from app.services.blobs import sha256_hex, sniff_extension
 from app.services.context import ServiceContext, load_vectors
 from app.services.errors import NotFoundError, OutOfRangeError
+from app.services.feedback import Feedback, combine, feedback_vectors
 from app.services.gallery import check_range, check_upload, filter_conditions
 
 MAX_TOP_K = 100
+# Sketches of one suspect in one search (e.g. one per witness).
+MAX_SKETCHES = 5
+# Rocchio weights of the service's queries (see app.ml.feedback).
+FEEDBACK_WEIGHTS = FeedbackWeights()
 STAGES = ("decode", "translate", "embed", "search", "rerank")
 
 
@@ -91,7 +100,14 @@ class SearchOutcome:
     record: Search
     hits: list[SearchHit]
     timings_ms: dict[str, float]
+    feedback: Feedback
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SketchUpload:
+    data: bytes
+    filename: str | None = None
 
 
 def _ms(start: float) -> float:
@@ -131,30 +147,84 @@ def rerank_candidates(
     return np.asarray(result, dtype=np.float32).reshape(-1)
 
 
+def check_sketch_count(count: int) -> None:
+    if count > MAX_SKETCHES:
+        raise OutOfRangeError(
+            f"at most {MAX_SKETCHES} sketches per search, got {count}", field="sketch"
+        )
+
+
+def _labelled(exc: UserInputError, index: int, filename: str | None) -> UserInputError:
+    """The same error, saying which sketch it is about."""
+    name = f" ({filename})" if filename else ""
+    message = f"sketch {index + 1}{name}: {exc}"
+    if isinstance(exc, OutOfRangeError):
+        return OutOfRangeError(message, field=exc.field)
+    return type(exc)(message)
+
+
+def _sketches_of(
+    ctx: ServiceContext, sketches: Sequence[SketchUpload], refine: Search | None
+) -> list[SketchUpload]:
+    """The uploaded sketches, checked; without any, those of the refined search."""
+    check_sketch_count(len(sketches))
+    if not sketches:
+        if refine is None:
+            raise OutOfRangeError(
+                "send at least one sketch (or refine an earlier search to reuse its sketches)",
+                field="sketch",
+            )
+        return [
+            SketchUpload(read_search_file(ctx, refine, "sketch", i), None)
+            for i in range(len(refine.sketches))
+        ]
+    for i, sketch in enumerate(sketches):
+        try:
+            check_upload(ctx, sketch.data, sketch.filename)
+        except UserInputError as exc:
+            if len(sketches) == 1:
+                raise
+            raise _labelled(exc, i, sketch.filename) from None
+    return list(sketches)
+
+
 def run_search(
     ctx: ServiceContext,
     session: Session,
-    sketch: bytes,
+    sketches: Sequence[SketchUpload],
     params: SearchParams,
     *,
     api_key_id: int | None = None,
-    filename: str | None = None,
+    confirmed: Sequence[int] = (),
+    rejected: Sequence[int] = (),
+    refine: Search | None = None,
 ) -> SearchOutcome:
-    """Search the gallery with a sketch and record the search; see the module docstring."""
+    """Search the gallery with one or more sketches of one suspect, moved by the feedback
+    (confirmed and rejected gallery ids, and ``refine``'s feedback and marks), and record the
+    search. Without sketches, ``refine``'s are used. Judged items are left out of the results.
+    """
     params.validate()
-    check_upload(ctx, sketch, filename)
+    uploads = _sketches_of(ctx, sketches, refine)
+    feedback = combine(confirmed, rejected, refine, session)
     timings = dict.fromkeys(STAGES, 0.0)
     notes: list[str] = []
     bundle = ctx.bundle
 
     t = time.perf_counter()
-    image = ctx.decode(sketch)
+    images = []
+    for i, upload in enumerate(uploads):
+        try:
+            images.append(ctx.decode(upload.data))
+        except UserInputError as exc:
+            if len(uploads) == 1:
+                raise
+            raise _labelled(exc, i, upload.filename) from None
     timings["decode"] = _ms(t)
 
-    translated: Image.Image | None = None
+    translated: list[Image.Image] = []
     if params.translate is not False and bundle.translator is not None:
         t = time.perf_counter()
-        translated = bundle.translator.translate(image)
+        translated = bundle.translator.translate_batch(images)
         timings["translate"] = _ms(t)
     elif params.translate is True:
         notes.append(
@@ -163,10 +233,12 @@ def run_search(
         )
 
     t = time.perf_counter()
-    if translated is not None:
-        query = bundle.embedder.embed([translated], modality="photo")[0]
+    if translated:
+        embedded = bundle.embedder.embed(translated, modality="photo")
     else:
-        query = bundle.embedder.embed([image], modality="sketch")[0]
+        embedded = bundle.embedder.embed(images, modality="sketch")
+    positives, negatives = feedback_vectors(ctx, session, feedback)
+    query = build_query(embedded, positives, negatives, FEEDBACK_WEIGHTS)
     timings["embed"] = _ms(t)
 
     t = time.perf_counter()
@@ -174,7 +246,12 @@ def run_search(
     n_candidates = (
         max(params.top_k, ctx.settings.RERANK_CANDIDATES) if params.rerank else params.top_k
     )
-    found = ctx.index.search(query, n_candidates, allowed)
+    judged = set(feedback.ids)
+    found = [
+        h
+        for h in ctx.index.search(query, n_candidates + len(judged), allowed)
+        if h.id not in judged
+    ][:n_candidates]
     timings["search"] = _ms(t)
 
     ranked: list[tuple[int, float, float | None]] = [(h.id, h.score, None) for h in found]
@@ -208,10 +285,23 @@ def run_search(
 
     search_id = uuid.uuid4()
     folder = ctx.settings.search_dir / str(search_id)
-    sketch_name = f"sketch.{sniff_extension(sketch)}"
-    translated_name = "translated.png" if translated is not None else None
+    files: list[tuple[str, bytes]] = []
+    stored: list[dict[str, Any]] = []
+    for i, upload in enumerate(uploads):
+        name = f"sketch-{i + 1}.{sniff_extension(upload.data)}"
+        files.append((name, upload.data))
+        entry = {"sha256": sha256_hex(upload.data), "path": f"{search_id}/{name}"}
+        entry["translated_path"] = None
+        if translated:
+            files.append((f"translated-{i + 1}.png", _png(translated[i])))
+            entry["translated_path"] = f"{search_id}/translated-{i + 1}.png"
+        stored.append(entry)
     parameters = params.as_json() | {
-        "translated": translated is not None,
+        **feedback.as_json(),
+        "refine": str(refine.id) if refine is not None else None,
+        "sketches_from_refine": not sketches,
+        "feedback_weights": FEEDBACK_WEIGHTS.as_json() if feedback else None,
+        "translated": bool(translated),
         "reranked": reranked,
         "rerank_candidates": len(found) if params.rerank else None,
         "index": ctx.index.kind,
@@ -221,8 +311,7 @@ def run_search(
     record = Search(
         id=search_id,
         api_key_id=api_key_id,
-        sketch_sha256=sha256_hex(sketch),
-        sketch_path=f"{search_id}/{sketch_name}",
+        sketches=stored,
         parameters=parameters,
         results=[
             {"rank": h.rank, "gallery_id": h.gallery_id, "score": h.score, "distance": h.distance}
@@ -230,19 +319,17 @@ def run_search(
         ],
         model_name=bundle.name,
         model_version=bundle.version,
-        translated_image_path=f"{search_id}/{translated_name}" if translated_name else None,
     )
     try:
-        atomic_write_bytes(folder / sketch_name, sketch)
-        if translated is not None and translated_name:
-            atomic_write_bytes(folder / translated_name, _png(translated))
+        for name, data in files:
+            atomic_write_bytes(folder / name, data)
         session.add(record)
         session.commit()
     except BaseException:
         session.rollback()
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return SearchOutcome(record, hits, timings, notes)
+    return SearchOutcome(record, hits, timings, feedback, notes)
 
 
 def get_search(session: Session, search_id: uuid.UUID, key: ApiKey) -> Search:
@@ -253,8 +340,18 @@ def get_search(session: Session, search_id: uuid.UUID, key: ApiKey) -> Search:
     return record
 
 
-def read_search_file(ctx: ServiceContext, record: Search, which: str) -> bytes:
-    relative = record.translated_image_path if which == "translated" else record.sketch_path
+def read_search_file(
+    ctx: ServiceContext, record: Search, which: Literal["sketch", "translated"], index: int = 0
+) -> bytes:
+    """The bytes of the ``index``-th (0-based) sketch of a search, or of its translation."""
+    count = len(record.sketches)
+    if not 0 <= index < count:
+        raise NotFoundError(
+            f"search {record.id} has {count} sketch{'es' if count != 1 else ''}: "
+            f"index {index} does not exist (indexes start at 0)"
+        )
+    entry = record.sketches[index]
+    relative = entry.get("translated_path") if which == "translated" else entry["path"]
     if not relative:
         raise NotFoundError(
             f"search {record.id} has no translated image (the sketch was not translated)"

@@ -38,7 +38,14 @@ from .helpers import build_tiny_bundle
 PG_ADMIN_URL = os.environ.get(
     "SKETCHREID_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-TABLES = ("audit_events", "searches", "embeddings", "gallery_items", "api_keys")
+TABLES = (
+    "search_marks",
+    "audit_events",
+    "searches",
+    "embeddings",
+    "gallery_items",
+    "api_keys",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -187,7 +194,7 @@ def snapshot(client: TestClient) -> dict[str, object]:
     """Everything an upload could leave behind: rows, blob files, index entries, search files."""
     from sqlalchemy import func, select
 
-    from app.db.models import Embedding, GalleryItem, Search
+    from app.db.models import Embedding, GalleryItem, Search, SearchMark
 
     ctx = client.app.state.ctx  # type: ignore[attr-defined]
     with session_scope(ctx.sessions) as session:
@@ -195,6 +202,7 @@ def snapshot(client: TestClient) -> dict[str, object]:
             "items": session.scalar(select(func.count(GalleryItem.id))),
             "embeddings": session.scalar(select(func.count(Embedding.id))),
             "searches": session.scalar(select(func.count(Search.id))),
+            "marks": session.scalar(select(func.count(SearchMark.id))),
         }
     search_dir = ctx.settings.search_dir
     return counts | {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -150,9 +151,9 @@ def test_two_image_parts_in_one_upload_are_422(client: TestClient, keys: Keys) -
         (
             "POST",
             "/api/v1/search",
-            [("sketch", ("a.jpg", "jpeg", "image/jpeg"))] * 2,
-            [],
-            "sketch",
+            [("sketch", ("a.jpg", "jpeg", "image/jpeg"))],
+            [("refine", str(uuid.uuid4())), ("refine", str(uuid.uuid4()))],
+            "refine",
         ),
         (
             "POST",

@@ -205,6 +205,7 @@ def test_search_is_recorded_for_audit(client: TestClient, keys: Keys) -> None:
             "score": pytest.approx(r["score"]),
             "distance": pytest.approx(r["distance"]),
             "deleted": None,
+            "mark": None,
         }
         for r in body["results"]
     ]

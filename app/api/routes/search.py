@@ -1,27 +1,27 @@
-"""/api/v1/search (run a search) and /api/v1/searches/{id} (the audit record)."""
+"""/api/v1/search (run a search), /api/v1/searches/{id} (the audit record, its sketches and
+translations) and /api/v1/searches/{id}/marks (judgements of its results)."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 
 from app.api.deps import CtxDep, InvestigatorDep, SessionDep, single_valued
-from app.api.schemas import SearchOut, SearchRecordOut, error_responses
+from app.api.schemas import MarkIn, MarkOut, SearchOut, SearchRecordOut, error_responses
 from app.api.uploads import read_upload
-from app.services import audit
+from app.services import audit, feedback
 from app.services import search as search_service
 from app.services.blobs import content_type_for
 from app.services.timeparse import parse_timestamp
 
 router = APIRouter(tags=["search"])
 
-# Every field but the repeatable camera_id.
+# Every field but the repeatable sketch, camera_id, confirmed_id and rejected_id.
 _ONE_EACH = Depends(
     single_valued(
         form=(
-            "sketch",
             "top_k",
             "translate",
             "rerank",
@@ -30,19 +30,28 @@ _ONE_EACH = Depends(
             "lambda_value",
             "captured_after",
             "captured_before",
+            "refine",
         )
     )
 )
+_INDEX = Query(ge=0, le=search_service.MAX_SKETCHES - 1, description="0-based sketch number")
 
 
-@router.post("/search", response_model=SearchOut, responses=error_responses(400, 413, 422))
+@router.post("/search", response_model=SearchOut, responses=error_responses(400, 404, 413, 422))
 def search(
     request: Request,
     ctx: CtxDep,
     session: SessionDep,
     key: InvestigatorDep,
     _once: Annotated[None, _ONE_EACH],
-    sketch: Annotated[UploadFile, File(description="A full-body sketch of the suspect")],
+    sketch: Annotated[
+        list[UploadFile] | None,
+        File(
+            description=f"Full-body sketches of one suspect, 1 to {search_service.MAX_SKETCHES} "
+            "(repeat the part); their embeddings are fused. Left out with `refine`: the refined "
+            "search's sketches"
+        ),
+    ] = None,
     top_k: Annotated[int, Form(ge=1, le=search_service.MAX_TOP_K)] = 10,
     translate: Annotated[
         bool | None,
@@ -58,6 +67,21 @@ def search(
     camera_id: Annotated[list[str] | None, Form(description="repeatable")] = None,
     captured_after: Annotated[str | None, Form(description="inclusive, ISO 8601")] = None,
     captured_before: Annotated[str | None, Form(description="exclusive, ISO 8601")] = None,
+    confirmed_id: Annotated[
+        list[int] | None,
+        Form(description="repeatable: gallery ids confirmed as the suspect (left out of results)"),
+    ] = None,
+    rejected_id: Annotated[
+        list[int] | None,
+        Form(description="repeatable: gallery ids rejected as someone else (left out of results)"),
+    ] = None,
+    refine: Annotated[
+        uuid.UUID | None,
+        Form(
+            description="an earlier search: its feedback and marks are added to this one's, and "
+            "its sketches are reused when no sketch is sent"
+        ),
+    ] = None,
 ) -> SearchOut:
     params = search_service.SearchParams(
         top_k=top_k,
@@ -71,9 +95,22 @@ def search(
         captured_before=parse_timestamp(captured_before, "captured_before"),
     )
     params.validate()
-    data = read_upload(sketch, ctx.settings.max_upload_bytes)
+    uploads = sketch or []
+    search_service.check_sketch_count(len(uploads))
+    sketches = [
+        search_service.SketchUpload(read_upload(u, ctx.settings.max_upload_bytes), u.filename)
+        for u in uploads
+    ]
+    earlier = search_service.get_search(session, refine, key) if refine is not None else None
     outcome = search_service.run_search(
-        ctx, session, data, params, api_key_id=key.id, filename=sketch.filename
+        ctx,
+        session,
+        sketches,
+        params,
+        api_key_id=key.id,
+        confirmed=confirmed_id or (),
+        rejected=rejected_id or (),
+        refine=earlier,
     )
     request.app.state.metrics.observe_stages(outcome.timings_ms)
     return SearchOut.of(outcome)
@@ -85,7 +122,23 @@ def search(
 def get_search(search_id: uuid.UUID, session: SessionDep, key: InvestigatorDep) -> SearchRecordOut:
     record = search_service.get_search(session, search_id, key)
     deleted = audit.deletions(session, (r["gallery_id"] for r in record.results))
-    return SearchRecordOut.of(record, deleted)
+    return SearchRecordOut.of(record, deleted, feedback.mark_history(session, record.id))
+
+
+@router.post(
+    "/searches/{search_id}/marks",
+    response_model=MarkOut,
+    status_code=201,
+    responses=error_responses(400, 404, 422),
+)
+def add_mark(
+    search_id: uuid.UUID, body: MarkIn, session: SessionDep, key: InvestigatorDep
+) -> MarkOut:
+    """Mark one of the search's results as the suspect (`confirmed`), someone else
+    (`rejected`), or withdraw the mark (`none`). Marks are kept with who and when."""
+    record = search_service.get_search(session, search_id, key)
+    row = feedback.add_mark(session, record, body.gallery_id, body.mark, api_key_id=key.id)
+    return MarkOut.of(row)
 
 
 @router.get(
@@ -94,10 +147,14 @@ def get_search(search_id: uuid.UUID, session: SessionDep, key: InvestigatorDep) 
     responses={200: {"content": {"image/png": {}}}, **error_responses(404, 422)},
 )
 def get_translated(
-    search_id: uuid.UUID, ctx: CtxDep, session: SessionDep, key: InvestigatorDep
+    search_id: uuid.UUID,
+    ctx: CtxDep,
+    session: SessionDep,
+    key: InvestigatorDep,
+    index: Annotated[int, _INDEX] = 0,
 ) -> Response:
     record = search_service.get_search(session, search_id, key)
-    data = search_service.read_search_file(ctx, record, "translated")
+    data = search_service.read_search_file(ctx, record, "translated", index)
     return Response(data, media_type="image/png")
 
 
@@ -107,8 +164,12 @@ def get_translated(
     responses={200: {"content": {"image/*": {}}}, **error_responses(404, 422)},
 )
 def get_sketch(
-    search_id: uuid.UUID, ctx: CtxDep, session: SessionDep, key: InvestigatorDep
+    search_id: uuid.UUID,
+    ctx: CtxDep,
+    session: SessionDep,
+    key: InvestigatorDep,
+    index: Annotated[int, _INDEX] = 0,
 ) -> Response:
     record = search_service.get_search(session, search_id, key)
-    data = search_service.read_search_file(ctx, record, "sketch")
-    return Response(data, media_type=content_type_for(record.sketch_path))
+    data = search_service.read_search_file(ctx, record, "sketch", index)
+    return Response(data, media_type=content_type_for(record.sketches[index]["path"]))

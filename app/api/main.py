@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import APIRouter, FastAPI
 
-from app.api import errors
+from app.api import errors, openapi
 from app.api.metrics import Metrics
 from app.api.middleware import BodySizeLimit, ConcurrencyLimit, RequestMetrics, UnexpectedErrors
 from app.api.routes import apikeys, audit, gallery, health, model, search
@@ -117,6 +117,7 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
     errors.install(app)
     app.include_router(health.router)
     app.include_router(api_router())
+    openapi.install(app)
 
     single = settings.max_upload_bytes + _FORM_OVERHEAD
     batch_path = f"{API_PREFIX}/gallery/batch"

@@ -249,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
             times, found = timed_search(index, timed)
             r = recall(found, truth["none"][: len(timed)])
             rows.append((label, name, build, memory, pct(times, 50), pct(times, 95), r))
-            print(f"  {name or 'exact'}: p50 {pct(times, 50):.2f} ms, recall {r:.3f}", flush=True)
+            print(
+                f"  {name or 'exact'}: p50 {pct(times, 50):.2f} ms, p95 {pct(times, 95):.2f} ms, "
+                f"recall@10 {r:.3f}",
+                flush=True,
+            )
             build = memory = ""
         # Filters at the kind's default setting (the middle of the sweep for the approximate).
         if kind == "hnsw":
@@ -262,7 +266,11 @@ def main(argv: list[str] | None = None) -> int:
             r = recall(found, truth[name][: len(timed)])
             share = ok_ids.size / args.n
             filter_rows.append((label, name, share, pct(times, 50), pct(times, 95), r, only))
-            print(f"  filter {name}: p50 {pct(times, 50):.2f} ms, recall {r:.3f}", flush=True)
+            print(
+                f"  filter {name}: p50 {pct(times, 50):.2f} ms, p95 {pct(times, 95):.2f} ms, "
+                f"recall@10 {r:.3f}, only allowed {only}",
+                flush=True,
+            )
         del index
 
     print(f"\n{args.n:,} vectors x {args.dim}, top {K}, one query per call (ms)")

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.errors import SketchReidError
 from app.ml.precision import Precision
 
-IndexType = Literal["flat", "hnsw", "ivf"]
+IndexType = Literal["auto", "flat", "hnsw", "ivf"]
 InferenceBackend = Literal["torch", "onnx", "auto"]
 
 
@@ -51,10 +51,15 @@ class Settings(BaseSettings):
     # Batch uploads processed at once; one more is refused with 429 before its body is read.
     MAX_CONCURRENT_BATCHES: int = Field(default=2, ge=1, le=1000)
 
-    INDEX_TYPE: IndexType = "flat"
+    # auto: exact below INDEX_AUTO_APPROX_FROM items at start-up, HNSW from there on.
+    INDEX_TYPE: IndexType = "auto"
+    INDEX_AUTO_APPROX_FROM: int = Field(default=25_000, ge=1)
     INDEX_HNSW_M: int = Field(default=32, ge=4, le=256)
+    INDEX_HNSW_EF_CONSTRUCTION: int = Field(default=40, ge=1)
     INDEX_HNSW_EF_SEARCH: int = Field(default=128, ge=1)
     INDEX_IVF_NPROBE: int = Field(default=16, ge=1)
+    # Filters leaving at most this many items are searched exactly on HNSW / IVF.
+    INDEX_EXACT_FILTER_MAX: int = Field(default=20_000, ge=0)
     # Seconds between checks that the in-memory index matches the database (picks up items
     # ingested by `sketchreid ingest` while the server runs). 0 disables the check.
     INDEX_SYNC_SECONDS: float = Field(default=30.0, ge=0)

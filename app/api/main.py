@@ -19,7 +19,7 @@ from fastapi import APIRouter, FastAPI
 from app.api import errors
 from app.api.metrics import Metrics
 from app.api.middleware import BodySizeLimit, ConcurrencyLimit, RequestMetrics, UnexpectedErrors
-from app.api.routes import apikeys, audit, gallery, health, model, search
+from app.api.routes import apikeys, audit, gallery, health, history, model, search, whoami
 from app.api.schemas import API_PREFIX, COMMON_ERRORS, error_responses
 from app.core.config import Settings, get_settings
 from app.ml.bundle import Bundle
@@ -36,9 +36,11 @@ def api_router() -> APIRouter:
     router = APIRouter(prefix=API_PREFIX, responses=error_responses(*COMMON_ERRORS))
     router.include_router(gallery.router)
     router.include_router(search.router)
+    router.include_router(history.router)
     router.include_router(model.router)
     router.include_router(apikeys.router)
     router.include_router(audit.router)
+    router.include_router(whoami.router)
     return router
 
 

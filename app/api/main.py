@@ -25,6 +25,8 @@ from app.core.config import Settings, get_settings
 from app.ml.bundle import Bundle
 from app.services.context import ServiceContext, close_context, open_context, sync_index
 from app.services.orphans import sweep_orphans
+from app.web import install as install_web
+from app.web.headers import SecurityHeaders
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,8 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
         summary="Find the person in a full-body sketch among CCTV person crops.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by app.web (no CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -117,6 +121,7 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
     errors.install(app)
     app.include_router(health.router)
     app.include_router(api_router())
+    install_web(app)
 
     single = settings.max_upload_bytes + _FORM_OVERHEAD
     batch_path = f"{API_PREFIX}/gallery/batch"
@@ -138,4 +143,5 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
     )
     app.add_middleware(UnexpectedErrors)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(SecurityHeaders)
     return app

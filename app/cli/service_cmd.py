@@ -146,6 +146,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO))
     # One worker: the vector index lives in this process.
     app = create_app(settings, bundle=bundle)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(
+        f"The web page: http://{shown}:{args.port}/ (sign in with an API key); "
+        f"API documentation: http://{shown}:{args.port}/docs",
+        flush=True,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

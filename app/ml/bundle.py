@@ -461,7 +461,19 @@ def load_bundle(
         translator = Translator(
             generator, entry_t.spec.input_size, device=device, precision=precision
         )
-    embedder = Embedder(
+    embedder = manifest_embedder(manifest, members, device, precision)
+    return Bundle(root, manifest, members, embedder, translator, generator)
+
+
+def manifest_embedder(
+    manifest: Manifest,
+    members: list[nn.Module],
+    device: str | torch.device,
+    precision: Precision,
+) -> Embedder:
+    """The embedder of ``members`` with the manifest's input size, normalisation, sketch
+    handling and flip-TTA."""
+    return Embedder(
         members,
         manifest.input_size,
         manifest.mean,
@@ -471,7 +483,6 @@ def load_bundle(
         device=device,
         precision=precision,
     )
-    return Bundle(root, manifest, members, embedder, translator, generator)
 
 
 def combine_bundles(bundles: Sequence[Bundle], device: str | torch.device = "cpu") -> Bundle:
@@ -518,13 +529,5 @@ def combine_bundles(bundles: Sequence[Bundle], device: str | torch.device = "cpu
             ),
         }
     )
-    embedder = Embedder(
-        members,
-        first.input_size,
-        first.mean,
-        first.std,
-        sketch_grey=first.sketch_grey,
-        tta_flip=first.tta_flip,
-        device=device,
-    )
+    embedder = manifest_embedder(first, members, device, bundles[0].embedder.precision)
     return Bundle(bundles[0].path, manifest, members, embedder, translator, generator)

@@ -142,6 +142,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         f"exported {', '.join(files)} to {args.out} (opset {record.opset}); "
         f"parity with PyTorch: {parity}"
     )
+    return 0
+
 
 def _read_report(path: Path) -> dict[str, Any]:
     try:
@@ -175,7 +177,7 @@ def crossval_summary(report: dict[str, Any]) -> dict[str, Any]:
 def fit_summary(report: dict[str, Any]) -> dict[str, Any]:
     if "rank1" not in report or "n_queries" not in report:
         raise UserInputError("not a single-split `sketchreid evaluate` report")
-    out = {k: round(float(report[k]), 4) for k in _FIGURES}
+    out: dict[str, Any] = {k: round(float(report[k]), 4) for k in _FIGURES}
     out.update(
         command=report.get("command", ""),
         n_queries=report["n_queries"],

@@ -290,7 +290,7 @@ def run_search(
     for i, upload in enumerate(uploads):
         name = f"sketch-{i + 1}.{sniff_extension(upload.data)}"
         files.append((name, upload.data))
-        entry = {"sha256": sha256_hex(upload.data), "path": f"{search_id}/{name}"}
+        entry: dict[str, Any] = {"sha256": sha256_hex(upload.data), "path": f"{search_id}/{name}"}
         entry["translated_path"] = None
         if translated:
             files.append((f"translated-{i + 1}.png", _png(translated[i])))

@@ -54,19 +54,23 @@ for _media_type, _fmt in (
 
 BATCH = "POST /api/v1/gallery/batch"
 SEARCH = "POST /api/v1/search"
+# File parts declared as arrays (a batch's images, a search's sketches).
+ARRAY_FILE_PARTS = {BATCH: "images", SEARCH: "sketch"}
 
 
 @schemathesis.hook
 def map_case(context: schemathesis.HookContext, case: schemathesis.Case) -> schemathesis.Case:
-    """A batch's ``images`` is an array of files; with an image strategy schemathesis draws one
-    image for it and sends it as a plain part without a filename (which Starlette, like most
-    servers, reads as a text field). As a one-item array it is sent as a file part; on the
-    wire, one part is exactly a one-item array."""
+    """A batch's ``images`` and a search's ``sketch`` are arrays of files; with an image
+    strategy schemathesis draws one image for such a part and sends it as a plain part
+    without a filename (which Starlette, like most servers, reads as a text field). As a
+    one-item array it is sent as a file part; on the wire, one part is exactly a one-item
+    array."""
     body = case.body
-    if case.operation.label == BATCH and isinstance(body, dict):
-        images = body.get("images")
-        if images is not None and not isinstance(images, list):
-            body["images"] = [images]
+    part = ARRAY_FILE_PARTS.get(case.operation.label)
+    if part is not None and isinstance(body, dict):
+        files = body.get(part)
+        if files is not None and not isinstance(files, list):
+            body[part] = [files]
     return case
 
 

@@ -51,10 +51,26 @@ def _adjust_form(media: dict[str, Any], schemas: dict[str, Any]) -> None:
             media.setdefault("encoding", {})[name] = {"contentType": IMAGE_TYPES}
 
 
+# Bodies that need one of several parts (a search needs sketches, or an earlier search to refine).
+ONE_OF_REQUIRED: dict[str, list[str]] = {"/api/v1/search": ["sketch", "refine"]}
+
+
+def _require_one_of(media: dict[str, Any], schemas: dict[str, Any], names: list[str]) -> None:
+    ref = media.get("schema", {}).get("$ref", "")
+    body = schemas.get(ref.rsplit("/", 1)[-1]) if ref else media.get("schema")
+    if not body:
+        return
+    body["anyOf"] = [{"required": [name]} for name in names]
+    for name in names:
+        prop = body.get("properties", {}).get(name, {})
+        if prop.get("type") == "array":
+            prop["minItems"] = 1
+
+
 def adjust(document: dict[str, Any]) -> dict[str, Any]:
     """Apply the adjustments above to ``document`` in place; returns it."""
     schemas = document.get("components", {}).get("schemas", {})
-    for operations in document.get("paths", {}).values():
+    for path, operations in document.get("paths", {}).items():
         for operation in operations.values():
             for parameter in operation.get("parameters", []):
                 if parameter.get("in") == "query" and not parameter.get("required"):
@@ -62,6 +78,8 @@ def adjust(document: dict[str, Any]) -> dict[str, Any]:
             media = operation.get("requestBody", {}).get("content", {}).get(_FORM)
             if media is not None:
                 _adjust_form(media, schemas)
+                if path in ONE_OF_REQUIRED:
+                    _require_one_of(media, schemas, ONE_OF_REQUIRED[path])
     return document
 
 

@@ -136,13 +136,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check_database(settings)  # refuses a database behind head, saying what to run
     # Load (and verify) the model here so a bad bundle is a one-line error, not a traceback.
     bundle = load_model(settings)
-    key = initial_admin_key(settings)
-    if key is not None:
-        print(
-            "No API keys existed, so an admin key was created. It is shown this once; "
-            "store it now:\n" + key,
-            flush=True,
-        )
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO))
     # One worker: the vector index lives in this process.
     app = create_app(settings, bundle=bundle)
@@ -152,6 +145,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"API documentation: http://{shown}:{args.port}/docs",
         flush=True,
     )
+    # The admin key comes last: it is the output's last line (`... | tail -1`).
+    key = initial_admin_key(settings)
+    if key is not None:
+        print(
+            "No API keys existed, so an admin key was created. It is shown this once; "
+            "store it now:\n" + key,
+            flush=True,
+        )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

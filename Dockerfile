@@ -20,7 +20,7 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu \
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY migrations ./migrations
-RUN pip install .
+RUN pip install ".[onnx]"
 # Last, so that a new model does not re-install the dependencies.
 COPY model_store ./model_store
 

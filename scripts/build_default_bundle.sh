@@ -10,7 +10,11 @@
 # resnet56: the backbones this CPU could pre-train so far) lists the members; SET holds extra
 # `--set SECTION.FIELD=VALUE` overrides. TRANSLATOR=1 also trains the ship preset's CycleGAN
 # translator (hours on a CPU: a GPU job). Fine-tuning checkpoints and decoded images are kept
-# in WORKDIR (default runs/default): delete it to start from nothing. See docs/reproduce.md.
+# in WORKDIR (default runs/default): delete it to start from nothing.
+# Afterwards the bundle gets its fit check (`sketchreid evaluate --test-ids all`, written to
+# WORKDIR/fit.json) and `sketchreid model annotate`: NAME and VERSION (if set), and CROSSVAL,
+# space-separated LABEL=JSON crossval reports that chose the recipe (recorded in the manifest's
+# evaluation block). See docs/reproduce.md.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +28,9 @@ ARCHS="${ARCHS:-resnet56}"
 SET="${SET:-}"
 TRANSLATOR="${TRANSLATOR:-0}"
 SKETCHREID="${SKETCHREID:-.venv/bin/sketchreid}"
+NAME="${NAME:-}"
+VERSION="${VERSION:-}"
+CROSSVAL="${CROSSVAL:-}"
 
 die() {
     echo "build_default_bundle: $*" >&2
@@ -38,6 +45,13 @@ die() {
 
 overrides=()
 for item in $SET; do overrides+=(--set "$item"); done
+annotations=()
+[[ -n "$NAME" ]] && annotations+=(--name "$NAME")
+[[ -n "$VERSION" ]] && annotations+=(--version "$VERSION")
+for item in $CROSSVAL; do
+    [[ -f "${item#*=}" ]] || die "crossval report ${item#*=} not found (CROSSVAL holds LABEL=JSON items)"
+    annotations+=(--crossval "$item")
+done
 
 set -x
 "$SKETCHREID" train reid --data-root "$DATA_DIR/pku-sketch-dev" --pretrained "$PRETRAINED" \
@@ -46,4 +60,9 @@ if [[ "$TRANSLATOR" == 1 ]]; then
     "$SKETCHREID" train translator --data-root "$DATA_DIR/pku-sketch-dev" --preset ship \
         --workdir "$WORKDIR" --out "$OUT"
 fi
+rm -f "$WORKDIR/fit.json"
+# (it warns that the bundle was trained on these identities: a fit check, not generalisation)
+"$SKETCHREID" evaluate --data-root "$DATA_DIR/pku-sketch-dev" --model "$OUT" --test-ids all \
+    --no-translate --json "$WORKDIR/fit.json"
+"$SKETCHREID" model annotate "$OUT" --fit "$WORKDIR/fit.json" "${annotations[@]}"
 "$SKETCHREID" model verify "$OUT"

@@ -1,7 +1,8 @@
-"""Tests for `sketchreid model info|verify`."""
+"""Tests for `sketchreid model info|verify|annotate`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,65 @@ def test_verify_corrupt(bundle: Path, capsys: pytest.CaptureFixture[str]) -> Non
 def test_missing_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["model", "info", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _figures(r1: float) -> dict[str, dict[str, float]]:
+    return {k: {"mean": r1 + i / 10, "std": 0.01} for i, k in enumerate(("rank1", "rank5"))} | {
+        "rank10": {"mean": 0.7, "std": 0.02},
+        "mAP": {"mean": 0.3, "std": 0.03},
+    }
+
+
+def test_annotate_records_crossval_and_fit_reports(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = (bundle / "m0.pt").read_bytes()
+    cv = {
+        "command": "sketchreid crossval --splits 2",
+        "archs": ["resnet8"],
+        "protocol": {"n_splits": 2, "split_seeds": [1, 2]},
+        "train_seconds_mean": 12.5,
+        "variants": {"plain": _figures(0.2), "rerank": _figures(0.1)},
+    }
+    fit = {
+        "command": "sketchreid evaluate --test-ids all",
+        "rank1": 0.5,
+        "rank5": 0.6,
+        "rank10": 0.8,
+        "mAP": 0.55,
+        "n_queries": 3,
+        "n_gallery": 6,
+        "translated": False,
+    }
+    (tmp_path / "cv.json").write_text(json.dumps(cv))
+    (tmp_path / "fit.json").write_text(json.dumps(fit))
+    argv = ["model", "annotate", str(bundle), "--name", "shipped", "--version", "2.0"]
+    argv += ["--crossval", f"ship={tmp_path / 'cv.json'}", "--fit", str(tmp_path / "fit.json")]
+    argv += ["--note", "first note", "--note", "second"]
+    assert main(argv) == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert (manifest["name"], manifest["version"]) == ("shipped", "2.0")
+    assert manifest["notes"] == ["first note", "second"]
+    recorded = manifest["evaluation"]["crossval"]["ship"]
+    assert recorded["command"] == cv["command"]
+    assert recorded["protocol"] == cv["protocol"]
+    assert recorded["variants"]["rerank"]["rank1"] == {"mean": 0.1, "std": 0.01}
+    assert recorded["variants"]["plain"]["mAP"] == {"mean": 0.3, "std": 0.03}
+    assert manifest["evaluation"]["fit_check"]["rank1"] == 0.5
+    assert manifest["evaluation"]["fit_check"]["n_gallery"] == 6
+    assert manifest["evaluation"]["rank1"] == 0.123456  # other evaluation entries are kept
+    assert (bundle / "m0.pt").read_bytes() == weights
+    assert main(["model", "verify", str(bundle)]) == 0
+    assert "OK shipped 2.0" in capsys.readouterr().out
+
+
+def test_annotate_refuses_what_is_not_a_report(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = (bundle / "manifest.json").read_text()
+    (tmp_path / "x.json").write_text(json.dumps({"rank1": 0.3}))
+    assert main(["model", "annotate", str(bundle), "--crossval", f"a={tmp_path / 'x.json'}"]) == 2
+    assert "not a `sketchreid crossval` report" in capsys.readouterr().err
+    assert main(["model", "annotate", str(bundle), "--crossval", "no-equals-sign"]) == 2
+    assert "LABEL=JSON" in capsys.readouterr().err
+    assert (bundle / "manifest.json").read_text() == before

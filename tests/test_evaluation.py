@@ -22,7 +22,7 @@ import torch
 
 import app.ml.evaluate as evaluate_mod
 from app.cli.main import main
-from app.ml.bundle import Bundle, load_bundle
+from app.ml.bundle import Bundle, combine_bundles, load_bundle
 from app.ml.data.pku import PKUSketchDataset, load_pku_sketch
 from app.ml.data.splits import random_splits
 from app.ml.evaluate import Embedded, RerankParams, distances, embed_test_set, score
@@ -314,3 +314,63 @@ def test_crossval_reports_members_alone_only_with_per_member(
     assert report["archs"] == ["resnet8", "resnet14"]
     assert set(report["variants"]) == {"plain", "rerank"}
     assert not (tmp_path / "runs" / "splits" / "split00").exists()  # no --keep-bundles
+
+
+def test_evaluate_cli_runs_at_the_precision_asked(
+    bundle_dir: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    plain = ("--no-translate",)
+    fp32 = _evaluate(synth_root, bundle_dir, tmp_path / "f.json", *plain)
+    bf16 = _evaluate(synth_root, bundle_dir, tmp_path / "b.json", *plain, "--precision", "bf16")
+    assert fp32["inference"] == {"backend": "torch", "precision": "fp32"}
+    assert bf16["inference"] == {"backend": "torch", "precision": "bf16"}
+
+
+@pytest.mark.slow
+def test_crossval_reuse_evaluates_kept_bundles_and_their_ensemble(
+    dataset: PKUSketchDataset, synth_root: Path, tmp_path: Path
+) -> None:
+    """Two single-member runs kept with --keep-bundles, then `--reuse A --reuse B`: no
+    training, the figures are those of the two members' ensemble, each member alone matches
+    its own run, and bundles of another split are refused."""
+
+    def run(workdir: Path, out: Path, *extra: str) -> dict[str, Any]:
+        argv = ["crossval", "--data-root", str(synth_root), "--splits", "1", "--test-size", "4"]
+        argv += ["--preset", "smoke", "--epochs", "1", "--workdir", str(workdir)]
+        argv += ["--no-progress", *extra, "--json", str(out)]
+        assert main(argv) == 0
+        report = json.loads(out.read_text())
+        assert isinstance(report, dict)
+        return report
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(tmp_path / "plain", tmp_path / "p.json", "--arch", "resnet8")
+    assert not (tmp_path / "plain" / "splits" / "split00").exists()  # not kept by default
+    ra = run(a, tmp_path / "a.json", "--arch", "resnet8", "--keep-bundles")
+    rb = run(b, tmp_path / "b.json", "--arch", "resnet14", "--keep-bundles")
+    both = run(
+        tmp_path / "c", tmp_path / "c.json", "--reuse", str(a), "--reuse", str(b), "--per-member"
+    )
+    assert both["archs"] == ["resnet8", "resnet14"]
+    assert both["reused"] == [str(a), str(b)]
+    assert [p["name"] for p in both["reused_presets"]] == ["smoke", "smoke"]
+    assert not (tmp_path / "c" / "splits").exists()  # nothing trained, nothing written
+
+    v = both["variants"]
+    assert _figures(v["resnet8"]["splits"][0]) == _figures(ra["variants"]["plain"]["splits"][0])
+    assert _figures(v["resnet14"]["splits"][0]) == _figures(rb["variants"]["plain"]["splits"][0])
+    split = random_splits(dataset, 1, seed=0, test_size=4)[0]
+    bundles = [load_bundle(w / "splits" / "split00") for w in (a, b)]
+    members = [net for bundle in bundles for net in bundle.members]
+    m = bundles[0].manifest
+    ensemble = Embedder(members, m.input_size, m.mean, m.std, tta_flip=m.tta_flip)
+    want = score(embed_test_set(ensemble, None, dataset, split.test))
+    assert _figures(v["plain"]["splits"][0]) == _figures(want)
+    assert ensemble.dim == bundles[0].embedder.dim + bundles[1].embedder.dim
+    twice = combine_bundles([bundles[0], bundles[0]])  # two runs of one architecture
+    assert [e.name for e in twice.manifest.members] == ["resnet8", "resnet8-1"]
+    assert twice.embedder.dim == 2 * bundles[0].embedder.dim
+
+    argv = ["crossval", "--data-root", str(synth_root), "--splits", "1", "--test-size", "4"]
+    argv += ["--split-seed", "7", "--reuse", str(a), "--json", str(tmp_path / "x.json")]
+    assert main(argv) != 0

@@ -16,16 +16,18 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import APIRouter, FastAPI
 
-from app.api import errors
+from app.api import errors, openapi
 from app.api.metrics import Metrics
 from app.api.middleware import BodySizeLimit, ConcurrencyLimit, RequestMetrics, UnexpectedErrors
-from app.api.routes import apikeys, audit, gallery, health, model, search
+from app.api.routes import apikeys, audit, gallery, health, history, model, search, whoami
 from app.api.schemas import API_PREFIX, COMMON_ERRORS, error_responses
 from app.core.config import Settings, get_settings
 from app.ml.bundle import Bundle
 from app.services.context import ServiceContext, close_context, open_context, sync_index
 from app.services.orphans import sweep_orphans
 from app.services.search import MAX_SKETCHES
+from app.web import install as install_web
+from app.web.headers import SecurityHeaders
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,11 @@ def api_router() -> APIRouter:
     router = APIRouter(prefix=API_PREFIX, responses=error_responses(*COMMON_ERRORS))
     router.include_router(gallery.router)
     router.include_router(search.router)
+    router.include_router(history.router)
     router.include_router(model.router)
     router.include_router(apikeys.router)
     router.include_router(audit.router)
+    router.include_router(whoami.router)
     return router
 
 
@@ -77,9 +81,10 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
         ctx = await anyio.to_thread.run_sync(open_context, settings, bundle)
         app.state.ctx = ctx
         log.info(
-            "serving model %s (%s), index %s with %d items",
+            "serving model %s (%s, %s), index %s with %d items",
             ctx.bundle.name,
             ctx.embedding_key,
+            ctx.bundle.inference,
             ctx.index_status,
             len(ctx.index),
         )
@@ -109,6 +114,8 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
         summary="Find the person in a full-body sketch among CCTV person crops.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by app.web (no CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -116,6 +123,8 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
     errors.install(app)
     app.include_router(health.router)
     app.include_router(api_router())
+    openapi.install(app)
+    install_web(app)
 
     single = settings.max_upload_bytes + _FORM_OVERHEAD
     batch_path = f"{API_PREFIX}/gallery/batch"
@@ -141,4 +150,5 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
     )
     app.add_middleware(UnexpectedErrors)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(SecurityHeaders)
     return app

@@ -172,7 +172,8 @@ def route_template(scope: Scope) -> str:
     the routers it was included into; the API prefix is added back from the request path.
     """
     route: Any = scope.get("route")
-    template = getattr(route, "path", None)
+    # path_format leaves out path convertors: "/gallery/{item_id}", not "{item_id:id}".
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
     if not template:
         return "unmatched"
     path = scope.get("path", "")

@@ -409,3 +409,48 @@ class AuditPage(BaseModel):
     limit: int
     offset: int
     next_offset: int | None
+
+
+class WhoAmIOut(BaseModel):
+    """The key that made the request: the web page decides from ``role`` what it offers."""
+
+    id: int
+    name: str
+    role: Literal["admin", "operator", "investigator"]
+    key_prefix: str
+
+    @classmethod
+    def of(cls, row: ApiKey) -> WhoAmIOut:
+        return cls(id=row.id, name=row.name, role=row.role, key_prefix=row.key_prefix)  # type: ignore[arg-type]
+
+
+class SearchSummaryOut(BaseModel):
+    """One past search in a list; ``url`` is its full record."""
+
+    id: uuid.UUID
+    created_at: datetime
+    api_key_id: int | None
+    model: ModelRef
+    parameters: dict[str, Any]
+    result_count: int
+    url: str
+
+    @classmethod
+    def of(cls, record: Search) -> SearchSummaryOut:
+        return cls(
+            id=record.id,
+            created_at=record.created_at,
+            api_key_id=record.api_key_id,
+            model=ModelRef(name=record.model_name, version=record.model_version),
+            parameters=record.parameters,
+            result_count=len(record.results),
+            url=f"{API_PREFIX}/searches/{record.id}",
+        )
+
+
+class SearchHistoryPage(BaseModel):
+    items: list[SearchSummaryOut]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None

@@ -25,6 +25,7 @@ from app.ml.data.splits import Split
 from app.ml.evaluate import Extras, RerankParams, evaluate_runs, heldout_split
 from app.ml.feedback import FeedbackWeights
 from app.ml.plots import plot_cmc
+from app.ml.precision import PRECISIONS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-translate",
         action="store_true",
         help="embed the sketches themselves, not their translations",
+    )
+    ev.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="inference precision (default fp32; bf16 = autocast, auto = bf16 where the "
+        "hardware has it)",
     )
     ev.add_argument(
         "--feedback",
@@ -88,8 +96,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     cv.add_argument(
         "--keep-bundles",
         action="store_true",
-        help="keep each split's bundle in WORKDIR/splits/splitNN (for `evaluate --test-ids "
-        "heldout`, e.g. --feedback); by default they are deleted once evaluated",
+        help="keep each split's bundle in WORKDIR/splits/splitNN (for `crossval --reuse` and "
+        "`evaluate --test-ids heldout`, e.g. --feedback); by default they are deleted once "
+        "evaluated",
+    )
+    cv.add_argument(
+        "--reuse",
+        type=existing_dir,
+        action="append",
+        default=[],
+        metavar="WORKDIR",
+        help="evaluate the bundles kept (--keep-bundles) in this earlier crossval work "
+        "folder instead of training; repeat to evaluate the ensemble of several runs' members",
     )
     _rerank_options(cv)
     cv.add_argument("--json", type=Path, required=True)
@@ -142,7 +160,7 @@ def _fmt(report: dict[str, Any]) -> str:
 
 
 def _runs(args: argparse.Namespace, dataset: PKUSketchDataset) -> list[tuple[Bundle, Split]]:
-    bundles = [load_bundle(path) for path in args.model]
+    bundles = [load_bundle(path, precision=args.precision) for path in args.model]
     if args.test_ids == "heldout":
         return [(bundle, heldout_split(bundle, dataset)) for bundle in bundles]
     if len(bundles) > 1:
@@ -207,6 +225,7 @@ def run_crossval(args: argparse.Namespace) -> int:
         rerank=rerank,
         per_member=args.per_member,
         keep_bundles=args.keep_bundles,
+        reuse=args.reuse,
         command=command_line(args),
     )
     report["command"] = command_line(args)

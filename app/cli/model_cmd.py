@@ -1,12 +1,17 @@
-"""`sketchreid model info|verify BUNDLE`: inspect and check model bundles."""
+"""`sketchreid model info|verify|annotate BUNDLE`, `model export-onnx BUNDLE OUT`: inspect,
+check, annotate and export model bundles."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
-from app.ml.bundle import Manifest, load_bundle, read_manifest
+from app.errors import UserInputError
+from app.ml.bundle import Manifest, load_bundle, read_manifest, update_manifest
+
+_FIGURES = ("rank1", "rank5", "rank10", "mAP")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,6 +25,41 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     verify = sub.add_parser("verify", help="check checksums and load every network")
     verify.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
     verify.set_defaults(func=cmd_verify)
+
+    export = sub.add_parser(
+        "export-onnx",
+        help="export the members (and translator) to ONNX, checked for parity with PyTorch",
+    )
+    export.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
+    export.add_argument("out", metavar="OUT", type=Path, help="new folder for the .onnx files")
+    export.set_defaults(func=cmd_export_onnx)
+
+    annotate = sub.add_parser(
+        "annotate",
+        help="record evaluation figures (crossval / evaluate JSON reports), name, version and "
+        "notes in a bundle's manifest; weights and checksums are untouched",
+    )
+    annotate.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
+    annotate.add_argument("--name", help="new bundle name")
+    annotate.add_argument("--version", help="new bundle version")
+    annotate.add_argument(
+        "--crossval",
+        action="append",
+        default=[],
+        metavar="LABEL=JSON",
+        help="a `sketchreid crossval` report to record under evaluation.crossval.LABEL "
+        "(repeat; together they replace the recorded cross-validation)",
+    )
+    annotate.add_argument(
+        "--fit",
+        type=Path,
+        metavar="JSON",
+        help="a `sketchreid evaluate` report on the bundle's own training identities",
+    )
+    annotate.add_argument(
+        "--note", action="append", default=None, help="replace the notes (repeat for several)"
+    )
+    annotate.set_defaults(func=cmd_annotate)
 
 
 def _fmt_value(value: Any) -> str:
@@ -81,4 +121,93 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"OK {bundle.name} {bundle.version}: {len(bundle.members)} member(s), "
         f"{bundle.embedder.dim}-d embedding, {translator}; checksums and architectures verified"
     )
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from app.ml.onnx_export import export_onnx
+    from app.ml.onnx_infer import onnxruntime_available
+
+    if not onnxruntime_available():
+        raise UserInputError(
+            "export-onnx needs onnx and onnxruntime: pip install 'sketch-reid[onnx]'"
+        )
+    bundle = load_bundle(args.bundle)
+    record = export_onnx(bundle, args.out)
+    files = [m.file for m in record.members] + (
+        [record.translator.file] if record.translator else []
+    )
+    parity = ", ".join(f"{k} {v:.1e}" for k, v in sorted(record.parity.items()))
+    print(
+        f"exported {', '.join(files)} to {args.out} (opset {record.opset}); "
+        f"parity with PyTorch: {parity}"
+    )
+    return 0
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"{path}: cannot read a JSON report ({exc})") from exc
+    if not isinstance(report, dict):
+        raise UserInputError(f"{path}: not a JSON object")
+    return report
+
+
+def crossval_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The part of a `sketchreid crossval` report a manifest keeps: command, protocol,
+    members, and each variant's mean ± std (fractions, 4 decimals)."""
+    if "variants" not in report or "protocol" not in report:
+        raise UserInputError("not a `sketchreid crossval` report (no variants/protocol)")
+    variants = {
+        name: {k: {"mean": round(v[k]["mean"], 4), "std": round(v[k]["std"], 4)} for k in _FIGURES}
+        for name, v in report["variants"].items()
+    }
+    return {
+        "command": report.get("command", ""),
+        "archs": report.get("archs"),
+        "reused": report.get("reused") or [],
+        "protocol": report["protocol"],
+        "train_seconds_mean": report.get("train_seconds_mean"),
+        "variants": variants,
+    }
+
+
+def fit_summary(report: dict[str, Any]) -> dict[str, Any]:
+    if "rank1" not in report or "n_queries" not in report:
+        raise UserInputError("not a single-split `sketchreid evaluate` report")
+    out: dict[str, Any] = {k: round(float(report[k]), 4) for k in _FIGURES}
+    out.update(
+        command=report.get("command", ""),
+        n_queries=report["n_queries"],
+        n_gallery=report["n_gallery"],
+        translated=report.get("translated"),
+        reranked=report.get("reranked"),
+    )
+    return out
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    manifest = read_manifest(args.bundle)
+    evaluation = dict(manifest.evaluation)
+    if args.crossval:
+        recorded = {}
+        for item in args.crossval:
+            label, sep, path = item.partition("=")
+            if not sep or not label or not path:
+                raise UserInputError(f"--crossval wants LABEL=JSON, got {item!r}")
+            recorded[label] = crossval_summary(_read_report(Path(path)))
+        evaluation["crossval"] = recorded
+    if args.fit:
+        evaluation["fit_check"] = fit_summary(_read_report(args.fit))
+    fields: dict[str, Any] = {"evaluation": evaluation}
+    if args.name:
+        fields["name"] = args.name
+    if args.version:
+        fields["version"] = args.version
+    if args.note is not None:
+        fields["notes"] = args.note
+    updated = update_manifest(args.bundle, **fields)
+    print(f"annotated {args.bundle}: {updated.name} {updated.version}")
     return 0

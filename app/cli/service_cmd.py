@@ -124,7 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.api.main import create_app
-    from app.ml.bundle import load_bundle
+    from app.services.model import load_model
 
     settings = get_settings()
     if not (Path(settings.MODEL_DIR) / "manifest.json").is_file():
@@ -135,7 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     _check_database(settings)  # refuses a database behind head, saying what to run
     # Load (and verify) the model here so a bad bundle is a one-line error, not a traceback.
-    bundle = load_bundle(settings.MODEL_DIR, device=settings.MODEL_DEVICE)
+    bundle = load_model(settings)
     key = initial_admin_key(settings)
     if key is not None:
         print(
@@ -146,6 +146,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO))
     # One worker: the vector index lives in this process.
     app = create_app(settings, bundle=bundle)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(
+        f"The web page: http://{shown}:{args.port}/ (sign in with an API key); "
+        f"API documentation: http://{shown}:{args.port}/docs",
+        flush=True,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

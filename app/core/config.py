@@ -15,8 +15,10 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.errors import SketchReidError
+from app.ml.precision import Precision
 
-IndexType = Literal["flat", "hnsw", "ivf"]
+IndexType = Literal["auto", "flat", "hnsw", "ivf"]
+InferenceBackend = Literal["torch", "onnx", "auto"]
 
 
 class Settings(BaseSettings):
@@ -30,6 +32,14 @@ class Settings(BaseSettings):
     DATABASE_URL: str = ""
     MODEL_DIR: Path = Path("model_store/default")
     MODEL_DEVICE: str = "cpu"
+    # Inference precision (app.ml.precision): fp32; bf16 autocast; auto = bf16 where the
+    # CPU or GPU has bf16 units. fp32 by default: bf16 changes top-10 lists on the shipped
+    # model (docs/results.md, "Inference speed").
+    PRECISION: Precision = "fp32"
+    # What runs the networks: torch; onnx (ONNX Runtime, CPU, fp32: exported once into
+    # DATA_DIR/onnx and checked against the bundle at every start); auto = onnx when
+    # onnxruntime is installed, the device is the CPU and the precision fp32, else torch.
+    BACKEND: InferenceBackend = "auto"
 
     MAX_UPLOAD_MB: float = Field(default=20.0, gt=0, le=1024)
     MAX_IMAGE_PIXELS: int = Field(default=40_000_000, gt=0)
@@ -41,10 +51,15 @@ class Settings(BaseSettings):
     # Batch uploads processed at once; one more is refused with 429 before its body is read.
     MAX_CONCURRENT_BATCHES: int = Field(default=2, ge=1, le=1000)
 
-    INDEX_TYPE: IndexType = "flat"
+    # auto: exact below INDEX_AUTO_APPROX_FROM items at start-up, HNSW from there on.
+    INDEX_TYPE: IndexType = "auto"
+    INDEX_AUTO_APPROX_FROM: int = Field(default=25_000, ge=1)
     INDEX_HNSW_M: int = Field(default=32, ge=4, le=256)
+    INDEX_HNSW_EF_CONSTRUCTION: int = Field(default=40, ge=1)
     INDEX_HNSW_EF_SEARCH: int = Field(default=128, ge=1)
     INDEX_IVF_NPROBE: int = Field(default=16, ge=1)
+    # Filters leaving at most this many items are searched exactly on HNSW / IVF.
+    INDEX_EXACT_FILTER_MAX: int = Field(default=20_000, ge=0)
     # Seconds between checks that the in-memory index matches the database (picks up items
     # ingested by `sketchreid ingest` while the server runs). 0 disables the check.
     INDEX_SYNC_SECONDS: float = Field(default=30.0, ge=0)
@@ -66,6 +81,10 @@ class Settings(BaseSettings):
     def _defaults_and_safety(self) -> Settings:
         if not self.DATABASE_URL:
             self.DATABASE_URL = f"sqlite:///{self.DATA_DIR / 'sketchreid.db'}"
+        if self.BACKEND == "onnx" and self.PRECISION == "bf16":
+            raise ValueError("BACKEND=onnx runs in fp32; use BACKEND=torch for PRECISION=bf16")
+        if self.BACKEND == "onnx" and not self.MODEL_DEVICE.startswith("cpu"):
+            raise ValueError(f"BACKEND=onnx runs on the CPU, not MODEL_DEVICE={self.MODEL_DEVICE}")
         if self.ENV == "production":
             problems = []
             if self.DATABASE_URL.startswith("sqlite"):
@@ -96,6 +115,11 @@ class Settings(BaseSettings):
     @property
     def index_dir(self) -> Path:
         return self.DATA_DIR / "index"
+
+    @property
+    def onnx_dir(self) -> Path:
+        """ONNX exports of the served bundle (a cache, re-made from the bundle when absent)."""
+        return self.DATA_DIR / "onnx"
 
     @property
     def search_dir(self) -> Path:

@@ -1,10 +1,23 @@
 """FAISS store: inner product on L2-normalised embeddings, ids = ``gallery_items.id``.
 
-* ``flat`` (default): ``IndexIDMap2(IndexFlatIP)``, exact, filters exact too (``IDSelectorBatch``).
+Index types (``INDEX_TYPE``):
+
+* ``flat``: ``IndexIDMap2(IndexFlatIP)``, exact.
 * ``hnsw``: ``IndexIDMap2(IndexHNSWFlat)``; HNSW cannot remove vectors, so deletions become
   tombstones excluded through an ``IDSelector`` until the next rebuild.
 * ``ivf``: ``IndexIDMap2(IndexIVFFlat)`` trained on the vectors present at (re)build time;
   galleries smaller than ``IVF_MIN_TRAIN`` use an exact flat index until the next rebuild.
+* ``auto``: exact ``flat`` below ``auto_approx_min`` items at (re)build time, ``hnsw`` from
+  there on (benchmarks/bench_index.py, docs/results.md: the fastest at a given recall).
+
+The structure is chosen when the index is built (start-up, rebuild); a saved copy whose
+structure is not the one its size calls for is refused by ``load``, so a gallery that grew
+past a threshold is rebuilt at the next start.
+
+Filters (``allowed_ids``) return only allowed items on every kind. On ``hnsw``/``ivf`` a
+filter that leaves at most ``exact_filter_max`` items is searched exactly among those items;
+a larger one runs the approximate search restricted to them, and falls back to the exact
+search when that finds fewer than ``k``.
 
 All public methods take one lock, so the store can be shared by request threads. The copy on
 disk (``save``/``load``) is a cache: the database is the source of truth and ``load`` refuses a
@@ -27,15 +40,22 @@ import faiss
 import numpy as np
 
 from app.core.files import atomic_write_bytes
+from app.index.idset import IdSet, as_ids
 
 log = logging.getLogger(__name__)
 
 # faiss's bundled type stubs lag its SWIG API (search parameters, ownership flags).
 _faiss: Any = faiss
 
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 INDEX_FILE = "gallery.faiss"
 META_FILE = "gallery.json"
 IVF_MIN_TRAIN = 1000
+IVF_TRAIN_POINTS_PER_LIST = 64  # k-means trains on at most 64 sampled vectors a list
+IVF_TRAIN_ROUNDS = 10
+AUTO_APPROX_MIN = 25_000
+EXACT_FILTER_MAX = 20_000
+_GATHER_ROWS = 2048  # vectors gathered at once (4 MiB at 512-d) by the exact search on HNSW
 FORMAT_VERSION = 1
 
 
@@ -47,14 +67,22 @@ class Hit:
 
 def ids_checksum(ids: Iterable[int] | np.ndarray) -> str:
     """sha256 of the sorted, de-duplicated ids as little-endian int64."""
-    arr = np.unique(_as_ids(ids))
+    arr = np.unique(as_ids(ids))
     return hashlib.sha256(arr.astype("<i8").tobytes()).hexdigest()
 
 
-def _as_ids(ids: Iterable[int] | np.ndarray) -> np.ndarray:
-    if isinstance(ids, np.ndarray):
-        return np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
-    return np.fromiter((int(i) for i in ids), dtype=np.int64)
+def ivf_nlist(n: int) -> int:
+    """Inverted lists of an IVF index built over ``n`` vectors (~4 sqrt(n), >= 39 points each)."""
+    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+
+
+def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best (score descending, then id ascending) of aligned 1-D arrays."""
+    if scores.size > k:
+        keep = np.argpartition(-scores, k - 1)[:k]
+        scores, ids = scores[keep], ids[keep]
+    order = np.lexsort((ids, -scores))
+    return scores[order], ids[order]
 
 
 class VectorIndex:
@@ -64,32 +92,49 @@ class VectorIndex:
         index_type: str = "flat",
         *,
         hnsw_m: int = 32,
+        hnsw_ef_construction: int = 40,
         hnsw_ef_search: int = 128,
         ivf_nprobe: int = 16,
+        auto_approx_min: int = AUTO_APPROX_MIN,
+        exact_filter_max: int = EXACT_FILTER_MAX,
     ) -> None:
-        if index_type not in ("flat", "hnsw", "ivf"):
-            raise ValueError(f"unknown index type {index_type!r}: use flat, hnsw or ivf")
+        if index_type not in INDEX_TYPES:
+            raise ValueError(f"unknown index type {index_type!r}: use {', '.join(INDEX_TYPES)}")
         if dim <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
         self.dim = dim
         self.index_type = index_type
         self.hnsw_m = hnsw_m
+        self.hnsw_ef_construction = hnsw_ef_construction
         self.hnsw_ef_search = hnsw_ef_search
         self.ivf_nprobe = ivf_nprobe
+        self.auto_approx_min = auto_approx_min
+        self.exact_filter_max = exact_filter_max
         self._lock = threading.RLock()
-        self._ids: set[int] = set()
+        self._ids = IdSet()  # live ids (tombstones excluded)
         self._deleted: set[int] = set()  # tombstones (HNSW only)
         self._kind = "flat"  # what is actually built: flat | hnsw | ivf
-        self._index: Any = self._empty("flat" if index_type == "ivf" else index_type)
+        self._index: Any = self._empty(self.kind_for(0))
+
+    def kind_for(self, n: int) -> str:
+        """The structure that a build over ``n`` vectors gets under this index type."""
+        if self.index_type == "auto":
+            return "hnsw" if n >= self.auto_approx_min else "flat"
+        if self.index_type == "ivf":
+            return "ivf" if n >= IVF_MIN_TRAIN else "flat"
+        return self.index_type
 
     # -- construction -------------------------------------------------------------------
     def _empty(self, kind: str, nlist: int = 1) -> Any:
         base: Any
         if kind == "hnsw":
             base = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            base.hnsw.efConstruction = self.hnsw_ef_construction
         elif kind == "ivf":
             quantizer: Any = faiss.IndexFlatIP(self.dim)
             base = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            base.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_LIST  # k-means on a sample
+            base.cp.niter = IVF_TRAIN_ROUNDS
             base.own_fields = True
             quantizer.this.disown()
         else:
@@ -112,69 +157,56 @@ class VectorIndex:
 
     def build(self, ids: Iterable[int] | np.ndarray, vectors: np.ndarray) -> None:
         """Replace the whole content with ``vectors`` (rows aligned with ``ids``)."""
-        id_arr = _as_ids(ids)
+        id_arr = as_ids(ids)
         vectors = self._check_vectors(id_arr, vectors)
         if len(np.unique(id_arr)) != len(id_arr):
             raise ValueError("duplicate ids")
         with self._lock:
             n = len(id_arr)
-            if self.index_type == "ivf" and n >= IVF_MIN_TRAIN:
-                nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
-                index = self._empty("ivf", nlist)
+            kind = self.kind_for(n)
+            index = self._empty(kind, ivf_nlist(n))
+            if kind == "ivf":
                 index.index.train(vectors)
-            else:
-                index = self._empty("flat" if self.index_type == "ivf" else self.index_type)
             if n:
                 index.add_with_ids(vectors, id_arr)
             self._index = index
-            self._ids = set(id_arr.tolist())
+            self._ids = IdSet(id_arr)
             self._deleted = set()
 
     # -- mutation -----------------------------------------------------------------------
     def add(self, ids: Iterable[int] | np.ndarray, vectors: np.ndarray) -> None:
-        id_arr = _as_ids(ids)
+        id_arr = as_ids(ids)
         vectors = self._check_vectors(id_arr, vectors)
         with self._lock:
-            dup = self._ids.intersection(id_arr.tolist())
-            if dup:
-                raise ValueError(f"ids already in the index: {sorted(dup)[:5]}")
-            revived = self._deleted.intersection(id_arr.tolist())
-            if revived:  # an id cannot be in an HNSW graph twice: rebuild without it first
+            dup = self._ids.present(id_arr)
+            if dup.size or len(np.unique(id_arr)) != len(id_arr):
+                shown = dup.tolist()[:5] if dup.size else "repeated in the call"
+                raise ValueError(f"ids already in the index: {shown}")
+            if self._deleted.intersection(id_arr.tolist()):
+                # an id cannot be in an HNSW graph twice: rebuild without it first
                 self._compact()
             self._index.add_with_ids(vectors, id_arr)
-            self._ids.update(id_arr.tolist())
+            self._ids.add(id_arr)
 
     def remove(self, ids: Iterable[int] | np.ndarray) -> int:
         """Remove ``ids`` (unknown ids are ignored); returns how many were removed."""
-        id_arr = _as_ids(ids)
         with self._lock:
-            present = [i for i in id_arr.tolist() if i in self._ids]
-            if not present:
+            present = self._ids.present(as_ids(ids))
+            if not present.size:
                 return 0
+            self._ids.remove(present)
             if self._kind == "hnsw":
-                self._deleted.update(present)
+                self._deleted.update(present.tolist())
                 if len(self._deleted) > max(1000, len(self._ids) // 5):
-                    self._ids.difference_update(present)
                     self._compact()
-                    return len(present)
             else:
-                self._index.remove_ids(np.asarray(present, dtype=np.int64))
-            self._ids.difference_update(present)
-            return len(present)
+                self._index.remove_ids(present)
+            return int(present.size)
 
     def _compact(self) -> None:
         """Rebuild without tombstones (HNSW)."""
-        live = np.asarray(sorted(self._ids), dtype=np.int64)
-        vectors = self._reconstruct(live)
-        self.build(live, vectors)
-
-    def _reconstruct(self, ids: np.ndarray) -> np.ndarray:
-        out = np.empty((len(ids), self.dim), dtype=np.float32)
-        if self._kind == "ivf":
-            self._index.index.make_direct_map()
-        for row, i in enumerate(ids.tolist()):
-            out[row] = self._index.reconstruct(int(i))
-        return out
+        live = self._ids.array().copy()
+        self.build(live, self._index.reconstruct_batch(live))
 
     # -- queries ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -182,8 +214,9 @@ class VectorIndex:
             return len(self._ids)
 
     def ids(self) -> np.ndarray:
+        """The ids in the index, ascending (a copy)."""
         with self._lock:
-            return np.asarray(sorted(self._ids), dtype=np.int64)
+            return self._ids.array().copy()
 
     def __contains__(self, item_id: object) -> bool:
         with self._lock:
@@ -199,7 +232,8 @@ class VectorIndex:
     ) -> list[Hit]:
         """The ``k`` best items by cosine similarity, best first.
 
-        ``allowed_ids`` restricts the search to those ids (exact with the flat index).
+        With ``allowed_ids`` only those ids can be returned (see the module docstring for how
+        exact that is on each kind).
         """
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
         if q.shape[1] != self.dim:
@@ -207,32 +241,57 @@ class VectorIndex:
         if k <= 0:
             return []
         with self._lock:
-            selector: Any = None
-            keep: list[Any] = []  # SWIG objects referenced by the selector must outlive search
-            if allowed_ids is not None:
-                allowed = np.intersect1d(
-                    _as_ids(allowed_ids), np.fromiter(self._ids, np.int64, len(self._ids))
-                )
-                if allowed.size == 0:
-                    return []
-                k = min(k, int(allowed.size))
-                selector = faiss.IDSelectorBatch(allowed)
-                keep.append(allowed)
-            elif self._deleted:
-                inner = faiss.IDSelectorBatch(np.asarray(sorted(self._deleted), np.int64))
-                selector = faiss.IDSelectorNot(inner)
-                keep.append(inner)
-            k = min(k, len(self._ids))
-            if k == 0:
-                return []
-            params = self._params(selector)
+            if allowed_ids is None:
+                scores, labels = self._search_all(q, min(k, len(self._ids)))
+            else:
+                allowed = self._ids.present(as_ids(allowed_ids))
+                scores, labels = self._search_among(q, min(k, int(allowed.size)), allowed)
+        return [Hit(int(i), float(s)) for s, i in zip(scores, labels, strict=True) if i >= 0]
+
+    def _search_all(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if k == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        if not self._deleted:
+            scores, labels = self._index.search(q, k, params=self._params(None))
+            return scores[0], labels[0]
+        inner = faiss.IDSelectorBatch(np.asarray(sorted(self._deleted), np.int64))
+        selector = faiss.IDSelectorNot(inner)
+        scores, labels = self._index.search(q, k, params=self._params(selector))
+        del inner  # referenced by the selector until the search is done
+        return scores[0], labels[0]
+
+    def _search_among(
+        self, q: np.ndarray, k: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if k == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        if self._kind != "flat" and allowed.size <= self.exact_filter_max:
+            return self._exact_among(q, k, allowed)
+        selector = faiss.IDSelectorBatch(allowed)
+        scores, labels = self._index.search(q, k, params=self._params(selector))
+        if self._kind != "flat" and int((labels[0] >= 0).sum()) < k:
+            return self._exact_among(q, k, allowed)  # the approximate search came up short
+        return scores[0], labels[0]
+
+    def _exact_among(
+        self, q: np.ndarray, k: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top ``k`` among ``allowed`` (live ids) on an approximate index."""
+        if self._kind == "ivf":  # every list scanned; only allowed entries are scored
+            selector = faiss.IDSelectorBatch(allowed)
+            params = _faiss.SearchParametersIVF(
+                sel=selector, nprobe=faiss.extract_index_ivf(self._index).nlist
+            )
             scores, labels = self._index.search(q, k, params=params)
-            del keep
-        hits = []
-        for score, label in zip(scores[0].tolist(), labels[0].tolist(), strict=True):
-            if label >= 0:
-                hits.append(Hit(int(label), float(score)))
-        return hits
+            return scores[0], labels[0]
+        best_scores, best_ids = np.zeros(0, np.float32), np.zeros(0, np.int64)
+        for start in range(0, allowed.size, _GATHER_ROWS):
+            chunk = allowed[start : start + _GATHER_ROWS]
+            scores = self._index.reconstruct_batch(chunk) @ q[0]
+            best_scores, best_ids = _top_k(
+                np.concatenate([best_scores, scores]), np.concatenate([best_ids, chunk]), k
+            )
+        return best_scores, best_ids
 
     def _params(self, selector: Any) -> Any:
         if self._kind == "hnsw":
@@ -255,7 +314,7 @@ class VectorIndex:
                 "kind": self._kind,
                 "dim": self.dim,
                 "count": len(self._ids),
-                "ids_sha256": ids_checksum(np.fromiter(self._ids, np.int64, len(self._ids))),
+                "ids_sha256": ids_checksum(self._ids.array()),
                 "file_sha256": hashlib.sha256(data).hexdigest(),
             }
         atomic_write_bytes(directory / INDEX_FILE, data)
@@ -265,7 +324,8 @@ class VectorIndex:
         """Load the saved copy; returns ``None`` on success, else why it was not usable.
 
         The copy is refused when it is missing or corrupt, was built for another model, index
-        type or dimension, or holds another id set than ``expected_ids`` (the database's).
+        type or dimension, holds another id set than ``expected_ids`` (the database's), or is
+        not the structure its size calls for (``kind_for``).
         """
         index_path, meta_path = directory / INDEX_FILE, directory / META_FILE
         if not index_path.is_file() or not meta_path.is_file():
@@ -286,11 +346,17 @@ class VectorIndex:
                 return f"saved index has {key}={meta.get(key)!r}, need {value!r}"
         if hashlib.sha256(data).hexdigest() != meta.get("file_sha256"):
             return "saved index file does not match its checksum"
-        expected = np.unique(_as_ids(expected_ids))
+        expected = np.unique(as_ids(expected_ids))
         if meta.get("count") != len(expected) or meta.get("ids_sha256") != ids_checksum(expected):
             return (
                 f"saved index holds {meta.get('count')} items, the database {len(expected)} "
                 "(or another id set)"
+            )
+        kind = self.kind_for(len(expected))
+        if meta.get("kind") != kind:
+            return (
+                f"saved index is {meta.get('kind')!r}; {len(expected)} items call for {kind!r} "
+                f"with index type {self.index_type!r}"
             )
         try:
             index: Any = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
@@ -301,7 +367,7 @@ class VectorIndex:
             return "saved index content differs from its metadata"
         with self._lock:
             self._index = index
-            self._kind = str(meta.get("kind", self.index_type))
-            self._ids = set(stored.tolist())
+            self._kind = kind
+            self._ids = IdSet(stored)
             self._deleted = set()
         return None

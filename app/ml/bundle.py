@@ -6,8 +6,9 @@ architecture and sha256; :func:`load_bundle` verifies both, so a corrupt or inco
 bundle fails with :class:`app.errors.BundleError` naming the file and the problem.
 
 A loaded :class:`Bundle` carries an :class:`app.ml.inference.Embedder` (the one embedding
-path) and optionally an :class:`app.ml.inference.Translator`; this module only stores,
-verifies and loads the networks.
+path) and optionally an :class:`app.ml.inference.Translator`, running at the precision asked
+for; this module only stores, verifies and loads the networks. :func:`app.ml.onnx_infer.
+with_onnx` swaps them for ONNX Runtime ones checked against these.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from app.errors import BundleError
-from app.ml.inference import Embedder, Translator
+from app.ml.inference import BaseEmbedder, BaseTranslator, Embedder, Translator
 from app.ml.models.cyclegan import GeneratorSpec, build_generator
 from app.ml.models.resnet_cifar import MemberSpec, build_member, count_parameters
+from app.ml.precision import Precision
 from app.ml.transforms import DEFAULT_MEAN, DEFAULT_STD
 
 FORMAT_VERSION = 1
@@ -373,19 +375,23 @@ def _load_weights(root: Path, file_name: str, expected_sha: str) -> dict[str, to
 
 
 class Bundle:
-    """A verified, loaded bundle: manifest, member networks, embedder, optional translator."""
+    """A verified, loaded bundle: manifest, the PyTorch networks (``members``, ``generator``)
+    and what runs them (``embedder``, ``translator``: PyTorch, or ONNX Runtime after
+    :func:`app.ml.onnx_infer.with_onnx`)."""
 
     def __init__(
         self,
         path: Path,
         manifest: Manifest,
         members: list[nn.Module],
-        embedder: Embedder,
-        translator: Translator | None,
+        embedder: BaseEmbedder,
+        translator: BaseTranslator | None,
+        generator: nn.Module | None = None,
     ) -> None:
         self.path = path
         self.manifest = manifest
         self.members = members
+        self.generator = generator
         self.embedder = embedder
         self.translator = translator
 
@@ -397,16 +403,34 @@ class Bundle:
     def version(self) -> str:
         return self.manifest.version
 
+    @property
+    def inference(self) -> dict[str, str]:
+        """How embeddings are computed: backend (torch/onnx) and effective precision."""
+        return {"backend": self.embedder.backend, "precision": self.embedder.precision}
+
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Bundle:
-        return load_bundle(path, device=device)
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        precision: Precision = "fp32",
+    ) -> Bundle:
+        return load_bundle(path, device=device, precision=precision)
 
     def __repr__(self) -> str:
         return f"Bundle({self.name!r}, {self.version!r}, members={len(self.members)})"
 
 
-def load_bundle(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Bundle:
-    """Load and verify a bundle; any problem raises :class:`BundleError`."""
+def load_bundle(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    precision: Precision = "fp32",
+) -> Bundle:
+    """Load and verify a bundle; any problem raises :class:`BundleError`.
+
+    ``precision`` (fp32, bf16 or auto, :mod:`app.ml.precision`) is how the embedder and the
+    translator run; the weights are the same either way.
+    """
     root = Path(path)
     manifest = read_manifest(root)
     if manifest.combine != "concat-l2":  # pragma: no cover - guarded by the Literal
@@ -428,13 +452,28 @@ def load_bundle(path: str | os.PathLike[str], device: str | torch.device = "cpu"
             )
         members.append(model.eval())
     translator = None
+    generator = None
     if manifest.translator is not None:
         entry_t = manifest.translator
         state = _load_weights(root, entry_t.weights, entry_t.sha256)
-        generator = build_generator(entry_t.spec)
+        generator = build_generator(entry_t.spec).eval()
         _check_state(f"{root / entry_t.weights} (translator)", generator, state)
-        translator = Translator(generator.eval(), entry_t.spec.input_size, device=device)
-    embedder = Embedder(
+        translator = Translator(
+            generator, entry_t.spec.input_size, device=device, precision=precision
+        )
+    embedder = manifest_embedder(manifest, members, device, precision)
+    return Bundle(root, manifest, members, embedder, translator, generator)
+
+
+def manifest_embedder(
+    manifest: Manifest,
+    members: list[nn.Module],
+    device: str | torch.device,
+    precision: Precision,
+) -> Embedder:
+    """The embedder of ``members`` with the manifest's input size, normalisation, sketch
+    handling and flip-TTA."""
+    return Embedder(
         members,
         manifest.input_size,
         manifest.mean,
@@ -442,5 +481,53 @@ def load_bundle(path: str | os.PathLike[str], device: str | torch.device = "cpu"
         sketch_grey=manifest.sketch_grey,
         tta_flip=manifest.tta_flip,
         device=device,
+        precision=precision,
     )
-    return Bundle(root, manifest, members, embedder, translator)
+
+
+def combine_bundles(bundles: Sequence[Bundle], device: str | torch.device = "cpu") -> Bundle:
+    """One ensemble of the members of several loaded bundles (e.g. a ResNet-56 and a
+    ResNet-110 trained in separate runs on the same identities).
+
+    The bundles must embed alike: same input size, normalisation, sketch handling and
+    flip-TTA. A member whose name an earlier bundle already uses is renamed ``NAME-i`` (``i``
+    its bundle's position), so two runs of one architecture can be combined. The translator is
+    the first bundle's that has one.
+    The result lives in memory (its ``path`` is the first bundle's); nothing is written.
+    """
+    if not bundles:
+        raise BundleError("combine_bundles needs at least one bundle")
+    first = bundles[0].manifest
+    alike = {"input_size", "mean", "std", "sketch_grey", "tta_flip", "combine"}
+    want = first.model_dump(include=alike)
+    for other in bundles[1:]:
+        got = other.manifest.model_dump(include=alike)
+        differ = sorted(k for k in alike if got[k] != want[k])
+        if differ:
+            raise BundleError(
+                f"{other.path} and {bundles[0].path} differ in {', '.join(differ)}: "
+                "they cannot be combined into one ensemble"
+            )
+    entries = []
+    seen: set[str] = set()
+    for i, b in enumerate(bundles):
+        for entry in b.manifest.members:
+            name = entry.name if entry.name not in seen else f"{entry.name}-{i}"
+            if name in seen:
+                raise BundleError(f"member name {name!r} occurs twice; cannot combine")
+            seen.add(name)
+            entries.append(entry.model_copy(update={"name": name}))
+    members = [model for b in bundles for model in b.members]
+    translator = next((b.translator for b in bundles if b.translator is not None), None)
+    generator = next((b.generator for b in bundles if b.translator is not None), None)
+    manifest = first.model_copy(
+        update={
+            "name": "+".join(b.name for b in bundles),
+            "members": entries,
+            "translator": next(
+                (b.manifest.translator for b in bundles if b.manifest.translator), None
+            ),
+        }
+    )
+    embedder = manifest_embedder(first, members, device, bundles[0].embedder.precision)
+    return Bundle(bundles[0].path, manifest, members, embedder, translator, generator)

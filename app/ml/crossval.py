@@ -11,9 +11,11 @@ import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from app.ml.bundle import load_bundle
+from app.errors import UserInputError
+from app.ml.bundle import Bundle, combine_bundles, load_bundle, read_manifest
 from app.ml.data.splits import Split
 from app.ml.evaluate import RerankParams, embed_test_set, score
 from app.ml.inference import Embedder
@@ -29,34 +31,33 @@ def cross_validate(
     rerank: RerankParams | None = None,
     keep_bundles: bool = False,
     per_member: bool = False,
+    reuse: Sequence[Path] = (),
     command: str = "",
 ) -> dict[str, Any]:
     """Train and evaluate one model per split. Returns per-split figures and, per variant
-    (plain / rerank / translated / translated+rerank, as applicable), their mean and std."""
+    (plain / rerank / translated / translated+rerank, as applicable), their mean and std.
+
+    ``reuse``: instead of training, take each split's bundle from the ``splits/splitNN``
+    folder of these earlier work folders (kept with ``keep_bundles``) and, when there are
+    several, evaluate the ensemble of all their members. Each reused bundle must have been
+    trained on exactly the split's training identities."""
     rows: dict[str, list[dict[str, Any]]] = {}
     timings = []
+    archs: list[str] = list(plan.archs)
+    preset: dict[str, Any] = plan.preset.model_dump(mode="json")
+    presets: list[dict[str, Any] | None] = []
     for i, split in enumerate(splits):
         t0 = time.perf_counter()
-        split_plan = replace(plan, train_pids=list(split.train))
-        members = train_members(split_plan)
-        bundle_dir = plan.workdir / "splits" / f"split{i:02d}"
-        save_members(
-            bundle_dir, split_plan, members, name=f"cv-split{i}", version="cv", command=command
-        )
-        if with_translator:
-            add_translator(
-                bundle_dir,
-                plan.dataset,
-                list(split.train),
-                plan.preset,
-                seed=plan.seed,
-                device=plan.device,
-                workdir=plan.workdir,
-                command=command,
-                progress=plan.progress,
-            )
-        train_seconds = time.perf_counter() - t0
-        bundle = load_bundle(bundle_dir, device=plan.device)
+        if reuse:
+            bundle, train_seconds = reused_bundle(reuse, i, split, plan)
+            archs = [e.spec.arch for e in bundle.manifest.members]
+            presets = reused_presets(reuse, i)
+            preset = presets[0] or preset
+        else:
+            bundle_dir = plan.workdir / "splits" / f"split{i:02d}"
+            _train_split(plan, split, i, bundle_dir, with_translator, command)
+            train_seconds = time.perf_counter() - t0
+            bundle = load_bundle(bundle_dir, device=plan.device)
         if per_member and len(bundle.members) > 1:
             m = bundle.manifest
             for entry, model in zip(m.members, bundle.members, strict=True):
@@ -85,7 +86,7 @@ def cross_validate(
                 result.update(split=i, seed=split.seed, train_seconds=round(train_seconds, 1))
                 rows.setdefault(name, []).append(result)
         timings.append(train_seconds)
-        if not keep_bundles:
+        if not keep_bundles and not reuse:
             shutil.rmtree(bundle_dir, ignore_errors=True)
     report: dict[str, Any] = {
         "protocol": {
@@ -95,8 +96,11 @@ def cross_validate(
             "test_identities": [len(s.test) for s in splits],
             "train_identities": [len(s.train) for s in splits],
         },
-        "archs": plan.archs,
-        "preset": plan.preset.model_dump(mode="json"),
+        "archs": archs,
+        "reused": [str(r) for r in reuse],
+        "reused_presets": presets,
+        "preset": preset,
+        "rerank_params": vars(rerank) if rerank else None,
         "pretrain_roots": [str(r) for r in plan.pretrain_roots],
         "pretrained": str(plan.pretrained_dir) if plan.pretrained_dir else None,
         "seed": plan.seed,
@@ -104,3 +108,67 @@ def cross_validate(
         "variants": {name: {**mean_std(r), "splits": r} for name, r in rows.items()},
     }
     return report
+
+
+def _train_split(
+    plan: TrainPlan,
+    split: Split,
+    i: int,
+    bundle_dir: Path,
+    with_translator: bool,
+    command: str,
+) -> None:
+    split_plan = replace(plan, train_pids=list(split.train))
+    members = train_members(split_plan)
+    save_members(
+        bundle_dir, split_plan, members, name=f"cv-split{i}", version="cv", command=command
+    )
+    if with_translator:
+        add_translator(
+            bundle_dir,
+            plan.dataset,
+            list(split.train),
+            plan.preset,
+            seed=plan.seed,
+            device=plan.device,
+            workdir=plan.workdir,
+            command=command,
+            progress=plan.progress,
+        )
+
+
+def reused_bundle(
+    workdirs: Sequence[Path], i: int, split: Split, plan: TrainPlan
+) -> tuple[Bundle, float]:
+    """Split ``i``'s kept bundles from earlier cross-validation runs, combined into one
+    ensemble, and the seconds their members' fine-tuning took (summed)."""
+    bundles = []
+    seconds = 0.0
+    for workdir in workdirs:
+        folder = Path(workdir) / "splits" / f"split{i:02d}"
+        if not folder.is_dir():
+            raise UserInputError(
+                f"{folder} not found: run crossval with --keep-bundles into {workdir} first"
+            )
+        bundle = load_bundle(folder, device=plan.device)
+        trained = sorted(bundle.manifest.training.get("train_pids") or [])
+        if trained != sorted(split.train):
+            raise UserInputError(
+                f"{folder} was trained on other identities than split {i} "
+                f"(seed {split.seed}): same --splits/--split-seed/--test-size as that run?"
+            )
+        for entry in bundle.manifest.members:
+            seconds += float((entry.training.get("finetune") or {}).get("seconds", 0.0))
+        bundles.append(bundle)
+    if len(bundles) == 1:
+        return bundles[0], seconds
+    return combine_bundles(bundles, device=plan.device), seconds
+
+
+def reused_presets(workdirs: Sequence[Path], i: int) -> list[dict[str, Any] | None]:
+    """The preset each reused run trained split ``i`` with (from its manifest)."""
+    out = []
+    for workdir in workdirs:
+        manifest = read_manifest(Path(workdir) / "splits" / f"split{i:02d}")
+        out.append(manifest.training.get("preset"))
+    return out

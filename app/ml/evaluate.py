@@ -148,6 +148,7 @@ def evaluate_runs(
     report: dict[str, Any] = {
         "model": {"name": first.name, "version": first.version, "path": str(first.path)},
         "models": [str(b.path) for b, _ in runs],
+        "inference": first.inference,
         "data_root": str(dataset.root),
         "translated": per_split[0]["translated"],
         "translator_available": first.translator is not None,

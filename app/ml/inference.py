@@ -2,15 +2,26 @@
 translation (:class:`Translator`).
 
 Evaluation, cross-validation, pre-training health checks, the service and the command line
-all embed through :class:`Embedder`; bundles (:mod:`app.ml.bundle`) only store and verify
-the networks that these classes run.
+all embed through these classes; bundles (:mod:`app.ml.bundle`) only store and verify the
+networks that they run. :class:`BaseEmbedder` and :class:`BaseTranslator` hold everything
+around the networks (preprocessing, flip test-time augmentation, normalisation, combining
+members, batching, locking), so the PyTorch classes here and the ONNX Runtime ones in
+:mod:`app.ml.onnx_infer` differ only in how a network is run.
+
+Precision: ``fp32`` (the default everywhere) or bf16 autocast (``bf16``, or ``auto`` where
+the hardware has bf16 units, see :mod:`app.ml.precision`). Convolutions run on
+channels-last tensors either way. bf16 is an approximation: on the shipped ResNet-56 its
+embeddings are within cosine 0.999 of fp32 but top-10 lists change (docs/results.md,
+"Inference speed"), so nothing turns it on by default.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import numpy as np
@@ -20,12 +31,16 @@ from PIL import Image
 from torch import nn
 
 from app.ml.models.cyclegan import from_gan_output, to_gan_input
+from app.ml.precision import Precision, autocast_dtype
 from app.ml.transforms import DEFAULT_MEAN, DEFAULT_STD, image_to_uint8, normalize, to_uint8_batch
 
 Modality = Literal["photo", "sketch"]
+Backend = Literal["torch", "onnx"]
 
 
-def _member_embedding(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def member_embedding(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A member's raw (unnormalised) embedding: ``model.embed(x)`` or the second output of
+    ``model(x)`` (or its only output). ONNX export runs the same function."""
     embed = getattr(model, "embed", None)
     if callable(embed):
         return embed(x)
@@ -42,69 +57,94 @@ def _resolve_device(models: Sequence[nn.Module], device: str | torch.device | No
     return torch.device("cpu")
 
 
-class Embedder:
-    """Ensemble embedding of person images (photos or sketches).
+@contextlib.contextmanager
+def _eval_mode(models: Sequence[nn.Module]) -> Iterator[None]:
+    """Eval mode for the block, each model's previous mode restored afterwards."""
+    modes = [m.training for m in models]
+    try:
+        for model in models:
+            model.eval()
+        yield
+    finally:
+        for model, mode in zip(models, modes, strict=True):
+            model.train(mode)
+
+
+class _TorchRunner:
+    """Runs networks on one device under inference mode, eval mode and the chosen precision."""
+
+    def __init__(self, device: torch.device, precision: Precision) -> None:
+        self.device = device
+        self.autocast = autocast_dtype(device, precision)
+        self.precision: Literal["bf16", "fp32"] = "bf16" if self.autocast else "fp32"
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device).to(memory_format=torch.channels_last)
+
+    @contextlib.contextmanager
+    def running(self, models: Sequence[nn.Module]) -> Iterator[None]:
+        with torch.inference_mode(), _eval_mode(models):
+            if self.autocast is None:
+                yield
+            else:
+                with torch.autocast(self.device.type, dtype=self.autocast):
+                    yield
+
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+class BaseEmbedder(ABC):
+    """Ensemble embedding of person images (photos or sketches), whatever runs the members.
 
     Each member's embedding is L2-normalised (with flip-TTA: the normalised mean of the
     image's and its mirror's), members are concatenated, divided by sqrt(M) and
     L2-normalised, so the cosine of two outputs is the mean of the member cosines.
-
-    Models are moved to ``device`` (``None``: keep them where they are, useful for
-    evaluating training models). Forward passes run in eval mode under a lock; each model's
-    previous train/eval mode is restored afterwards.
+    Subclasses implement :meth:`_raw_members`; calls are serialised by a lock.
     """
+
+    backend: Backend
+    precision: Literal["bf16", "fp32"]
 
     def __init__(
         self,
-        models: Sequence[nn.Module],
         input_size: tuple[int, int],
-        mean: Sequence[float] = DEFAULT_MEAN,
-        std: Sequence[float] = DEFAULT_STD,
+        mean: Sequence[float],
+        std: Sequence[float],
         *,
-        sketch_grey: bool = True,
-        tta_flip: bool = True,
-        device: str | torch.device | None = "cpu",
+        sketch_grey: bool,
+        tta_flip: bool,
+        device: torch.device,
     ) -> None:
-        if not models:
-            raise ValueError("Embedder needs at least one model")
-        self.device = _resolve_device(models, device)
-        self.models = [m.to(self.device) for m in models]
+        self.device = device
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
         self.sketch_grey = sketch_grey
         self.tta_flip = tta_flip
         self._lock = threading.Lock()
-        self.member_dims = [self._member_dim(m) for m in self.models]
-        self.dim = sum(self.member_dims)
+        self.member_dims: list[int] = []
+        self.dim = 0
 
-    def _member_dim(self, model: nn.Module) -> int:
-        dim = getattr(model, "embedding_dim", None)
-        if isinstance(dim, int):
-            return dim
-        probe = torch.zeros((1, 3, *self.input_size), dtype=torch.uint8)
-        return int(self._forward([model], probe).shape[1])
+    @abstractmethod
+    def _raw_members(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Normalised float32 ``[M, 3, H, W]`` -> one raw ``[M, d_i]`` embedding per member."""
 
-    def _forward(self, models: Sequence[nn.Module], batch_uint8: torch.Tensor) -> torch.Tensor:
+    def _forward(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         x = normalize(batch_uint8.to(self.device), self.mean, self.std)
         n = x.shape[0]
         if self.tta_flip:
             x = torch.cat([x, torch.flip(x, dims=[3])], 0)
+        with self._lock:
+            raw = self._raw_members(x)
         parts = []
-        with self._lock, torch.inference_mode():
-            modes = [m.training for m in models]
-            try:
-                for model in models:
-                    model.eval()
-                    emb = F.normalize(_member_embedding(model, x).float(), dim=1)
-                    if self.tta_flip:
-                        emb = F.normalize(emb[:n] + emb[n:], dim=1)
-                    parts.append(emb)
-            finally:
-                for model, mode in zip(models, modes, strict=True):
-                    model.train(mode)
-            combined = torch.cat(parts, 1) / math.sqrt(len(parts))
-            return F.normalize(combined, dim=1)
+        for out in raw:
+            emb = F.normalize(out.float(), dim=1)
+            if self.tta_flip:
+                emb = F.normalize(emb[:n] + emb[n:], dim=1)
+            parts.append(emb)
+        combined = torch.cat(parts, 1) / math.sqrt(len(parts))
+        return F.normalize(combined, dim=1)
 
     def embed_tensor(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 ``[N, 3, H, W]`` at ``input_size`` -> float32 ``[N, dim]`` on ``self.device``.
@@ -124,7 +164,8 @@ class Embedder:
             )
         if batch_uint8.shape[0] == 0:
             return torch.zeros((0, self.dim), dtype=torch.float32, device=self.device)
-        return self._forward(self.models, batch_uint8)
+        with torch.inference_mode():
+            return self._forward(batch_uint8)
 
     def embed(
         self,
@@ -145,36 +186,89 @@ class Embedder:
         return np.concatenate(chunks, 0)
 
 
-class Translator:
-    """Sketch -> synthetic photo with a CycleGAN generator (thread-safe).
+class Embedder(BaseEmbedder):
+    """:class:`BaseEmbedder` running PyTorch members.
 
-    Sketches are converted to grey (3 equal channels), resized to ``input_size`` (H, W),
-    scaled to [-1, 1]; the output is an RGB image of the same size. The generator runs in
-    eval mode under a lock and its previous mode is restored; ``device=None`` keeps it
-    where it is.
+    Models are moved to ``device`` (``None``: keep them where they are, useful for
+    evaluating training models) in channels-last layout. Forward passes run in eval mode
+    under ``precision`` (see the module docstring); each model's previous train/eval mode is
+    restored afterwards.
     """
+
+    backend: Backend = "torch"
 
     def __init__(
         self,
-        generator: nn.Module,
+        models: Sequence[nn.Module],
         input_size: tuple[int, int],
+        mean: Sequence[float] = DEFAULT_MEAN,
+        std: Sequence[float] = DEFAULT_STD,
+        *,
+        sketch_grey: bool = True,
+        tta_flip: bool = True,
         device: str | torch.device | None = "cpu",
+        precision: Precision = "fp32",
     ) -> None:
-        self.device = _resolve_device([generator], device)
-        self.generator = generator.to(self.device)
+        if not models:
+            raise ValueError("Embedder needs at least one model")
+        self._runner = _TorchRunner(_resolve_device(models, device), precision)
+        super().__init__(
+            input_size,
+            mean,
+            std,
+            sketch_grey=sketch_grey,
+            tta_flip=tta_flip,
+            device=self._runner.device,
+        )
+        self.precision = self._runner.precision
+        self.models = [self._runner.prepare(m) for m in models]
+        self.member_dims = [self._member_dim(m) for m in self.models]
+        self.dim = sum(self.member_dims)
+
+    def _member_dim(self, model: nn.Module) -> int:
+        dim = getattr(model, "embedding_dim", None)
+        if isinstance(dim, int):
+            return dim
+        probe = torch.zeros((1, 3, *self.input_size), device=self.device)
+        return int(self._run([model], probe)[0].shape[1])
+
+    def _run(self, models: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+        x = self._runner.input(x)
+        with self._runner.running(models):
+            return [member_embedding(model, x).float() for model in models]
+
+    def _raw_members(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self._run(self.models, x)
+
+
+class BaseTranslator(ABC):
+    """Sketch -> synthetic photo, whatever runs the generator (thread-safe).
+
+    Sketches are converted to grey (3 equal channels), resized to ``input_size`` (H, W),
+    scaled to [-1, 1]; the output is an RGB image of the same size. Subclasses implement
+    :meth:`generate`; calls are serialised by a lock.
+    """
+
+    backend: Backend
+    precision: Literal["bf16", "fp32"]
+
+    def __init__(self, input_size: tuple[int, int], device: torch.device) -> None:
+        self.device = device
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self._lock = threading.Lock()
 
+    @abstractmethod
+    def _generate(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 ``[N, 3, H, W]`` in [-1, 1] -> the generator's output (same shape)."""
+
+    def generate(self, x: torch.Tensor) -> torch.Tensor:
+        """The generator's float32 output for input in [-1, 1] (under the lock)."""
+        with self._lock, torch.inference_mode():
+            return self._generate(x.to(self.device)).float()
+
     def translate_tensor(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 ``[N, 3, H, W]`` grey sketches -> uint8 ``[N, 3, H, W]`` photos (CPU)."""
-        x = to_gan_input(batch_uint8.to(self.device))
-        with self._lock, torch.inference_mode():
-            mode = self.generator.training
-            try:
-                y = self.generator.eval()(x)
-            finally:
-                self.generator.train(mode)
-        return from_gan_output(y).cpu()
+        return from_gan_output(self.generate(to_gan_input(batch_uint8))).cpu()
 
     def translate_batch(
         self, images: Sequence[Image.Image], batch_size: int = 16
@@ -189,3 +283,29 @@ class Translator:
 
     def translate(self, image: Image.Image) -> Image.Image:
         return self.translate_batch([image])[0]
+
+
+class Translator(BaseTranslator):
+    """:class:`BaseTranslator` running a PyTorch CycleGAN generator under ``precision``.
+
+    The generator runs in eval mode and its previous mode is restored; ``device=None``
+    keeps it where it is.
+    """
+
+    backend: Backend = "torch"
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        input_size: tuple[int, int],
+        device: str | torch.device | None = "cpu",
+        precision: Precision = "fp32",
+    ) -> None:
+        self._runner = _TorchRunner(_resolve_device([generator], device), precision)
+        super().__init__(input_size, self._runner.device)
+        self.precision = self._runner.precision
+        self.generator = self._runner.prepare(generator)
+
+    def _generate(self, x: torch.Tensor) -> torch.Tensor:
+        with self._runner.running([self.generator]):
+            return self.generator(self._runner.input(x)).float()

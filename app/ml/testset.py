@@ -17,7 +17,7 @@ from PIL import Image
 from app.errors import UserInputError
 from app.ml.data.pku import PKUSketchDataset, Sample
 from app.ml.images import load_image
-from app.ml.inference import Embedder, Translator
+from app.ml.inference import BaseEmbedder, BaseTranslator
 
 
 @dataclass
@@ -46,8 +46,8 @@ def _ids(samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def embed_test_set(
-    embedder: Embedder,
-    translator: Translator | None,
+    embedder: BaseEmbedder,
+    translator: BaseTranslator | None,
     dataset: PKUSketchDataset,
     test_pids: Sequence[int],
     *,

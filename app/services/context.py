@@ -27,9 +27,10 @@ from app.db.models import Embedding, GalleryItem
 from app.db.session import make_engine, make_session_factory, session_scope
 from app.errors import SketchReidError
 from app.index.store import VectorIndex
-from app.ml.bundle import Bundle, Manifest, load_bundle
+from app.ml.bundle import Bundle, Manifest
 from app.ml.images import load_image
 from app.services.blobs import BlobStore
+from app.services.model import load_model
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,7 @@ def open_context(settings: Settings, bundle: Bundle | None = None) -> ServiceCon
     try:
         ensure_up_to_date(engine)
         if bundle is None:
-            bundle = load_bundle(settings.MODEL_DIR, device=settings.MODEL_DEVICE)
+            bundle = load_model(settings)
         dim = int(bundle.embedder.dim)
         ctx = ServiceContext(
             settings=settings,
@@ -259,8 +260,11 @@ def open_context(settings: Settings, bundle: Bundle | None = None) -> ServiceCon
                 dim,
                 settings.INDEX_TYPE,
                 hnsw_m=settings.INDEX_HNSW_M,
+                hnsw_ef_construction=settings.INDEX_HNSW_EF_CONSTRUCTION,
                 hnsw_ef_search=settings.INDEX_HNSW_EF_SEARCH,
                 ivf_nprobe=settings.INDEX_IVF_NPROBE,
+                auto_approx_min=settings.INDEX_AUTO_APPROX_FROM,
+                exact_filter_max=settings.INDEX_EXACT_FILTER_MAX,
             ),
             blobs=BlobStore(settings.blob_dir),
             embedding_key=embedding_key(bundle.manifest),

@@ -290,17 +290,12 @@ def run_search(
     for i, upload in enumerate(uploads):
         name = f"sketch-{i + 1}.{sniff_extension(upload.data)}"
         files.append((name, upload.data))
-        translated_path = None
+        entry: dict[str, Any] = {"sha256": sha256_hex(upload.data), "path": f"{search_id}/{name}"}
+        entry["translated_path"] = None
         if translated:
             files.append((f"translated-{i + 1}.png", _png(translated[i])))
-            translated_path = f"{search_id}/translated-{i + 1}.png"
-        stored.append(
-            {
-                "sha256": sha256_hex(upload.data),
-                "path": f"{search_id}/{name}",
-                "translated_path": translated_path,
-            }
-        )
+            entry["translated_path"] = f"{search_id}/translated-{i + 1}.png"
+        stored.append(entry)
     parameters = params.as_json() | {
         **feedback.as_json(),
         "refine": str(refine.id) if refine is not None else None,

@@ -48,6 +48,14 @@ TABLES = (
 )
 
 
+@pytest.fixture(autouse=True)
+def _torch_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Service tests run the PyTorch backend unless they set another: the default (auto)
+    would export the model to ONNX in every test's data folder. test_inference_backend.py
+    covers onnx and auto."""
+    monkeypatch.setenv("SKETCHREID_BACKEND", "torch")
+
+
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")

@@ -168,7 +168,8 @@ def test_model_endpoint(client: TestClient, keys: Keys) -> None:
     assert body["name"] == "tiny" and body["version"] == "1.0" and body["dim"] == 64
     assert body["translator"] is True
     assert body["manifest"]["members"][0]["spec"]["arch"] == "resnet20"
-    assert body["index"]["type"] == "flat"
+    assert body["index"]["type"] == "auto"  # the default INDEX_TYPE
+    assert body["index"]["kind"] == "flat"  # what auto chose for a small gallery
 
 
 def _key_id(client: TestClient, keys: Keys, name: str) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.index.idset import IdSet
 from app.index.store import IVF_MIN_TRAIN, VectorIndex
 
 
@@ -111,3 +112,98 @@ def test_saved_after_deletions_and_reloaded(tmp_path: Path, kind: str, n: int) -
     assert not {h[0] for hits in after for h in hits} & set(gone)
     # The saved copy does not match a database that still holds a deleted id.
     assert "items" in (VectorIndex(16, kind).load(tmp_path, "m", ids) or "")
+
+
+# Approximate indexes with the smallest search budget over 64-d random vectors, so that
+# searches that went the approximate way would show it (checked in the first test below);
+# IVF needs IVF_MIN_TRAIN items to be built as IVF.
+APPROX = [("hnsw", 600), ("ivf", IVF_MIN_TRAIN + 200)]
+DIM = 64
+
+
+def _starved(kind: str, n: int, **kwargs: int) -> tuple[VectorIndex, np.ndarray, np.ndarray]:
+    x, ids = _unit(n, DIM, seed=5), np.arange(1, n + 1, dtype=np.int64) * 3
+    index = VectorIndex(DIM, kind, hnsw_m=4, hnsw_ef_search=1, ivf_nprobe=1, **kwargs)
+    index.build(ids, x)
+    assert index.kind == kind
+    return index, ids, x
+
+
+@pytest.mark.parametrize(("kind", "n"), APPROX)
+def test_small_filters_are_searched_exactly_on_approximate_indexes(kind: str, n: int) -> None:
+    index, ids, x = _starved(kind, n)  # default exact_filter_max: these filters are small
+    queries = _unit(5, DIM, seed=9)
+    # Unfiltered, the starved index is approximate ...
+    assert any([h.id for h in index.search(q, 10)] != _brute(q, ids, x, 10) for q in queries)
+    # ... filtered (even by a filter that lets everything through), it is exact.
+    rng = np.random.default_rng(1)
+    for size in (3, 40, n // 3, n):
+        allowed = rng.choice(ids, size=size, replace=False)
+        mask = np.isin(ids, allowed)
+        for q in queries:
+            hits = index.search(q, 10, np.concatenate([allowed, [-5, 10**12]]))
+            assert [h.id for h in hits] == _brute(q, ids[mask], x[mask], 10)
+
+
+@pytest.mark.parametrize(("kind", "n"), APPROX)
+def test_large_filters_return_only_allowed_items(kind: str, n: int) -> None:
+    index, ids, _ = _starved(kind, n, exact_filter_max=0)  # every filter goes approximate
+    allowed = ids[ids % 2 == 0]
+    for q in _unit(20, DIM, seed=11):
+        hits = index.search(q, 10, allowed)
+        assert len(hits) == 10
+        assert set(h.id for h in hits) <= set(allowed.tolist())
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+@pytest.mark.parametrize(("kind", "n"), APPROX)
+def test_an_approximate_filtered_search_that_comes_up_short_is_redone_exactly(
+    kind: str, n: int
+) -> None:
+    index, ids, x = _starved(kind, n, exact_filter_max=0)
+    allowed = ids[[7, n // 2, n - 3]]  # three scattered items: starved searches miss them
+    mask = np.isin(ids, allowed)
+    for q in _unit(10, DIM, seed=13):
+        assert [h.id for h in index.search(q, 10, allowed)] == _brute(q, ids[mask], x[mask], 3)
+
+
+def test_filters_skip_deleted_items_on_hnsw() -> None:
+    index, ids, x = _starved("hnsw", 300)
+    index.remove(ids[:100])  # tombstones
+    allowed = ids[50:150]
+    mask = np.isin(ids, ids[100:150])
+    for q in _unit(5, DIM, seed=3):
+        assert [h.id for h in index.search(q, 10, allowed)] == _brute(q, ids[mask], x[mask], 10)
+
+
+def test_auto_is_exact_below_the_threshold_and_hnsw_from_it(tmp_path: Path) -> None:
+    x = _unit(120, seed=6)
+    ids = np.arange(1, 121, dtype=np.int64)
+    small = VectorIndex(16, "auto", auto_approx_min=100)
+    assert small.kind == "flat"
+    small.build(ids[:99], x[:99])
+    assert small.kind == "flat"
+    small.add(ids[99:], x[99:])  # grown past the threshold while serving: still flat ...
+    assert small.kind == "flat"
+    small.save(tmp_path, "m")
+    again = VectorIndex(16, "auto", auto_approx_min=100)
+    reason = again.load(tmp_path, "m", ids)  # ... and its saved copy is refused at start-up
+    assert reason is not None and "'hnsw'" in reason
+    again.build(ids, x)
+    assert again.kind == "hnsw"
+    again.save(tmp_path, "m")
+    assert VectorIndex(16, "auto", auto_approx_min=100).load(tmp_path, "m", ids) is None
+    with pytest.raises(ValueError, match="auto, flat, hnsw, ivf"):
+        VectorIndex(16, "annoy")
+
+
+def test_idset_membership_insertion_and_removal() -> None:
+    s = IdSet([5, 3, 9, 3])
+    assert s.array().tolist() == [3, 5, 9] and len(s) == 3
+    assert 5 in s and 4 not in s and "5" not in s and True not in s
+    assert s.present([9, 1, 3, 3, 100]).tolist() == [3, 9]
+    s.add(np.array([4, 10, 1], dtype=np.int64))
+    assert s.array().tolist() == [1, 3, 4, 5, 9, 10]
+    s.remove(np.array([4, 7, 1], dtype=np.int64))
+    assert s.array().tolist() == [3, 5, 9, 10]
+    assert IdSet().present([1, 2]).tolist() == []

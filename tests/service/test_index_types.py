@@ -174,3 +174,31 @@ def test_items_deleted_by_another_process_leave_the_index(
         assert best not in ctx.index
         assert client.get("/readyz").status_code == 200
         assert best not in [r["gallery_id"] for r in _search(client, keys, top_k=10)]
+
+
+@pytest.mark.parametrize("exact_filter_max", [20_000, 0])
+def test_auto_index_with_a_starved_search_budget_still_filters(
+    exact_filter_max: int,
+    make_settings: Callable[..., Settings],
+    bundle: Bundle,
+    keys: Keys,
+) -> None:
+    """INDEX_TYPE=auto over a gallery past its threshold is HNSW; with the smallest search
+    budget, filtered searches are exact (small filter) or at least only return allowed items."""
+    settings = make_settings(
+        INDEX_TYPE="auto",
+        INDEX_AUTO_APPROX_FROM=50,
+        INDEX_HNSW_M=4,
+        INDEX_HNSW_EF_SEARCH=1,
+        INDEX_EXACT_FILTER_MAX=exact_filter_max,
+    )
+    ids, vectors = _populate(settings, bundle, 120)
+    with TestClient(create_app(settings, bundle=bundle)) as client:
+        assert client.app.state.ctx.index.kind == "hnsw"  # type: ignore[attr-defined]
+        mask = np.arange(len(ids)) % 3 != 1  # cameras c1 and c3
+        found = _search(client, keys, top_k=10, camera_id=["c1", "c3"])
+        assert len(found) == 10
+        assert {r["camera_id"] for r in found} <= {"c1", "c3"}
+        if exact_filter_max:
+            order = np.argsort(-(vectors[mask] @ _query(bundle)), kind="stable")
+            assert [r["gallery_id"] for r in found] == ids[mask][order[:10]].tolist()

@@ -92,7 +92,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], str | None, int]] = [
     ("GET", "/api/v1/gallery", "/api/v1/gallery?captured_after=yesterday", {}, "admin", 400),
     ("GET", "/api/v1/gallery", "/api/v1/gallery?limit=0", {}, "admin", 422),
     ("GET", "/api/v1/gallery/{item_id}", "/api/v1/gallery/7", {}, "admin", 404),
-    ("GET", "/api/v1/gallery/{item_id}", "/api/v1/gallery/seven", {}, "admin", 422),
+    ("GET", "/api/v1/gallery/{item_id}", "/api/v1/gallery/seven", {}, "admin", 404),
     ("GET", "/api/v1/gallery/{item_id}/image", "/api/v1/gallery/7/image", {}, "admin", 404),
     ("DELETE", "/api/v1/gallery/{item_id}", "/api/v1/gallery/7", {}, "investigator", 403),
     ("DELETE", "/api/v1/gallery/{item_id}", "/api/v1/gallery/7", {}, "operator", 404),
@@ -110,7 +110,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], str | None, int]] = [
       "data": {"k1": "5", "k2": "6"}}, "investigator", 422),
     ("GET", "/api/v1/searches/{search_id}", f"/api/v1/searches/{ZERO_UUID}", {},
      "investigator", 404),
-    ("GET", "/api/v1/searches/{search_id}", "/api/v1/searches/nope", {}, "investigator", 422),
+    ("GET", "/api/v1/searches/{search_id}", "/api/v1/searches/nope", {}, "investigator", 404),
     ("GET", "/api/v1/searches/{search_id}/translated",
      f"/api/v1/searches/{ZERO_UUID}/translated", {}, "investigator", 404),
     ("GET", "/api/v1/searches/{search_id}/sketch", f"/api/v1/searches/{ZERO_UUID}/sketch", {},
@@ -123,7 +123,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], str | None, int]] = [
      {"json": {"name": "x", "role": "root"}}, "admin", 422),
     ("POST", "/api/v1/apikeys/{key_id}/revoke", "/api/v1/apikeys/99/revoke", {}, "admin", 404),
     ("POST", "/api/v1/apikeys/{key_id}/revoke", "/api/v1/apikeys/1/revoke", {}, "admin", 409),
-    ("POST", "/api/v1/apikeys/{key_id}/revoke", "/api/v1/apikeys/one/revoke", {}, "admin", 422),
+    ("POST", "/api/v1/apikeys/{key_id}/revoke", "/api/v1/apikeys/one/revoke", {}, "admin", 404),
 ]  # fmt: skip
 
 

@@ -243,7 +243,7 @@ def test_search_is_recorded_for_audit(client: TestClient, keys: Keys) -> None:
         "/api/v1/searches/00000000-0000-0000-0000-000000000000/translated",
     ):
         assert client.get(url, headers=keys.admin).status_code == 404
-    assert client.get("/api/v1/searches/not-a-uuid", headers=keys.admin).status_code == 422
+    assert client.get("/api/v1/searches/not-a-uuid", headers=keys.admin).status_code == 404
     assert snapshot(client)["searches"] == 1
 
 

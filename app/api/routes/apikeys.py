@@ -27,6 +27,8 @@ def list_keys(session: SessionDep, _key: AdminDep) -> list[ApiKeyOut]:
     return [ApiKeyOut.of(row) for row in apikeys.list_keys(session)]
 
 
-@router.post("/{key_id}/revoke", response_model=ApiKeyOut, responses=error_responses(404, 409, 422))
+@router.post(
+    "/{key_id:id}/revoke", response_model=ApiKeyOut, responses=error_responses(404, 409, 422)
+)
 def revoke(key_id: int, session: SessionDep, _key: AdminDep) -> ApiKeyOut:
     return ApiKeyOut.of(apikeys.revoke_key(session, key_id))

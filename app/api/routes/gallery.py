@@ -77,7 +77,10 @@ def ingest_batch(
     session: SessionDep,
     key: OperatorDep,
     _once: Annotated[None, _ONE_BATCH],
-    images: Annotated[list[UploadFile], File(description="Person crops")],
+    images: Annotated[
+        list[UploadFile],
+        File(min_length=1, description="Person crops (at most MAX_BATCH_FILES, default 100)"),
+    ],
     metadata: Annotated[
         str | None,
         Form(
@@ -151,13 +154,13 @@ def list_items(
     )
 
 
-@router.get("/{item_id}", response_model=GalleryItemOut, responses=error_responses(404, 422))
+@router.get("/{item_id:id}", response_model=GalleryItemOut, responses=error_responses(404, 422))
 def get_item(item_id: int, session: SessionDep, _key: ReaderDep) -> GalleryItemOut:
     return GalleryItemOut.of(gallery.get_item(session, item_id))
 
 
 @router.get(
-    "/{item_id}/image",
+    "/{item_id:id}/image",
     response_class=Response,
     responses={
         200: {"content": {"image/*": {}}, "description": "The stored bytes"},
@@ -174,7 +177,7 @@ def get_image(item_id: int, ctx: CtxDep, session: SessionDep, _key: ReaderDep) -
 
 
 @router.delete(
-    "/{item_id}",
+    "/{item_id:id}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses=error_responses(400, 404, 422),
 )

@@ -50,7 +50,11 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
 def metrics(request: Request) -> Response:
     ctx = getattr(request.app.state, "ctx", None)
     registry = request.app.state.metrics

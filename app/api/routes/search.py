@@ -62,7 +62,7 @@ def search(
     ] = None,
     rerank: Annotated[bool, Form(description="k-reciprocal re-ranking")] = False,
     k1: Annotated[int, Form(ge=1, le=100)] = 20,
-    k2: Annotated[int, Form(ge=1, le=100)] = 6,
+    k2: Annotated[int, Form(ge=1, le=100, description="at most k1 (422 otherwise)")] = 6,
     lambda_value: Annotated[float, Form(ge=0.0, le=1.0)] = 0.3,
     camera_id: Annotated[list[str] | None, Form(description="repeatable")] = None,
     captured_after: Annotated[str | None, Form(description="inclusive, ISO 8601")] = None,
@@ -117,7 +117,9 @@ def search(
 
 
 @router.get(
-    "/searches/{search_id}", response_model=SearchRecordOut, responses=error_responses(404, 422)
+    "/searches/{search_id:uuid}",
+    response_model=SearchRecordOut,
+    responses=error_responses(404, 422),
 )
 def get_search(search_id: uuid.UUID, session: SessionDep, key: InvestigatorDep) -> SearchRecordOut:
     record = search_service.get_search(session, search_id, key)
@@ -142,7 +144,7 @@ def add_mark(
 
 
 @router.get(
-    "/searches/{search_id}/translated",
+    "/searches/{search_id:uuid}/translated",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, **error_responses(404, 422)},
 )
@@ -159,7 +161,7 @@ def get_translated(
 
 
 @router.get(
-    "/searches/{search_id}/sketch",
+    "/searches/{search_id:uuid}/sketch",
     response_class=Response,
     responses={200: {"content": {"image/*": {}}}, **error_responses(404, 422)},
 )

@@ -388,8 +388,8 @@ def resave(bundle: Bundle, bundle_dir: Path, **changes: Any) -> Manifest:
         for e, model in zip(m.members, bundle.members, strict=True)
     ]
     translator = None
-    if m.translator is not None and bundle.translator is not None:
-        translator = (m.translator.spec, bundle.translator.generator, m.translator.training)
+    if m.translator is not None and bundle.generator is not None:
+        translator = (m.translator.spec, bundle.generator, m.translator.training)
     kwargs: dict[str, Any] = {
         "name": m.name,
         "version": m.version,

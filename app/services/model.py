@@ -1,0 +1,74 @@
+"""The served model: the bundle loaded with the configured precision and backend.
+
+With the ONNX backend the networks are exported once into ``DATA_DIR/onnx/<digest>`` (the
+digest names the bundle weights they come from) and, at every start, checked against the
+bundle: the export's record must name the bundle's weight sha256s, every ``.onnx`` file must
+match its own sha256 and the outputs must match the PyTorch networks on a probe batch
+(:func:`app.ml.onnx_infer.with_onnx`). The bundle's weights themselves are verified by
+:func:`app.ml.bundle.load_bundle` first, so every check ends at the manifest. A missing,
+stale or altered export is made again from the verified weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+from app.core.config import Settings
+from app.errors import BundleError
+from app.ml.bundle import Bundle, load_bundle
+
+log = logging.getLogger(__name__)
+
+
+def onnx_cache_dir(settings: Settings, bundle: Bundle) -> Path:
+    m = bundle.manifest
+    sources = [e.sha256 for e in m.members] + ([m.translator.sha256] if m.translator else [])
+    digest = hashlib.sha256(" ".join(sources).encode()).hexdigest()[:16]
+    return settings.onnx_dir / digest
+
+
+def _onnx_bundle(settings: Settings, bundle: Bundle) -> Bundle:
+    from app.ml.onnx_export import export_onnx
+    from app.ml.onnx_infer import with_onnx
+
+    folder = onnx_cache_dir(settings, bundle)
+    if folder.exists():
+        try:
+            return with_onnx(bundle, folder)
+        except BundleError as exc:
+            log.warning("exporting the model to ONNX again: %s", exc)
+    start = time.perf_counter()
+    record = export_onnx(bundle, folder, overwrite=True)
+    log.info(
+        "exported the model to ONNX in %.1f s into %s (parity %s)",
+        time.perf_counter() - start,
+        folder,
+        record.parity,
+    )
+    return with_onnx(bundle, folder)
+
+
+def load_model(settings: Settings) -> Bundle:
+    """Load and verify ``MODEL_DIR`` and run it as ``BACKEND`` / ``PRECISION`` say."""
+    from app.ml.onnx_infer import onnxruntime_available
+
+    bundle = load_bundle(
+        settings.MODEL_DIR, device=settings.MODEL_DEVICE, precision=settings.PRECISION
+    )
+    if settings.BACKEND == "torch":
+        return bundle
+    if settings.BACKEND == "onnx":
+        return _onnx_bundle(settings, bundle)
+    if not onnxruntime_available():
+        log.info("BACKEND=auto: onnxruntime is not installed, running PyTorch")
+        return bundle
+    if bundle.embedder.device.type != "cpu" or bundle.embedder.precision != "fp32":
+        return bundle
+    try:
+        return _onnx_bundle(settings, bundle)
+    except BundleError as exc:
+        log.warning("BACKEND=auto: ONNX Runtime not used, running PyTorch: %s", exc)
+        return bundle

@@ -1,0 +1,197 @@
+// The investigator's view: choose sketches and options, search, mark results, search again
+// with that feedback, reopen past searches.
+
+import { Pool, send } from "./api.js";
+import { History } from "./history.js";
+import { ResultView, fromRecord, fromSearchOut } from "./results.js";
+import { $, Busy, dropZone, el, fromIso, notImages, showError, splitList, toIso } from "./ui.js";
+
+const EXTENSIONS = { "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif", "image/bmp": "bmp" };
+
+export class Investigator {
+  constructor({ caps, viewer }) {
+    this.caps = caps;
+    this.chosen = []; // [{blob, name, url}]
+    this.pool = new Pool(); // previews of the chosen sketches
+    this.current = null; // {model, sketches: [{blob, name}], params}
+    this.busy = new Busy($("search-busy"), $("search-status"), $("search-submit"));
+    this.view = new ResultView({
+      caps, viewer,
+      onMark: (id, mark) => this.markResult(id, mark),
+      onResearch: () => this.research(),
+    });
+    this.history = new History({ caps, onOpen: (id) => this.reopen(id) });
+    $("sketch-files").multiple = caps.multiSketch;
+    $("sketch-hint").textContent = caps.multiSketch
+      ? "One or more sketches of one suspect (several are searched together)."
+      : "One sketch (this server takes one sketch per search).";
+    dropZone($("sketch-drop"), $("sketch-files"), (files) => this.choose(files));
+    $("search-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.search();
+    });
+  }
+
+  enter() {
+    this.history.load();
+  }
+
+  reset() {
+    this.chosen = [];
+    this.pool.clear();
+    this.drawChosen();
+    this.view.clear();
+    this.current = null;
+  }
+
+  choose(files) {
+    const bad = notImages(files);
+    showError($("search-error"), bad.length ? `Not an image: ${bad.join(", ")}. Choose PNG, JPEG or WEBP sketches.` : null);
+    const images = files.filter((f) => f.type.startsWith("image/"));
+    if (!images.length) return;
+    const added = images.map((f) => ({ blob: f, name: f.name, url: this.pool.add(URL.createObjectURL(f)) }));
+    this.chosen = this.caps.multiSketch ? [...this.chosen, ...added] : added.slice(0, 1);
+    this.drawChosen();
+  }
+
+  drawChosen() {
+    const items = this.chosen.map((s, i) => el("li", {},
+      el("img", { src: s.url, alt: `Sketch ${i + 1}: ${s.name}` }),
+      el("span", { class: "name", text: s.name, title: s.name }),
+      el("button", {
+        type: "button", class: "secondary", "aria-label": `Remove sketch ${s.name}`,
+        onclick: () => {
+          this.chosen.splice(i, 1);
+          this.drawChosen();
+          $("sketch-files").focus();
+        },
+      }, "Remove")));
+    $("sketch-list").replaceChildren(...items);
+  }
+
+  readParams() {
+    const topK = Number($("top-k").value);
+    if (!Number.isInteger(topK) || topK < 1 || topK > 100) throw new Error("Results (top-k) must be a whole number from 1 to 100.");
+    return {
+      top_k: topK,
+      translate: $("translate").value,
+      rerank: $("rerank").checked,
+      camera_id: splitList($("cameras").value),
+      captured_after: toIso($("after").value),
+      captured_before: toIso($("before").value),
+    };
+  }
+
+  writeParams(p) {
+    $("top-k").value = p.top_k ?? 20;
+    $("translate").value = p.translate === true ? "true" : p.translate === false ? "false" : "";
+    $("rerank").checked = Boolean(p.rerank);
+    $("cameras").value = (p.camera_id || []).join(", ");
+    $("after").value = fromIso(p.captured_after);
+    $("before").value = fromIso(p.captured_before);
+  }
+
+  formData(sketches, params, extra = {}) {
+    const form = new FormData();
+    for (const s of sketches) form.append("sketch", s.blob, s.name);
+    form.append("top_k", String(params.top_k));
+    if (params.translate) form.append("translate", params.translate);
+    form.append("rerank", String(params.rerank));
+    for (const c of params.camera_id) form.append("camera_id", c);
+    if (params.captured_after) form.append("captured_after", params.captured_after);
+    if (params.captured_before) form.append("captured_before", params.captured_before);
+    for (const [name, value] of Object.entries(extra)) {
+      for (const v of Array.isArray(value) ? value : [value]) form.append(name, String(v));
+    }
+    return form;
+  }
+
+  async search() {
+    let params;
+    try {
+      params = this.readParams();
+    } catch (error) {
+      showError($("search-error"), error.message);
+      return;
+    }
+    if (!this.chosen.length) {
+      showError($("search-error"), "Choose a sketch first.");
+      $("sketch-files").focus();
+      return;
+    }
+    await this.run([...this.chosen], params, {}, "Searching: translating and embedding the sketch, ranking the gallery…");
+  }
+
+  async run(sketches, params, extra, status) {
+    showError($("search-error"), null);
+    this.busy.start(status);
+    $("result").setAttribute("aria-busy", "true");
+    try {
+      const out = await send("search", { method: "POST", form: this.formData(sketches, params, extra) });
+      this.current = { model: fromSearchOut(out), sketches, params };
+      this.view.show(this.current.model, new Map());
+      this.history.mark(out.search_id);
+      this.history.load();
+    } catch (error) {
+      showError($("search-error"), error);
+    } finally {
+      this.busy.done();
+      $("result").removeAttribute("aria-busy");
+    }
+  }
+
+  async markResult(galleryId, mark) {
+    const marks = new Map(this.view.marks);
+    if (this.caps.marks) {
+      try {
+        await send(`searches/${this.current.model.id}/marks`, { method: "POST", json: { gallery_id: galleryId, mark } });
+      } catch (error) {
+        showError($("search-error"), error);
+        return;
+      }
+    }
+    if (mark === "none") marks.delete(galleryId);
+    else marks.set(galleryId, mark);
+    this.view.setMarks(marks);
+  }
+
+  async research() {
+    const { model, sketches, params } = this.current;
+    const extra = {};
+    if (this.caps.refine) extra.refine = model.id;
+    if (this.caps.feedbackIds && !(this.caps.refine && this.caps.marks)) {
+      const ids = (m) => [...this.view.marks].filter(([, v]) => v === m).map(([id]) => id);
+      extra.confirmed_id = [...new Set([...model.feedback.confirmed, ...ids("confirmed")])];
+      extra.rejected_id = [...new Set([...model.feedback.rejected, ...ids("rejected")])];
+    }
+    await this.run(sketches, params, extra, "Searching again with your feedback…");
+  }
+
+  async reopen(searchId) {
+    showError($("search-error"), null);
+    this.busy.start("Reopening the search…");
+    try {
+      const record = await send(`searches/${searchId}`);
+      const ids = record.results.filter((r) => !r.deleted).map((r) => r.gallery_id);
+      const found = await Promise.allSettled(ids.map((id) => send(`gallery/${id}`)));
+      const items = new Map();
+      found.forEach((f, i) => f.status === "fulfilled" && items.set(ids[i], f.value));
+      const model = fromRecord(record, items);
+      const blobs = await Promise.all(model.sketchUrls.map((url) => send(url, { expect: "blob" })));
+      const sketches = blobs.map((blob, i) => ({ blob, name: `sketch-${i + 1}.${EXTENSIONS[blob.type] || "png"}` }));
+      const p = record.parameters || {};
+      this.writeParams(p);
+      this.pool.clear();
+      this.chosen = sketches.map((s) => ({ ...s, url: this.pool.add(URL.createObjectURL(s.blob)) }));
+      this.drawChosen();
+      this.current = { model, sketches, params: this.readParams() };
+      const marks = new Map(model.results.filter((r) => r.mark).map((r) => [r.galleryId, r.mark]));
+      this.view.show(model, marks);
+      this.history.mark(searchId);
+    } catch (error) {
+      showError($("search-error"), error);
+    } finally {
+      this.busy.done();
+    }
+  }
+}

@@ -1,0 +1,214 @@
+// The operator's view: upload crops (one or many, with camera / time / location), browse the
+// gallery page by page with filters, delete items (with a reason for the audit trail).
+
+import { API, Pool, send } from "./api.js";
+import { $, Busy, apiImage, dropZone, el, formatTime, metaList, notImages, showError, splitList, toIso } from "./ui.js";
+
+const BATCH = 10; // files per request: progress moves in steps, no request nears the size cap
+const RETRIES = 5; // on 429 (too many batch uploads at once), after Retry-After seconds
+
+const sleep = (seconds) => new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+
+function askDeleteReason(id) {
+  const dialog = $("confirm-delete");
+  $("delete-title").textContent = `Delete gallery item ${id}?`;
+  $("delete-reason").value = "";
+  dialog.returnValue = "";
+  dialog.showModal();
+  $("delete-reason").focus();
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "delete" ? $("delete-reason").value.trim() : null), { once: true });
+  });
+}
+
+export class Operator {
+  constructor({ viewer }) {
+    this.viewer = viewer;
+    this.files = [];
+    this.pool = new Pool();
+    this.offset = 0;
+    this.busy = new Busy($("upload-busy"), $("upload-status"), $("upload-submit"));
+    dropZone($("crop-drop"), $("crop-files"), (files) => this.choose(files));
+    $("upload-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.upload();
+    });
+    $("gallery-filter").addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.offset = 0;
+      this.load();
+    });
+    $("g-prev").addEventListener("click", () => {
+      this.offset = Math.max(0, this.offset - this.pageSize);
+      this.load();
+    });
+    $("g-next").addEventListener("click", () => {
+      this.offset += this.pageSize;
+      this.load();
+    });
+  }
+
+  get pageSize() {
+    return Number($("g-size").value);
+  }
+
+  enter() {
+    this.load();
+  }
+
+  reset() {
+    this.files = [];
+    this.pool.clear();
+    $("gallery-grid").replaceChildren();
+    $("upload-results").replaceChildren();
+    $("crop-chosen").textContent = "";
+  }
+
+  choose(files) {
+    const bad = notImages(files);
+    showError($("upload-error"), bad.length ? `Not an image, left out: ${bad.join(", ")}` : null);
+    this.files = files.filter((f) => f.type.startsWith("image/"));
+    $("crop-chosen").textContent = this.files.length
+      ? `${this.files.length} file(s) chosen: ${this.files.slice(0, 5).map((f) => f.name).join(", ")}${this.files.length > 5 ? ", …" : ""}`
+      : "";
+  }
+
+  metadata() {
+    const meta = {};
+    const camera = $("up-camera").value.trim();
+    if (camera) meta.camera_id = camera;
+    const time = toIso($("up-time").value);
+    if (time) meta.captured_at = time;
+    const location = $("up-location").value.trim();
+    if (location) meta.location = location;
+    return meta;
+  }
+
+  async postBatch(files, meta) {
+    const form = new FormData();
+    for (const f of files) form.append("images", f, f.name);
+    form.append("metadata", JSON.stringify(files.map(() => meta)));
+    form.append("camera_from_filename", String($("up-camera-from-name").checked));
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await send("gallery/batch", { method: "POST", form });
+      } catch (error) {
+        if (error.status !== 429 || attempt >= RETRIES) throw error;
+        this.busy.status.textContent = `The server is busy; retrying in ${error.retryAfter || 5} s…`;
+        await sleep(error.retryAfter || 5);
+      }
+    }
+  }
+
+  async upload() {
+    showError($("upload-error"), null);
+    if (!this.files.length) {
+      showError($("upload-error"), "Choose one or more crops first.");
+      $("crop-files").focus();
+      return;
+    }
+    let meta;
+    try {
+      meta = this.metadata();
+    } catch (error) {
+      showError($("upload-error"), error.message);
+      return;
+    }
+    const files = this.files;
+    const list = $("upload-results");
+    list.replaceChildren();
+    const counts = { created: 0, exists: 0, error: 0 };
+    this.busy.start(`Uploading 0 of ${files.length}…`, files.length);
+    for (let start = 0; start < files.length; start += BATCH) {
+      const part = files.slice(start, start + BATCH);
+      try {
+        const result = await this.postBatch(part, meta);
+        for (const r of result.results) {
+          counts[r.status] += 1;
+          const name = r.filename || part[r.index].name;
+          const text = r.status === "created" ? `${name}: stored as item ${r.item.id}`
+            : r.status === "exists" ? `${name}: already stored (item ${r.item.id})`
+              : `${name}: refused: ${r.error}`;
+          list.append(el("li", { class: r.status, text }));
+        }
+      } catch (error) {
+        counts.error += part.length;
+        for (const f of part) list.append(el("li", { class: "error", text: `${f.name}: ${error.message}` }));
+        if (error.status === 0 || error.status === 401) break;
+      }
+      const done = Math.min(start + BATCH, files.length);
+      this.busy.step(done, `Uploading ${done} of ${files.length}…`);
+    }
+    this.busy.done();
+    const summary = `${counts.created} stored, ${counts.exists} already stored, ${counts.error} failed`;
+    list.prepend(el("li", { class: "summary", text: summary }));
+    if (counts.error) showError($("upload-error"), `Some files were not stored: ${summary}.`);
+    this.files = [];
+    $("crop-chosen").textContent = "";
+    this.load();
+  }
+
+  async load() {
+    let query;
+    try {
+      query = {
+        limit: this.pageSize, offset: this.offset, camera_id: splitList($("g-cameras").value),
+        captured_after: toIso($("g-after").value), captured_before: toIso($("g-before").value),
+      };
+    } catch (error) {
+      showError($("gallery-error"), error.message);
+      return;
+    }
+    $("gallery-grid").setAttribute("aria-busy", "true");
+    try {
+      const page = await send("gallery", { query });
+      if (!page.items.length && this.offset > 0 && page.total > 0) {
+        this.offset = Math.max(0, page.total - this.pageSize);
+        return this.load();
+      }
+      this.draw(page);
+      showError($("gallery-error"), null);
+    } catch (error) {
+      showError($("gallery-error"), error);
+    } finally {
+      $("gallery-grid").removeAttribute("aria-busy");
+    }
+  }
+
+  draw(page) {
+    this.pool.clear();
+    const first = page.items.length ? page.offset + 1 : 0;
+    $("g-range").textContent = `Items ${first}–${page.offset + page.items.length} of ${page.total}`;
+    $("g-prev").disabled = page.offset === 0;
+    $("g-next").disabled = page.next_offset === null;
+    const meta = (item) => [
+      ["Id", String(item.id)], ["Camera", item.camera_id || "—"], ["Time", formatTime(item.captured_at)],
+      ["Location", item.location || "—"], ["Ingested", formatTime(item.created_at)],
+    ];
+    const entries = page.items.map((item) => ({ title: `Gallery item ${item.id}`, imagePath: `${API}/gallery/${item.id}/image`, meta: meta(item) }));
+    const cards = page.items.map((item, i) => el("li", { class: "card", dataset: { galleryId: item.id } },
+      el("button", {
+        type: "button", class: "thumb", "aria-label": `Open gallery item ${item.id} large`,
+        onclick: (event) => this.viewer.open(entries, i, event.currentTarget),
+      }, apiImage(item.image_url, `Gallery item ${item.id}`, this.pool)),
+      metaList(meta(item)),
+      el("div", { class: "card-actions" }, el("button", {
+        type: "button", class: "delete", "aria-label": `Delete gallery item ${item.id}`,
+        onclick: () => this.remove(item.id),
+      }, "Delete"))));
+    $("gallery-grid").replaceChildren(...cards);
+  }
+
+  async remove(id) {
+    const reason = await askDeleteReason(id);
+    if (reason === null) return;
+    try {
+      await send(`gallery/${id}`, { method: "DELETE", query: { reason: reason || null } });
+      showError($("gallery-error"), null);
+      await this.load();
+      $("g-range").textContent += ` · item ${id} deleted`;
+    } catch (error) {
+      showError($("gallery-error"), error);
+    }
+  }
+}

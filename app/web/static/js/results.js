@@ -1,0 +1,203 @@
+// One search shown as it was: the sketch(es) and translation(s) beside a ranked grid of crops
+// with rank, score, camera and time; confirm / reject on each result where the server takes
+// feedback. A fresh search (POST /search) and a reopened one (GET /searches/{id}) are first
+// turned into the same shape by fromSearchOut / fromRecord.
+
+import { API, Pool } from "./api.js";
+import { $, apiImage, el, formatScore, formatTime, metaList } from "./ui.js";
+
+const galleryImage = (id) => `${API}/gallery/${id}/image`;
+
+function feedbackOf(source) {
+  return {
+    confirmed: source?.confirmed_ids || [],
+    rejected: source?.rejected_ids || [],
+  };
+}
+
+export function fromSearchOut(out) {
+  return {
+    id: out.search_id,
+    createdAt: new Date().toISOString(),
+    translated: out.translated,
+    reranked: out.reranked,
+    notes: out.notes || [],
+    timings: out.timings_ms || {},
+    sketchUrls: out.sketch_urls || [out.sketch_url],
+    translatedUrls: out.translated_image_urls || (out.translated_image_url ? [out.translated_image_url] : []),
+    feedback: feedbackOf(out.feedback),
+    results: out.results.map((r) => ({
+      rank: r.rank, galleryId: r.gallery_id, score: r.score, distance: r.distance,
+      camera: r.camera_id, capturedAt: r.captured_at, location: r.location,
+      externalId: r.external_id, deleted: null, mark: null,
+    })),
+  };
+}
+
+// items: Map gallery id -> GalleryItemOut (missing: deleted or unreadable).
+export function fromRecord(record, items) {
+  const params = record.parameters || {};
+  const sketches = record.sketches;
+  return {
+    id: record.id,
+    createdAt: record.created_at,
+    translated: Boolean(params.translated),
+    reranked: Boolean(params.reranked),
+    notes: params.notes || [],
+    timings: {},
+    sketchUrls: sketches ? sketches.map((s) => s.url) : [record.sketch_url],
+    translatedUrls: sketches
+      ? sketches.map((s) => s.translated_url).filter(Boolean)
+      : (record.translated_image_url ? [record.translated_image_url] : []),
+    feedback: feedbackOf(params),
+    results: record.results.map((r) => {
+      const item = items.get(r.gallery_id);
+      return {
+        rank: r.rank, galleryId: r.gallery_id, score: r.score, distance: r.distance,
+        camera: item?.camera_id ?? null, capturedAt: item?.captured_at ?? null,
+        location: item?.location ?? null, externalId: item?.external_id ?? null,
+        deleted: r.deleted || (item ? null : { deleted_at: null, reason: "not found" }),
+        mark: r.mark || null,
+      };
+    }),
+  };
+}
+
+function resultMeta(r) {
+  const pairs = [["Rank", `#${r.rank}`], ["Score", formatScore(r.score)]];
+  if (r.distance !== null && r.distance !== undefined) pairs.push(["Re-ranked", formatScore(r.distance)]);
+  pairs.push(["Camera", r.camera || "—"], ["Time", formatTime(r.capturedAt)]);
+  if (r.location) pairs.push(["Location", r.location]);
+  if (r.externalId) pairs.push(["External id", r.externalId]);
+  pairs.push(["Gallery id", String(r.galleryId)]);
+  return pairs;
+}
+
+export class ResultView {
+  // caps: capabilities; viewer: Viewer; onMark(galleryId, mark); onResearch()
+  constructor({ caps, viewer, onMark, onResearch }) {
+    this.caps = caps;
+    this.viewer = viewer;
+    this.onMark = onMark;
+    this.pool = new Pool();
+    this.model = null;
+    this.marks = new Map();
+    $("research").addEventListener("click", onResearch);
+  }
+
+  get takesFeedback() {
+    return this.caps.marks || this.caps.feedbackIds;
+  }
+
+  clear() {
+    this.pool.clear();
+    this.model = null;
+    $("result-body").hidden = true;
+    $("result-empty").hidden = false;
+  }
+
+  show(model, marks) {
+    this.pool.clear();
+    this.model = model;
+    this.marks = marks;
+    $("result-empty").hidden = true;
+    $("result-body").hidden = false;
+    const flags = [model.translated ? "translated" : "as drawn", model.reranked ? "re-ranked" : null]
+      .filter(Boolean).join(", ");
+    const ms = Object.values(model.timings).reduce((a, b) => a + b, 0);
+    $("result-summary").textContent =
+      `${model.results.length} result(s) · ${flags} · ${formatTime(model.createdAt)}` +
+      (ms ? ` · ${Math.round(ms)} ms` : "") + ` · search ${model.id}`;
+    $("result-notes").replaceChildren(...model.notes.map((n) => el("li", { text: n })));
+    this.drawQuery();
+    this.drawGrid();
+    this.drawFeedback();
+    $("result-title").focus?.();
+  }
+
+  drawQuery() {
+    const figures = [];
+    this.model.sketchUrls.forEach((url, i) => {
+      const label = this.model.sketchUrls.length > 1 ? `Sketch ${i + 1}` : "Sketch";
+      figures.push(el("figure", {}, apiImage(url, label, this.pool), el("figcaption", { text: label })));
+    });
+    this.model.translatedUrls.forEach((url, i) => {
+      const label = this.model.translatedUrls.length > 1 ? `Translation ${i + 1}` : "Translation";
+      figures.push(el("figure", {}, apiImage(url, label, this.pool), el("figcaption", { text: label })));
+    });
+    $("query-strip").replaceChildren(...figures);
+  }
+
+  drawGrid() {
+    const live = this.model.results.filter((r) => !r.deleted);
+    const entries = live.map((r) => ({
+      title: `Rank ${r.rank} · gallery item ${r.galleryId}`,
+      imagePath: galleryImage(r.galleryId),
+      meta: resultMeta(r),
+    }));
+    const cards = this.model.results.map((r) => {
+      const card = el("li", { class: "card", dataset: { galleryId: r.galleryId } });
+      if (r.deleted) {
+        card.classList.add("deleted");
+        const when = r.deleted.deleted_at ? `deleted ${formatTime(r.deleted.deleted_at)}` : "deleted";
+        card.append(metaList([...resultMeta(r), ["Status", when + (r.deleted.reason ? ` (${r.deleted.reason})` : "")]]));
+        return card;
+      }
+      const index = live.indexOf(r);
+      const open = el("button", {
+        type: "button", class: "thumb", "aria-label": `Open rank ${r.rank}, gallery item ${r.galleryId}, large`,
+        onclick: (event) => this.viewer.open(entries, index, event.currentTarget),
+      }, apiImage(galleryImage(r.galleryId), `Rank ${r.rank}, gallery item ${r.galleryId}`, this.pool));
+      card.append(open, metaList(resultMeta(r)));
+      if (this.takesFeedback) card.append(this.markButtons(r.galleryId));
+      return card;
+    });
+    $("result-grid").replaceChildren(...cards);
+    this.paintMarks();
+  }
+
+  markButtons(galleryId) {
+    const button = (mark, text) => el("button", {
+      type: "button", class: mark === "confirmed" ? "confirm" : "reject", "aria-pressed": "false",
+      "aria-label": `${text} gallery item ${galleryId}`,
+      onclick: () => this.onMark(galleryId, this.marks.get(galleryId) === mark ? "none" : mark),
+    }, text);
+    return el("div", { class: "card-actions" }, button("confirmed", "Confirm"), button("rejected", "Reject"));
+  }
+
+  setMarks(marks) {
+    this.marks = marks;
+    this.paintMarks();
+    this.drawFeedback();
+  }
+
+  paintMarks() {
+    for (const card of $("result-grid").children) {
+      const mark = this.marks.get(Number(card.dataset.galleryId)) || null;
+      card.classList.toggle("confirmed", mark === "confirmed");
+      card.classList.toggle("rejected", mark === "rejected");
+      card.querySelector(".confirm")?.setAttribute("aria-pressed", String(mark === "confirmed"));
+      card.querySelector(".reject")?.setAttribute("aria-pressed", String(mark === "rejected"));
+    }
+  }
+
+  drawFeedback() {
+    $("feedback-unsupported").hidden = this.takesFeedback;
+    $("feedback-bar").hidden = !this.takesFeedback;
+    if (!this.takesFeedback) return;
+    const groups = [];
+    const carried = this.model.feedback;
+    const group = (cls, label, ids) => el("div", { class: `group ${cls}` },
+      el("span", { text: `${label} (${ids.length}):` }),
+      ids.map((id) => apiImage(galleryImage(id), `${label}: gallery item ${id}`, this.pool)));
+    if (carried.confirmed.length) groups.push(group("confirmed", "Searched with confirmed", carried.confirmed));
+    if (carried.rejected.length) groups.push(group("rejected", "Searched with rejected", carried.rejected));
+    const confirmed = [...this.marks].filter(([, m]) => m === "confirmed").map(([id]) => id);
+    const rejected = [...this.marks].filter(([, m]) => m === "rejected").map(([id]) => id);
+    groups.push(el("span", { text: `Marked here: ${confirmed.length} confirmed, ${rejected.length} rejected` }));
+    $("feedback-marked").replaceChildren(...groups);
+    $("research").disabled = confirmed.length + rejected.length === 0;
+    $("feedback-hint").textContent = $("research").disabled
+      ? "Confirm (the suspect) or reject (someone else) results, then search again." : "";
+  }
+}

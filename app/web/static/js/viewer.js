@@ -1,0 +1,61 @@
+// The dialog that shows one crop large, with Previous / Next (also ← →) through a list.
+// Esc closes it (native <dialog>); focus goes back to the card that opened it.
+
+import { Pool, imageUrl, message } from "./api.js";
+import { $, metaList } from "./ui.js";
+
+export class Viewer {
+  constructor() {
+    this.dialog = $("viewer");
+    this.img = $("viewer-img");
+    this.pool = new Pool();
+    this.entries = [];
+    this.index = 0;
+    this.opener = null;
+    $("viewer-prev").addEventListener("click", () => this.go(-1));
+    $("viewer-next").addEventListener("click", () => this.go(1));
+    this.dialog.addEventListener("keydown", (event) => {
+      if (event.key === "ArrowLeft") this.go(-1);
+      if (event.key === "ArrowRight") this.go(1);
+    });
+    this.dialog.addEventListener("close", () => {
+      this.pool.clear();
+      this.img.removeAttribute("src");
+      if (this.opener) this.opener.focus();
+    });
+  }
+
+  // entries: [{title, imagePath, meta: [[label, value], …]}]
+  open(entries, index, opener) {
+    this.entries = entries;
+    this.opener = opener;
+    this.showAt(index);
+    if (!this.dialog.open) this.dialog.showModal();
+    $("viewer-close").focus();
+  }
+
+  go(step) {
+    const next = this.index + step;
+    if (next >= 0 && next < this.entries.length) this.showAt(next);
+  }
+
+  showAt(index) {
+    this.index = index;
+    const entry = this.entries[index];
+    $("viewer-title").textContent = entry.title;
+    $("viewer-meta").replaceWith(Object.assign(metaList(entry.meta), { id: "viewer-meta" }));
+    $("viewer-prev").disabled = index === 0;
+    $("viewer-next").disabled = index === this.entries.length - 1;
+    this.img.alt = entry.title;
+    this.pool.clear();
+    this.img.removeAttribute("src");
+    imageUrl(entry.imagePath)
+      .then((url) => {
+        if (this.entries[this.index] === entry) this.img.src = this.pool.add(url);
+        else URL.revokeObjectURL(url);
+      })
+      .catch((error) => {
+        this.img.alt = `${entry.title}: ${message(error)}`;
+      });
+  }
+}

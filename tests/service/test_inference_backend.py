@@ -1,0 +1,88 @@
+"""The served backend (SKETCHREID_BACKEND) and precision (SKETCHREID_PRECISION): ONNX
+exported once into DATA_DIR/onnx, checked against the bundle at every start, re-made when
+altered; auto picks ONNX Runtime for fp32 on the CPU."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.api.main import create_app
+from app.core.config import Settings
+from app.ml.bundle import Bundle
+from app.ml.onnx_export import ONNX_MANIFEST
+from app.ml.onnx_infer import OnnxEmbedder
+from app.services.model import load_model, onnx_cache_dir
+
+from .conftest import create_keys
+from .helpers import sketch_png
+
+
+@pytest.fixture(params=["sqlite"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> str:
+    """SQLite only: the backend does not touch the database."""
+    path = tmp_path / "sketchreid.db"
+    shutil.copy(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+def test_onnx_backend_exports_once_and_serves_the_same_vectors(
+    make_settings: Callable[..., Settings], bundle: Bundle
+) -> None:
+    settings = make_settings(BACKEND="onnx")
+    served = load_model(settings)
+    assert isinstance(served.embedder, OnnxEmbedder) and served.translator is not None
+    assert served.inference == {"backend": "onnx", "precision": "fp32"}
+    folder = onnx_cache_dir(settings, served)
+    assert folder.parent == settings.DATA_DIR / "onnx" and (folder / ONNX_MANIFEST).is_file()
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    again = load_model(settings)  # reuses the verified export
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (64, 32, 3), np.uint8)) for _ in range(4)]
+    np.testing.assert_allclose(
+        again.embedder.embed(images), bundle.embedder.embed(images), atol=1e-5
+    )
+
+
+def test_an_altered_cached_export_is_made_again(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(BACKEND="onnx")
+    folder = onnx_cache_dir(settings, load_model(settings))
+    original = (folder / "m0.onnx").read_bytes()
+    (folder / "m0.onnx").write_bytes(original[:-10] + b"0123456789")
+    served = load_model(settings)
+    assert isinstance(served.embedder, OnnxEmbedder)
+    assert (folder / "m0.onnx").read_bytes() == original
+
+
+def test_auto_runs_onnx_for_fp32_and_torch_for_bf16(
+    make_settings: Callable[..., Settings],
+) -> None:
+    assert load_model(make_settings(BACKEND="auto")).inference["backend"] == "onnx"
+    bf16 = load_model(make_settings(BACKEND="auto", PRECISION="bf16"))
+    assert bf16.inference == {"backend": "torch", "precision": "bf16"}
+    assert load_model(make_settings(BACKEND="torch")).inference["backend"] == "torch"
+
+
+def test_the_model_route_says_how_it_runs_and_search_works(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(BACKEND="onnx")
+    keys = create_keys(settings)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        model = client.get("/api/v1/model", headers=keys.investigator)
+        assert model.status_code == 200
+        assert model.json()["inference"] == {"backend": "onnx", "precision": "fp32"}
+        r = client.post(
+            "/api/v1/search",
+            files={"sketch": ("s.png", sketch_png(0), "image/png")},
+            data={"top_k": "5"},
+            headers=keys.investigator,
+        )
+        assert r.status_code == 200, r.text

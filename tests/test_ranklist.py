@@ -4,6 +4,7 @@ person and red when not, the query's sketch and translation first, junk left out
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -22,7 +23,7 @@ def _colours(n: int) -> list[tuple[int, int, int]]:
     return [(40 + 20 * k, 90, 200 - 15 * k) for k in range(n)]
 
 
-def _tiles(picture: Image.Image, n_queries: int, n: int) -> list[tuple[tuple, tuple]]:
+def _tiles(picture: Image.Image, n_queries: int, n: int) -> list[tuple[Any, Any]]:
     """(frame colour, centre colour) of each of the ``n`` tiles, left to right."""
     cell = TILE[0] + 2 * FRAME
     out = []

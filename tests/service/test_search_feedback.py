@@ -8,6 +8,7 @@ feedback, or fused them another way, fails.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
@@ -38,7 +39,7 @@ def drawing(seed: int) -> bytes:
 def _fill(client: TestClient, keys: Keys, bundle: Bundle, n: int = 12) -> Items:
     ids = []
     for seed in range(n):
-        r = upload(client, keys.operator, jpeg(seed), camera_id=f"c{seed % 3}")
+        r: Any = upload(client, keys.operator, jpeg(seed), camera_id=f"c{seed % 3}")
         assert r.status_code == 201, r.text
         ids.append(r.json()["id"])
     vectors = bundle.embedder.embed([load_image(jpeg(s)) for s in range(n)])
@@ -49,7 +50,7 @@ def _sketch_vectors(bundle: Bundle, seeds: list[int]) -> np.ndarray:
     return bundle.embedder.embed([load_image(drawing(s)) for s in seeds], modality="sketch")
 
 
-def _order(query: np.ndarray, items: Items, leave_out: set[int] = frozenset()) -> list[int]:
+def _order(query: np.ndarray, items: Items, leave_out: Collection[int] = ()) -> list[int]:
     ids = [i for i in items if i not in leave_out]
     scores = np.array([items[i] @ query for i in ids])
     return [ids[k] for k in np.argsort(-scores, kind="stable")]
@@ -62,7 +63,9 @@ def _search(
     expect: int = 200,
     **form: Any,
 ) -> dict[str, Any]:
-    files = [("sketch", (f"s{s}.png", drawing(s), "image/png")) for s in seeds]
+    files: list[tuple[str, Any]] = [
+        ("sketch", (f"s{s}.png", drawing(s), "image/png")) for s in seeds
+    ]
     data = [(k, str(v)) for k, vs in form.items() for v in (vs if isinstance(vs, list) else [vs])]
     files += [(k, (None, v)) for k, v in data]
     r = client.post("/api/v1/search", files=files, headers=headers)

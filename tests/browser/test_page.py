@@ -329,7 +329,11 @@ def test_operator_pages_through_the_gallery(live: Live, watched: tuple[Any, Watc
     page.fill("#g-cameras", "c1, c2")
     page.select_option("#g-size", "24")
     page.click("#gallery-apply")
-    page.wait_for_selector("#gallery-grid > li")
+    # Wait for the applied page, not the list shown before it (all items at the default size).
+    page.wait_for_function(
+        "() => { const n = document.querySelectorAll('#gallery-grid > li').length;"
+        " return n > 0 && n <= 24; }"
+    )
     total = int(page.inner_text("#g-range").rsplit(" of ", 1)[1])
     assert total >= len(live.gallery_ids) - 1  # another test may have deleted one
     first_page = page.locator("#gallery-grid > li").count()

@@ -61,7 +61,8 @@ class Acks:
 
     items: dict[int, str] = field(default_factory=dict)
     requests: int = 0
-    refused: int = 0  # answered, but not 2xx (must stay 0)
+    refused: int = 0  # answered, but not stored (must stay 0)
+    reasons: list[str] = field(default_factory=list)  # why, for the first few
     cut: int = 0  # no answer: the kill came first
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -105,6 +106,7 @@ def _client(
                 acks.requests += 1
                 if r.status_code >= 300:
                     acks.refused += 1
+                    acks.reasons.append(f"{r.status_code}: {r.text[:200]}")
                     continue
             if batch:
                 for result, data in zip(r.json()["results"], datas, strict=True):
@@ -113,6 +115,7 @@ def _client(
                     else:
                         with acks.lock:
                             acks.refused += 1
+                            acks.reasons.append(f"batch item: {json.dumps(result)[:200]}")
             else:
                 acks.add(int(r.json()["id"]), hashlib.sha256(datas[0]).hexdigest())
 
@@ -140,6 +143,7 @@ class Trial:
     kill_after_s: float
     requests: int
     refused: int
+    refusals: list[str]
     cut: int
     acknowledged_total: int
     lost_so_far: int
@@ -192,6 +196,7 @@ def run_trial(n: int, server: Server, keys: dict[str, str], acks: Acks, numbers:
         kill_after_s=round(delay, 2),
         requests=acks.requests - before[0],
         refused=acks.refused - before[1],
+        refusals=acks.reasons[len(acks.reasons) - (acks.refused - before[1]) :][:5],
         cut=acks.cut - before[2],
         acknowledged_total=len(acks.items),
         lost_so_far=len(lost),

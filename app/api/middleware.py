@@ -101,7 +101,8 @@ async def _send_json(
 
 class ConcurrencyLimit:
     """At most ``limit`` requests to ``path`` (POST) at once; one more gets 429 at once, before
-    its body is read. A counter on the event loop: no lock needed."""
+    its body is read. A request holds its slot until its response is complete. A counter on
+    the event loop: no lock needed."""
 
     def __init__(self, app: ASGIApp, path: str, limit: int, what: str) -> None:
         self.app = app
@@ -126,10 +127,26 @@ class ConcurrencyLimit:
             await _send_json(send, 429, {"detail": detail}, [(b"retry-after", b"5")])
             return
         self.running += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.running -= 1
+
+        async def send_and_release(message: Message) -> None:
+            # The slot is free before the client can read the end of the answer: a client
+            # that sends its next batch at once must not find it still taken while this
+            # request finishes (dependency teardown, closing the spooled files).
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                release()
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_and_release)
         finally:
-            self.running -= 1
+            release()
 
 
 class UnexpectedErrors:

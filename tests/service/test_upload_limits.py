@@ -4,6 +4,7 @@ end of the image are refused."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
 import tracemalloc
@@ -220,3 +221,46 @@ def test_a_sketch_with_trailing_bytes_is_refused(client: TestClient, keys: Keys)
         headers=keys.investigator,
     )
     assert r.status_code == 400 and "1 bytes after the end of the PNG" in r.json()["detail"]
+
+
+def test_a_batch_slot_is_free_once_its_response_is_complete() -> None:
+    """A client that sends its next batch as soon as it has the answer to the last one is not
+    refused: the slot is released when the last body byte goes out, not when the request's
+    remaining work (dependency teardown, closing spooled files) ends. Before, a sequential
+    client got 429 now and then (the crash trials saw 1 in 20 with two clients, limit 2)."""
+    from app.api.middleware import ConcurrencyLimit
+
+    async def scenario() -> list[int]:
+        teardown = asyncio.Event()
+        calls = 0
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            nonlocal calls
+            calls += 1
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+            if calls == 1:
+                await teardown.wait()  # work after the response, e.g. closing the session
+
+        limit = ConcurrencyLimit(app, path="/batch", limit=1, what="batch upload")
+        scope = {"type": "http", "method": "POST", "path": "/batch"}
+        statuses: list[int] = []
+        done = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+            elif not message.get("more_body", False):
+                done.set()
+
+        first = asyncio.create_task(limit(scope, receive, send))
+        await done.wait()  # the client has the whole first answer; the first call still runs
+        await limit(scope, receive, send)  # ... and sends its next batch at once
+        teardown.set()
+        await first
+        return statuses
+
+    assert asyncio.run(scenario()) == [200, 200]

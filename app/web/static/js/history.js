@@ -8,13 +8,12 @@ const PAGE = 20;
 function describe(item) {
   const p = item.parameters || {};
   const parts = [`${item.result_count} result(s)`];
-  const sketches = p.sketch_count || (p.sketches ? p.sketches.length : null);
-  if (sketches && sketches > 1) parts.push(`${sketches} sketches`);
   if (p.translated) parts.push("translated");
   if (p.reranked) parts.push("re-ranked");
   if (p.camera_id && p.camera_id.length) parts.push(`cameras ${p.camera_id.join(", ")}`);
   const fed = (p.confirmed_ids || []).length + (p.rejected_ids || []).length;
   if (fed) parts.push(`feedback on ${fed}`);
+  if (p.refine) parts.push("refined");
   return parts.join(" · ");
 }
 
@@ -24,6 +23,7 @@ export class History {
     this.onOpen = onOpen;
     this.offset = 0;
     this.current = null;
+    this.loads = 0; // only the latest request may draw the list
     $("history-more").addEventListener("click", () => this.load(false));
   }
 
@@ -34,8 +34,10 @@ export class History {
       return;
     }
     if (fresh) this.offset = 0;
+    const load = ++this.loads;
     try {
       const page = await send("searches", { query: { limit: PAGE, offset: this.offset } });
+      if (load !== this.loads) return;
       const items = page.items.map((item) => this.entry(item));
       if (fresh) $("history-list").replaceChildren(...items);
       else $("history-list").append(...items);
@@ -45,7 +47,7 @@ export class History {
       showError($("history-error"), null);
       this.mark(this.current);
     } catch (error) {
-      showError($("history-error"), error);
+      if (load === this.loads) showError($("history-error"), error);
     }
   }
 

@@ -27,6 +27,7 @@ export class Operator {
     this.files = [];
     this.pool = new Pool();
     this.offset = 0;
+    this.loads = 0; // only the latest listing request may draw the grid
     this.busy = new Busy($("upload-busy"), $("upload-status"), $("upload-submit"));
     dropZone($("crop-drop"), $("crop-files"), (files) => this.choose(files));
     $("upload-form").addEventListener("submit", (event) => {
@@ -159,9 +160,11 @@ export class Operator {
       showError($("gallery-error"), error.message);
       return;
     }
+    const load = ++this.loads;
     $("gallery-grid").setAttribute("aria-busy", "true");
     try {
       const page = await send("gallery", { query });
+      if (load !== this.loads) return; // a newer request was sent meanwhile
       if (!page.items.length && this.offset > 0 && page.total > 0) {
         this.offset = Math.max(0, page.total - this.pageSize);
         return this.load();
@@ -169,9 +172,9 @@ export class Operator {
       this.draw(page);
       showError($("gallery-error"), null);
     } catch (error) {
-      showError($("gallery-error"), error);
+      if (load === this.loads) showError($("gallery-error"), error);
     } finally {
-      $("gallery-grid").removeAttribute("aria-busy");
+      if (load === this.loads) $("gallery-grid").removeAttribute("aria-busy");
     }
   }
 

@@ -65,11 +65,11 @@ export function fromRecord(record, items) {
 
 function resultMeta(r) {
   const pairs = [["Rank", `#${r.rank}`], ["Score", formatScore(r.score)]];
-  if (r.distance !== null && r.distance !== undefined) pairs.push(["Re-ranked", formatScore(r.distance)]);
+  if (r.distance !== null && r.distance !== undefined) pairs.push(["Re-rank", formatScore(r.distance)]);
   pairs.push(["Camera", r.camera || "—"], ["Time", formatTime(r.capturedAt)]);
   if (r.location) pairs.push(["Location", r.location]);
   if (r.externalId) pairs.push(["External id", r.externalId]);
-  pairs.push(["Gallery id", String(r.galleryId)]);
+  pairs.push(["Item", String(r.galleryId)]);
   return pairs;
 }
 

@@ -5,6 +5,7 @@ end of the image are refused."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import threading
 import tracemalloc
@@ -263,4 +264,7 @@ def test_a_batch_slot_is_free_once_its_response_is_complete() -> None:
         await first
         return statuses
 
-    assert asyncio.run(scenario()) == [200, 200]
+    # A loop of its own in a thread: another test (Playwright's sync API) may have left an event
+    # loop running in this one, where asyncio.run refuses to start.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        assert pool.submit(asyncio.run, scenario()).result() == [200, 200]

@@ -374,3 +374,48 @@ def test_crossval_reuse_evaluates_kept_bundles_and_their_ensemble(
     argv = ["crossval", "--data-root", str(synth_root), "--splits", "1", "--test-size", "4"]
     argv += ["--split-seed", "7", "--reuse", str(a), "--json", str(tmp_path / "x.json")]
     assert main(argv) != 0
+
+
+@pytest.mark.slow
+def test_crossval_only_splits_shares_one_draw_among_processes(
+    dataset: PKUSketchDataset, synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--only-splits` runs part of the `--splits` draw: the same test identities and folder
+    names as the full run, so two processes can split the work and `--reuse` evaluates their
+    kept bundles together over the whole draw."""
+    work = tmp_path / "w"
+
+    def run(out: Path, *extra: str) -> int:
+        argv = ["crossval", "--data-root", str(synth_root), "--splits", "2", "--test-size", "4"]
+        argv += ["--no-progress", *extra, "--json", str(out)]
+        return main(argv)
+
+    train = ["--preset", "smoke", "--arch", "resnet8", "--epochs", "1", "--keep-bundles"]
+    assert run(tmp_path / "1.json", *train, "--only-splits", "1", "--workdir", str(work)) == 0
+    part = json.loads((tmp_path / "1.json").read_text())
+    draw = random_splits(dataset, 2, seed=0, test_size=4)
+    assert part["protocol"]["split_indices"] == [1]
+    assert part["protocol"]["split_seeds"] == [draw[1].seed]
+    assert [r["split"] for r in part["variants"]["plain"]["splits"]] == [1]
+    assert (work / "splits" / "split01").is_dir() and not (work / "splits" / "split00").exists()
+    trained = load_bundle(work / "splits" / "split01").manifest.training["train_pids"]
+    assert sorted(trained) == sorted(draw[1].train)
+
+    assert (
+        run(tmp_path / "r.json", "--reuse", str(work), "--workdir", str(tmp_path / "c")) != 0
+    )  # split 0 not there yet
+    assert run(tmp_path / "0.json", *train, "--only-splits", "0", "--workdir", str(work)) == 0
+    assert run(tmp_path / "r.json", "--reuse", str(work), "--workdir", str(tmp_path / "c")) == 0
+    whole = json.loads((tmp_path / "r.json").read_text())["variants"]["plain"]["splits"]
+    first = json.loads((tmp_path / "0.json").read_text())["variants"]["plain"]["splits"]
+    assert [_figures(r) for r in whole] == [_figures(first[0]), _figures(part_row(part))]
+
+    capsys.readouterr()
+    assert run(tmp_path / "x.json", *train, "--only-splits", "2", "--workdir", str(work)) == 2
+    assert "the draw has splits 0-1" in capsys.readouterr().err
+
+
+def part_row(report: dict[str, Any]) -> dict[str, Any]:
+    (row,) = report["variants"]["plain"]["splits"]
+    assert isinstance(row, dict)
+    return row

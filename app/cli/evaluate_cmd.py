@@ -89,6 +89,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     cv.add_argument("--splits", type=positive_int, default=10)
     cv.add_argument("--split-seed", type=int, default=0)
     cv.add_argument("--test-size", type=positive_int)
+    cv.add_argument(
+        "--only-splits",
+        type=split_indices,
+        metavar="LIST",
+        help="run only these splits of the --splits draw, counted from 0: '5-9' or '0,2,4' "
+        "(to share one draw among several processes; their kept bundles reuse together)",
+    )
     cv.add_argument("--translator", action="store_true", help="also train and test a translator")
     cv.add_argument(
         "--per-member", action="store_true", help="also evaluate each ensemble member on its own"
@@ -113,6 +120,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     cv.add_argument("--json", type=Path, required=True)
     cv.add_argument("--plot", type=Path)
     cv.set_defaults(func=run_crossval)
+
+
+def split_indices(value: str) -> list[int]:
+    """'5-9' or '0,2,4' (or both: '0,5-7') -> sorted distinct split indices."""
+    out: set[int] = set()
+    try:
+        for part in value.split(","):
+            lo, sep, hi = part.strip().partition("-")
+            first, last = int(lo), int(hi) if sep else int(lo)
+            if first < 0 or last < first:
+                raise ValueError
+            out.update(range(first, last + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected split indices like '5-9' or '0,2,4', got {value!r}"
+        ) from None
+    return sorted(out)
 
 
 def _rerank_options(p: argparse.ArgumentParser) -> None:
@@ -216,6 +240,15 @@ def run_crossval(args: argparse.Namespace) -> int:
     args.test_ids = None
     args.split_file = None
     splits = resolve_splits(args, dataset)
+    indices = list(range(len(splits)))
+    if args.only_splits is not None:
+        beyond = [i for i in args.only_splits if i >= len(splits)]
+        if beyond:
+            raise UserInputError(
+                f"--only-splits {beyond[0]}: the draw has splits 0-{len(splits) - 1} (--splits)"
+            )
+        indices = args.only_splits
+        splits = [splits[i] for i in indices]
     plan = plan_from_args(args, dataset, [])
     rerank = _rerank(args) or RerankParams()
     report = cross_validate(
@@ -226,6 +259,7 @@ def run_crossval(args: argparse.Namespace) -> int:
         per_member=args.per_member,
         keep_bundles=args.keep_bundles,
         reuse=args.reuse,
+        indices=indices,
         command=command_line(args),
     )
     report["command"] = command_line(args)

@@ -32,6 +32,7 @@ def cross_validate(
     keep_bundles: bool = False,
     per_member: bool = False,
     reuse: Sequence[Path] = (),
+    indices: Sequence[int] | None = None,
     command: str = "",
 ) -> dict[str, Any]:
     """Train and evaluate one model per split. Returns per-split figures and, per variant
@@ -40,13 +41,21 @@ def cross_validate(
     ``reuse``: instead of training, take each split's bundle from the ``splits/splitNN``
     folder of these earlier work folders (kept with ``keep_bundles``) and, when there are
     several, evaluate the ensemble of all their members. Each reused bundle must have been
-    trained on exactly the split's training identities."""
+    trained on exactly the split's training identities.
+
+    ``indices``: the position of each split in the full draw (default 0, 1, ...), so that a
+    run over some of the splits (``--only-splits``) names its folders and rows as the full
+    run would, and runs over disjoint parts of one draw can be reused together."""
+    if indices is None:
+        indices = range(len(splits))
+    if len(indices) != len(splits):
+        raise ValueError("one index per split")
     rows: dict[str, list[dict[str, Any]]] = {}
     timings = []
     archs: list[str] = list(plan.archs)
     preset: dict[str, Any] = plan.preset.model_dump(mode="json")
     presets: list[dict[str, Any] | None] = []
-    for i, split in enumerate(splits):
+    for i, split in zip(indices, splits, strict=True):
         t0 = time.perf_counter()
         if reuse:
             bundle, train_seconds = reused_bundle(reuse, i, split, plan)
@@ -92,6 +101,7 @@ def cross_validate(
         "protocol": {
             "data_root": str(plan.dataset.root),
             "n_splits": len(splits),
+            "split_indices": list(indices),
             "split_seeds": [s.seed for s in splits],
             "test_identities": [len(s.test) for s in splits],
             "train_identities": [len(s.train) for s in splits],

@@ -205,6 +205,33 @@ def test_fine_tuning_starts_from_the_pretrained_backbone(
     assert bundle.manifest.training["pretrained"] == str(pretrained)
 
 
+def test_the_spp_variant_keeps_the_trunk_and_starts_a_new_head(
+    pretrained: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The paper's spatial-pyramid-pooling variant (and another FC size) from a backbone
+    pre-trained with global pooling: the convolutional trunk is the backbone's, FC-d and
+    the neck are new (not the backbone's FC bias beside a fresh weight), and the manifest
+    says so."""
+    data = tmp_path_factory.mktemp("pku")
+    generate_synthetic(data, 10, seed=3)
+    out = tmp_path_factory.mktemp("b") / "bundle"
+    args = ["train", "reid", "--data-root", data, "--pretrained", pretrained, "--arch"]
+    args += ["resnet20", "--preset", "smoke", "--epochs", "1", "--set", "finetune.lr=1e-12"]
+    args += ["--set", "finetune.weight_decay=0", "--set", "model.spp=true"]
+    args += ["--workdir", tmp_path_factory.mktemp("w"), "--no-progress", "--out", out]
+    assert _cli(args) == 0
+    bundle = load_bundle(out)
+    assert bundle.manifest.members[0].spec.spp
+    _, backbone, _ = load_pretrained(pretrained, "resnet20")
+    old, tuned = backbone.state_dict(), bundle.members[0].state_dict()
+    for key in ("conv1.weight", "layer3.2.conv2.weight", "layer3.2.bn2.weight"):
+        assert torch.allclose(tuned[key], old[key], atol=1e-6), key
+    assert tuned["fc.weight"].shape[1] == 21 * old["fc.weight"].shape[1]  # levels 1+4+16
+    assert not torch.allclose(tuned["fc.bias"], old["fc.bias"])
+    pre = bundle.manifest.members[0].training["pretrain"]
+    assert pre["from"] == str(pretrained) and "spp False -> True" in pre["new_head"]
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

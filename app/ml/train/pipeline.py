@@ -177,6 +177,10 @@ def pretrain_member(
     return spec, model, info
 
 
+HEAD_PREFIXES = ("fc.", "neck.")
+"""State-dict prefixes of the head between the pooled features and the classifier."""
+
+
 def initial_state(
     plan: TrainPlan, arch: str
 ) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
@@ -185,13 +189,19 @@ def initial_state(
     if plan.pretrained_dir is not None:
         spec, model, info = load_pretrained(plan.pretrained_dir, arch)
         wanted = member_spec(plan, arch, 1)
-        for name in ("fc_dim", "spp", "bn_neck"):
-            if getattr(spec, name) != getattr(wanted, name):
-                raise UserInputError(
-                    f"pre-trained {arch} in {plan.pretrained_dir} has {name}="
-                    f"{getattr(spec, name)}, the preset wants {getattr(wanted, name)}"
-                )
-        return dict(model.backbone_state_dict()), {"from": str(plan.pretrained_dir), **info}
+        state = dict(model.backbone_state_dict())
+        differ = [
+            f"{name} {getattr(spec, name)} -> {getattr(wanted, name)}"
+            for name in ("fc_dim", "spp", "bn_neck")
+            if getattr(spec, name) != getattr(wanted, name)
+        ]
+        if differ:
+            # Another head (the paper's SPP variant, another FC size): the convolutional
+            # trunk comes from the backbone, FC-d and the neck start fresh, as the paper
+            # replaces the fully connected layers when it fine-tunes.
+            state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
+            info = {**info, "new_head": ", ".join(differ)}
+        return state, {"from": str(plan.pretrained_dir), **info}
     if plan.pretrain_roots:
         _, model, info = pretrain_member(plan, arch)
         return dict(model.backbone_state_dict()), info

@@ -56,7 +56,9 @@ def chromium_path() -> str | None:
     return "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: sync_playwright runs an asyncio loop in this thread while it is
+# open, and tests after the browser tests that call asyncio.run() would find it running.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright

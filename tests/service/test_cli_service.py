@@ -62,6 +62,24 @@ def test_first_serve_prints_an_admin_key_once(env: Path) -> None:
     assert initial_admin_key(get_settings()) is None
 
 
+def test_serve_prints_the_page_then_the_admin_key_last(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a newcomer reads after `make run`: where the web page is, then (first start
+    only) the admin key as the last line, for `| tail -1`."""
+    served: list[dict[str, object]] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.append(kw))
+    assert main(["serve", "--port", "8765"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert served and served[0]["port"] == 8765
+    assert any(line.startswith("The web page: http://127.0.0.1:8765/ ") for line in lines)
+    assert "http://127.0.0.1:8765/docs" in "\n".join(lines)
+    assert lines[-1].startswith("skr_")
+    assert main(["serve", "--port", "8765"]) == 0  # a second start: no new key
+    again = capsys.readouterr().out.strip().splitlines()
+    assert again[-1].startswith("The web page:") and not any("skr_" in x for x in again)
+
+
 def test_ingest_folder_is_resumable(
     env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -306,6 +306,31 @@ def test_confirming_a_result_and_searching_again(live: Live, watched: tuple[Any,
     watch.assert_clean(live.key("investigator"))
 
 
+def test_a_result_is_confirmed_from_the_large_view(live: Live, watched: tuple[Any, Watch]) -> None:
+    """The investigator decides looking at the crop large: Confirm there marks the result
+    (on the server and on its card), and the next crop shows its own, unmarked state."""
+    page, watch = watched
+    sign_in(page, live, "investigator")
+    ids = search(page, sketches(live, 5), top_k=4)
+    page.locator("#result-grid > li").first.locator("button.thumb").click()
+    page.wait_for_selector("#viewer[open]")
+    page.click("#viewer-marks button.confirm")
+    page.wait_for_selector('#viewer-marks button.confirm[aria-pressed="true"]')
+    page.wait_for_selector(f'#result-grid > li[data-gallery-id="{ids[0]}"].confirmed')
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function(
+        "id => document.querySelector('#viewer-title').textContent.includes('item ' + id)",
+        arg=ids[1],
+    )
+    assert page.get_attribute("#viewer-marks button.confirm", "aria-pressed") == "false"
+    page.keyboard.press("Escape")
+    search_id = page.inner_text("#result-summary").rsplit("search ", 1)[1].strip()
+    with live.api("investigator") as api:
+        marks = api.get(f"/api/v1/searches/{search_id}").json()["marks"]
+    assert [(m["gallery_id"], m["mark"]) for m in marks] == [(ids[0], "confirmed")]
+    watch.assert_clean(live.key("investigator"))
+
+
 # --- operator --------------------------------------------------------------------------------
 
 

@@ -134,6 +134,7 @@ export class ResultView {
       title: `Rank ${r.rank} · gallery item ${r.galleryId}`,
       imagePath: galleryImage(r.galleryId),
       meta: resultMeta(r),
+      actions: this.takesFeedback ? () => this.markButtons(r.galleryId) : null,
     }));
     const cards = this.model.results.map((r) => {
       const card = el("li", { class: "card", dataset: { galleryId: r.galleryId } });
@@ -157,8 +158,10 @@ export class ResultView {
   }
 
   markButtons(galleryId) {
+    const current = this.marks.get(galleryId) || null;
     const button = (mark, text) => el("button", {
-      type: "button", class: mark === "confirmed" ? "confirm" : "reject", "aria-pressed": "false",
+      type: "button", class: mark === "confirmed" ? "confirm" : "reject",
+      "aria-pressed": String(current === mark),
       "aria-label": `${text} gallery item ${galleryId}`,
       onclick: () => this.onMark(galleryId, this.marks.get(galleryId) === mark ? "none" : mark),
     }, text);
@@ -169,6 +172,7 @@ export class ResultView {
     this.marks = marks;
     this.paintMarks();
     this.drawFeedback();
+    if (this.viewer.dialog.open) this.viewer.drawActions();
   }
 
   paintMarks() {

@@ -1,5 +1,6 @@
 // The dialog that shows one crop large, with Previous / Next (also ← →) through a list.
-// Esc closes it (native <dialog>); focus goes back to the card that opened it.
+// Esc closes it (native <dialog>); focus goes back to the card that opened it. An entry may
+// carry actions (the Confirm / Reject buttons of a search result), drawn under the crop.
 
 import { Pool, imageUrl, message } from "./api.js";
 import { $, metaList } from "./ui.js";
@@ -25,13 +26,25 @@ export class Viewer {
     });
   }
 
-  // entries: [{title, imagePath, meta: [[label, value], …]}]
+  // entries: [{title, imagePath, meta: [[label, value], …], actions?: () => Node}]
   open(entries, index, opener) {
     this.entries = entries;
     this.opener = opener;
     this.showAt(index);
     if (!this.dialog.open) this.dialog.showModal();
     $("viewer-close").focus();
+  }
+
+  // Redraw the shown entry's actions (after its mark changed), if the viewer is open.
+  drawActions() {
+    const entry = this.entries[this.index];
+    if (!entry) return;
+    const slot = $("viewer-marks");
+    // Keep the keyboard where it was: a mark redraws the buttons, and a focused button
+    // that disappears would drop focus out of the dialog (← → would stop working).
+    const focused = slot.contains(document.activeElement) ? document.activeElement.classList[0] : null;
+    slot.replaceChildren(...(entry.actions ? [entry.actions()] : []));
+    if (focused) slot.querySelector(`.${focused}`)?.focus();
   }
 
   go(step) {
@@ -44,6 +57,7 @@ export class Viewer {
     const entry = this.entries[index];
     $("viewer-title").textContent = entry.title;
     $("viewer-meta").replaceWith(Object.assign(metaList(entry.meta), { id: "viewer-meta" }));
+    this.drawActions();
     $("viewer-prev").disabled = index === 0;
     $("viewer-next").disabled = index === this.entries.length - 1;
     this.img.alt = entry.title;

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.db.models import ApiKey, AuditEvent, GalleryItem, Search, SearchMark
+from app.services.apikeys import MAX_EXPIRY_DAYS, key_status
 from app.services.gallery import IngestOutcome
 from app.services.search import SearchOutcome
 
@@ -358,6 +359,10 @@ class ApiKeyOut(BaseModel):
     created_at: datetime
     revoked_at: datetime | None
     last_used_at: datetime | None
+    expires_at: datetime | None = Field(
+        description="when the key stops working (null: it works until revoked)"
+    )
+    status: Literal["active", "revoked", "expired"]
 
     @classmethod
     def of(cls, row: ApiKey) -> ApiKeyOut:
@@ -369,6 +374,8 @@ class ApiKeyOut(BaseModel):
             created_at=row.created_at,
             revoked_at=row.revoked_at,
             last_used_at=row.last_used_at,
+            expires_at=row.expires_at,
+            status=key_status(row),
         )
 
 
@@ -379,6 +386,12 @@ class ApiKeyCreated(ApiKeyOut):
 class ApiKeyCreate(BaseModel):
     name: str
     role: Literal["admin", "operator", "investigator"]
+    expires_in_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_EXPIRY_DAYS,
+        description="the key stops working this many days from now (omitted: never)",
+    )
 
 
 class AuditEventOut(BaseModel):

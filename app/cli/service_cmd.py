@@ -44,6 +44,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create = key_sub.add_parser("create", help="create a key and print it (last line)")
     create.add_argument("--role", required=True, choices=ROLES)
     create.add_argument("--name", required=True, help="who or what the key is for")
+    create.add_argument(
+        "--expires-in-days",
+        type=int,
+        metavar="N",
+        help="the key stops working N days from now (default: never; it works until revoked)",
+    )
     create.set_defaults(func=cmd_apikey_create)
     listing = key_sub.add_parser("list", help="list keys (never the keys themselves)")
     listing.set_defaults(func=cmd_apikey_list)
@@ -190,8 +196,14 @@ def cmd_apikey_create(args: argparse.Namespace) -> int:
     engine, factory = _with_session(get_settings())
     try:
         with session_scope(factory) as session:
-            row, key = apikeys.create_key(session, args.name, args.role)
-            print(f"created key {row.id} ({row.role}) for {row.name!r}; it is shown only once:")
+            row, key = apikeys.create_key(
+                session, args.name, args.role, expires_in_days=args.expires_in_days
+            )
+            expiry = f", expires {row.expires_at:%Y-%m-%d %H:%M} UTC" if row.expires_at else ""
+            print(
+                f"created key {row.id} ({row.role}{expiry}) for {row.name!r}; "
+                "it is shown only once:"
+            )
             print(key)
     finally:
         engine.dispose()
@@ -205,14 +217,15 @@ def cmd_apikey_list(args: argparse.Namespace) -> int:
             rows = apikeys.list_keys(session)
             print(
                 f"{'ID':>4}  {'ROLE':<12}  {'PREFIX':<10}  {'CREATED':<20}  {'LAST USED':<20}  "
-                "STATUS  NAME"
+                f"{'EXPIRES':<20}  STATUS   NAME"
             )
             for row in rows:
-                status = "revoked" if row.revoked_at else "active"
                 last = row.last_used_at.strftime("%Y-%m-%d %H:%M:%S") if row.last_used_at else "-"
+                ends = row.expires_at.strftime("%Y-%m-%d %H:%M:%S") if row.expires_at else "never"
                 print(
                     f"{row.id:>4}  {row.role:<12}  {row.key_prefix:<10}  "
-                    f"{row.created_at:%Y-%m-%d %H:%M:%S}  {last:<20}  {status:<7} {row.name}"
+                    f"{row.created_at:%Y-%m-%d %H:%M:%S}  {last:<20}  {ends:<20}  "
+                    f"{apikeys.key_status(row):<8} {row.name}"
                 )
     finally:
         engine.dispose()

@@ -62,6 +62,8 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # The key stops working at this time (None: it works until revoked).
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
 class GalleryItem(Base):

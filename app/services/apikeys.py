@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -23,15 +23,32 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def create_key(session: Session, name: str, role: str) -> tuple[ApiKey, str]:
-    """Create a key; returns the row and the key itself (shown once, never stored)."""
+MAX_EXPIRY_DAYS = 3650
+
+
+def create_key(
+    session: Session, name: str, role: str, *, expires_in_days: int | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key; returns the row and the key itself (shown once, never stored).
+
+    ``expires_in_days``: the key stops working that many days from now (None: never; it
+    works until revoked)."""
     name = (name or "").strip()
     if not name or len(name) > 200:
         raise UserInputError("a key needs a name of 1 to 200 characters")
     if role not in ROLES:
         raise UserInputError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    expires_at = None
+    if expires_in_days is not None:
+        if not 1 <= expires_in_days <= MAX_EXPIRY_DAYS:
+            raise UserInputError(
+                f"expires_in_days must be 1 to {MAX_EXPIRY_DAYS}, got {expires_in_days}"
+            )
+        expires_at = utcnow() + timedelta(days=expires_in_days)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = ApiKey(name=name, role=role, key_hash=hash_key(key), key_prefix=key[:10])
+    row = ApiKey(
+        name=name, role=role, key_hash=hash_key(key), key_prefix=key[:10], expires_at=expires_at
+    )
     session.add(row)
     session.commit()
     return row, key
@@ -55,9 +72,14 @@ def revoke_key(session: Session, key_id: int, *, allow_last_admin: bool = False)
     if row.role == "admin" and not allow_last_admin:
         # Lock the active admin rows (PostgreSQL) so two admins revoking each other at once
         # cannot both pass the check; SQLite serialises writers anyway.
+        now = utcnow()
         admins = session.scalars(
             select(ApiKey.id)
-            .where(ApiKey.role == "admin", ApiKey.revoked_at.is_(None))
+            .where(
+                ApiKey.role == "admin",
+                ApiKey.revoked_at.is_(None),
+                ApiKey.expires_at.is_(None) | (ApiKey.expires_at > now),
+            )
             .with_for_update()
         ).all()
         if set(admins) <= {row.id}:
@@ -76,7 +98,8 @@ def count_keys(session: Session) -> int:
 
 
 def authenticate(session: Session, key: str | None) -> ApiKey:
-    """The active key row for ``key``; ``AuthenticationError`` when missing/unknown/revoked."""
+    """The active key row for ``key``; ``AuthenticationError`` when missing, unknown, revoked
+    or expired."""
     if not key:
         raise AuthenticationError("missing API key: send it in the X-API-Key header")
     row = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(key.strip()))).first()
@@ -85,10 +108,26 @@ def authenticate(session: Session, key: str | None) -> ApiKey:
     if row.revoked_at is not None:
         raise AuthenticationError("this API key has been revoked")
     now = utcnow()
+    if is_expired(row, now):
+        raise AuthenticationError(
+            f"this API key expired at {row.expires_at:%Y-%m-%d %H:%M} UTC: "
+            "ask an admin for a new one"
+        )
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
         row.last_used_at = now
         session.commit()
     return row
+
+
+def is_expired(row: ApiKey, now: datetime | None = None) -> bool:
+    return row.expires_at is not None and (now or utcnow()) >= row.expires_at
+
+
+def key_status(row: ApiKey) -> str:
+    """active, revoked or expired."""
+    if row.revoked_at is not None:
+        return "revoked"
+    return "expired" if is_expired(row) else "active"
 
 
 def ensure_initial_admin(session: Session) -> str | None:

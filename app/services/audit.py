@@ -90,7 +90,11 @@ def list_events(
     total = session.scalar(select(func.count(AuditEvent.id)).where(*conditions))
     items = list(
         session.scalars(
-            select(AuditEvent).where(*conditions).order_by(AuditEvent.id).limit(limit).offset(offset)
+            select(AuditEvent)
+            .where(*conditions)
+            .order_by(AuditEvent.id)
+            .limit(limit)
+            .offset(offset)
         )
     )
     return items, int(total or 0)

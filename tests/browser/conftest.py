@@ -83,6 +83,7 @@ class Live:
     keys: Keys
     synth: Path
     gallery_ids: list[int]
+    database_url: str = ""
 
     @property
     def host(self) -> str:
@@ -130,7 +131,7 @@ def live(
     keys = create_keys(settings)
     app = create_app(settings, bundle=load_bundle(settings.MODEL_DIR))
     with running_server(app) as base:
-        server = Live(base=base, keys=keys, synth=synth_root, gallery_ids=[])
+        server = Live(base=base, keys=keys, synth=synth_root, gallery_ids=[], database_url=url)
         server.gallery_ids = _seed_gallery(server)
         yield server
 

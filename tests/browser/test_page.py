@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from service.helpers import jpeg
+
+from app.db.models import ApiKey
+from app.db.session import make_engine, make_session_factory, session_scope
+from app.db.types import utcnow
 
 from .conftest import Live, Watch
 
@@ -101,6 +106,27 @@ def test_a_wrong_key_shows_an_error_and_keeps_the_sign_in_form(
     assert page.evaluate("sessionStorage.length") == 0
     assert page.url == live.base + "/"  # the form was never submitted to a URL
     watch.assert_clean("skr_not-a-real-key", http_errors=True)
+
+
+def test_an_expired_key_is_refused_with_its_date(live: Live, watched: tuple[Any, Watch]) -> None:
+    page, watch = watched
+    with live.api("admin") as api:
+        body = {"name": "expiring", "role": "investigator", "expires_in_days": 1}
+        created = api.post("/api/v1/apikeys", json=body).json()
+    engine = make_engine(live.database_url)
+    with session_scope(make_session_factory(engine)) as session:
+        row = session.get(ApiKey, created["id"])
+        assert row is not None
+        row.expires_at = utcnow() - timedelta(hours=1)
+        session.commit()
+    engine.dispose()
+    page.goto(live.base + "/")
+    page.fill("#api-key", created["key"])
+    page.click("#signin-submit")
+    error = page.wait_for_selector("#signin-error:not([hidden])").inner_text()
+    assert "refused" in error and "expired at" in error and "ask an admin" in error
+    assert page.is_visible("#view-signin")
+    watch.assert_clean(created["key"], http_errors=True)
 
 
 def test_an_unreachable_server_is_reported(live: Live, watched: tuple[Any, Watch]) -> None:

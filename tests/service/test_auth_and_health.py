@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+
+from app.core.config import Settings
+from app.db.models import ApiKey
+from app.db.session import make_engine, make_session_factory, session_scope
+from app.db.types import utcnow
 
 from .conftest import Keys, upload
 from .helpers import jpeg, sketch_png
@@ -198,3 +204,63 @@ def test_the_last_admin_key_cannot_be_revoked_over_http(client: TestClient, keys
     # Revoking an already revoked key changes nothing and is not a conflict.
     r = client.post(f"/api/v1/apikeys/{me}/revoke", headers=second_headers)
     assert r.status_code == 200
+
+
+def expire_key(settings: Settings, key_id: int, *, ago: timedelta = timedelta(minutes=1)) -> None:
+    """Move a key's expiry into the past (as if its days had run out)."""
+    engine = make_engine(settings.DATABASE_URL)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            row = session.get(ApiKey, key_id)
+            assert row is not None
+            row.expires_at = utcnow() - ago
+            session.commit()
+    finally:
+        engine.dispose()
+
+
+def test_a_key_that_expires_stops_working_and_says_when(
+    client: TestClient, keys: Keys, settings: Settings
+) -> None:
+    r = client.post(
+        "/api/v1/apikeys",
+        json={"name": "visiting officer", "role": "investigator", "expires_in_days": 30},
+        headers=keys.admin,
+    )
+    assert r.status_code == 201, r.text
+    created = r.json()
+    expires = datetime.fromisoformat(created["expires_at"])
+    assert timedelta(days=29.9) < expires - datetime.now(UTC) < timedelta(days=30.1)
+    assert created["status"] == "active"
+    headers = {"X-API-Key": created["key"]}
+    assert client.get("/api/v1/gallery", headers=headers).status_code == 200
+
+    expire_key(settings, created["id"])
+    r = client.get("/api/v1/gallery", headers=headers)
+    assert r.status_code == 401
+    assert "expired at" in r.json()["detail"] and "ask an admin" in r.json()["detail"]
+    listed = {k["name"]: k for k in client.get("/api/v1/apikeys", headers=keys.admin).json()}
+    assert listed["visiting officer"]["status"] == "expired"
+    assert listed["operator"]["status"] == "active" and listed["operator"]["expires_at"] is None
+    assert listed["revoked"]["status"] == "revoked"
+    for days in (0, -1, 3651, "soon"):
+        bad = client.post(
+            "/api/v1/apikeys",
+            json={"name": "x", "role": "operator", "expires_in_days": days},
+            headers=keys.admin,
+        )
+        assert bad.status_code == 422 and "expires_in_days" in bad.json()["detail"], days
+
+
+def test_an_expired_admin_key_does_not_count_as_another_admin(
+    client: TestClient, keys: Keys, settings: Settings
+) -> None:
+    second = client.post(
+        "/api/v1/apikeys",
+        json={"name": "admin 2", "role": "admin", "expires_in_days": 1},
+        headers=keys.admin,
+    ).json()
+    expire_key(settings, second["id"])
+    me = _key_id(client, keys, "admin")
+    r = client.post(f"/api/v1/apikeys/{me}/revoke", headers=keys.admin)
+    assert r.status_code == 409 and "last active admin key" in r.json()["detail"]

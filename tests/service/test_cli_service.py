@@ -56,6 +56,18 @@ def test_apikey_create_list_revoke(env: Path, capsys: pytest.CaptureFixture[str]
         main(["apikey", "create", "--role", "root", "--name", "x"])
 
 
+def test_apikey_create_with_an_expiry(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["apikey", "create", "--role", "investigator", "--name", "visitor"]
+    assert main([*argv, "--expires-in-days", "30"]) == 0
+    out = capsys.readouterr().out
+    assert ", expires 20" in out.splitlines()[0] and out.strip().splitlines()[-1].startswith("skr_")
+    assert main(["apikey", "list"]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.endswith("visitor")]
+    assert "never" not in line and " active " in line
+    assert main([*argv, "--expires-in-days", "0"]) == 2
+    assert "expires_in_days must be 1 to 3650" in capsys.readouterr().err
+
+
 def test_first_serve_prints_an_admin_key_once(env: Path) -> None:
     key = initial_admin_key(get_settings())
     assert key is not None and key.startswith("skr_")

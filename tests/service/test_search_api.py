@@ -213,7 +213,8 @@ def test_search_is_recorded_for_audit(client: TestClient, keys: Keys) -> None:
     assert rec["sketch_sha256"] == hashlib.sha256(sketch_png(1)).hexdigest()
     assert before <= datetime.fromisoformat(rec["created_at"]) <= after
     investigator = next(
-        k for k in client.get("/api/v1/apikeys", headers=keys.admin).json()
+        k
+        for k in client.get("/api/v1/apikeys", headers=keys.admin).json()
         if k["name"] == "investigator"
     )
     assert rec["api_key_id"] == investigator["id"]

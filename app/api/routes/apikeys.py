@@ -18,7 +18,9 @@ router = APIRouter(prefix="/apikeys", tags=["apikeys"])
     responses=error_responses(400, 413, 422),
 )
 def create(body: ApiKeyCreate, session: SessionDep, _key: AdminDep) -> ApiKeyCreated:
-    row, key = apikeys.create_key(session, body.name, body.role)
+    row, key = apikeys.create_key(
+        session, body.name, body.role, expires_in_days=body.expires_in_days
+    )
     return ApiKeyCreated(**ApiKeyOut.of(row).model_dump(), key=key)
 
 

@@ -287,6 +287,25 @@ def test_a_failing_request_fails_alone() -> None:
     assert isinstance(out[1], ValueError)
 
 
+class Fatal(BaseException):
+    pass
+
+
+def test_a_fatal_error_reaches_the_caller_and_the_worker_carries_on() -> None:
+    def run(xs: list[int]) -> list[int]:
+        if xs == [0]:
+            raise Fatal("not an Exception")
+        return xs
+
+    queue = InferenceQueue(max_batch=8, max_wait_ms=1, max_queued=64)
+    try:
+        with pytest.raises(Fatal):
+            queue.submit("k", run, [0])
+        assert queue.submit("k", run, [1]) == [1]
+    finally:
+        queue.close()
+
+
 @pytest.mark.parametrize(("max_batch", "max_wait_ms"), [(1, 5.0), (16, 0.0)])
 def test_batch_1_or_wait_0_is_the_direct_path(
     embedder: Embedder, max_batch: int, max_wait_ms: float

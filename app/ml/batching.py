@@ -314,9 +314,10 @@ class InferenceQueue:
             out = slices[0].job.run(items)
             if len(out) != len(items):
                 raise RuntimeError(f"a batch of {len(items)} items gave {len(out)} results")
-        except Exception as exc:
-            if len(slices) == 1:
-                self._fail(slices[0].job, exc)
+        except BaseException as exc:  # every caller gets it; the worker carries on
+            if len(slices) == 1 or not isinstance(exc, Exception):
+                for s in slices:
+                    self._fail(s.job, exc)
                 return
             # Run each request's part alone: only the one that fails fails.
             self.stats.retried_alone += 1

@@ -121,7 +121,7 @@ def test_concurrent_uploads_and_searches_share_forward_passes(
 ) -> None:
     n = 6
     client, embedder, translator = app_with(
-        INFERENCE_MAX_BATCH=16 if batched else 1, INFERENCE_MAX_WAIT_MS=300
+        INFERENCE_MAX_BATCH=16 if batched else 1, INFERENCE_MAX_WAIT_MS=1000
     )
     embedder.calls.clear()
     uploads = in_threads(

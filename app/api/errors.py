@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.errors import BundleError, SketchReidError, UserInputError
+from app.ml.batching import QueueClosedError, QueueFullError
 from app.services.errors import (
     AuthenticationError,
     ConflictError,
@@ -35,6 +36,8 @@ STATUS_BY_ERROR: tuple[tuple[type[SketchReidError], int], ...] = (
     (UserInputError, 400),
     (NotReadyError, 503),
     (BundleError, 503),
+    (QueueFullError, 503),
+    (QueueClosedError, 503),
 )
 
 
@@ -56,6 +59,9 @@ async def sketchreid_error(request: Request, exc: Exception) -> JSONResponse:
     if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
     headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(retry_after, int):  # e.g. the inference queue is full
+        headers = {"Retry-After": str(retry_after)}
     body: dict[str, object] = {"detail": str(exc)}
     if status == 422:  # like a validation error: say which field
         field = getattr(exc, "field", None) or "request"

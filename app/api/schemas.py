@@ -47,7 +47,8 @@ _ERROR_DESCRIPTIONS = {
     422: "A missing, repeated, mistyped or out-of-range field (`errors` lists them)",
     429: "Too many batch uploads running at once; retry after `Retry-After` seconds",
     500: "A fault of the server (logged); nothing was changed by this request's failure",
-    503: "The service is starting or cannot serve right now",
+    503: "The service is starting, shutting down or too busy (the model's queue is full: "
+    "retry after `Retry-After` seconds); nothing was changed",
 }
 # Every route under /api/v1 can answer these (key checks, server faults, not started yet).
 COMMON_ERRORS = (401, 403, 500, 503)

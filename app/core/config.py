@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     RERANK_CANDIDATES: int = Field(default=100, ge=2, le=2000)
     EMBED_BATCH_SIZE: int = Field(default=64, ge=1)
 
+    # Dynamic batching (app.ml.batching): concurrent searches and uploads share forward passes
+    # of at most INFERENCE_MAX_BATCH images, gathered for at most INFERENCE_MAX_WAIT_MS after
+    # the first arrives. 1 image or 0 ms: no batching, each request runs the model itself.
+    # More than INFERENCE_QUEUE_SIZE images waiting: 503 with Retry-After.
+    INFERENCE_MAX_BATCH: int = Field(default=16, ge=1, le=1024)
+    INFERENCE_MAX_WAIT_MS: float = Field(default=2.0, ge=0, le=1000)
+    INFERENCE_QUEUE_SIZE: int = Field(default=256, ge=1, le=100_000)
+
     @model_validator(mode="after")
     def _defaults_and_safety(self) -> Settings:
         if not self.DATABASE_URL:

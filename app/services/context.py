@@ -27,6 +27,7 @@ from app.db.models import Embedding, GalleryItem
 from app.db.session import make_engine, make_session_factory, session_scope
 from app.errors import SketchReidError
 from app.index.store import VectorIndex
+from app.ml.batching import InferenceQueue
 from app.ml.bundle import Bundle, Manifest
 from app.ml.images import load_image
 from app.services.blobs import BlobStore
@@ -62,6 +63,7 @@ class ServiceContext:
     index: VectorIndex
     blobs: BlobStore
     embedding_key: str
+    inference: InferenceQueue
     index_status: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -84,6 +86,16 @@ class ServiceContext:
             dim=self.dim,
             vector=vector_to_bytes(vector),
         )
+
+
+def make_queue(settings: Settings) -> InferenceQueue:
+    """The dynamic batching queue that every request's model call goes through."""
+    return InferenceQueue(
+        max_batch=settings.INFERENCE_MAX_BATCH,
+        max_wait_ms=settings.INFERENCE_MAX_WAIT_MS,
+        max_queued=settings.INFERENCE_QUEUE_SIZE,
+        embed_batch_size=settings.EMBED_BATCH_SIZE,
+    )
 
 
 def vector_to_bytes(vector: np.ndarray) -> bytes:
@@ -268,10 +280,15 @@ def open_context(settings: Settings, bundle: Bundle | None = None) -> ServiceCon
             ),
             blobs=BlobStore(settings.blob_dir),
             embedding_key=embedding_key(bundle.manifest),
+            inference=make_queue(settings),
         )
-        settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
-        backfill_embeddings(ctx, batch_size=settings.EMBED_BATCH_SIZE)
-        prepare_index(ctx)
+        try:
+            settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
+            backfill_embeddings(ctx, batch_size=settings.EMBED_BATCH_SIZE)
+            prepare_index(ctx)
+        except BaseException:
+            ctx.inference.close()
+            raise
     except BaseException:
         engine.dispose()
         raise
@@ -279,7 +296,9 @@ def open_context(settings: Settings, bundle: Bundle | None = None) -> ServiceCon
 
 
 def close_context(ctx: ServiceContext, save_index: bool = True) -> None:
+    """Finish the model work that waits in the queue, save the index, close the database."""
     try:
+        ctx.inference.close()
         if save_index:
             sync_index(ctx)
             ctx.index.save(ctx.settings.index_dir, ctx.embedding_key)

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from app.db.models import GalleryItem
 from app.db.types import MAX_ID, is_valid_id
 from app.errors import ImageError, SketchReidError, UserInputError
+from app.ml.batching import QueueClosedError, QueueFullError
 from app.services import audit
 from app.services.blobs import CONTENT_TYPES, sha256_hex, sniff_extension
 from app.services.context import ServiceContext
@@ -275,7 +276,7 @@ def ingest_image(
         _heal_blob(ctx, existing, data)
         return existing, False
     prep = _prepare(ctx, data, meta, filename)
-    vector = ctx.bundle.embedder.embed([prep.image], modality="photo")[0]
+    vector = ctx.inference.embed(ctx.bundle.embedder, [prep.image], modality="photo")[0]
     return _store(ctx, session, prep, vector, created_by)
 
 
@@ -283,6 +284,9 @@ def ingest_image(
 # memory of a batch to one encoded file plus this many decoded images (each at most
 # DECODE_MAX_SIDE on its longest side).
 BATCH_DECODE_CHUNK = 16
+# A batch upload's chunk waits this long for room in a full inference queue (searches and
+# single uploads are refused at once); then it and the files after it are refused (503 each).
+BATCH_QUEUE_WAIT_S = 2.0
 
 
 def _take(
@@ -325,10 +329,11 @@ def _embed_and_store(
 ) -> None:
     if not prepared:
         return
-    vectors = ctx.bundle.embedder.embed(
+    vectors = ctx.inference.embed(
+        ctx.bundle.embedder,
         [p.image for _, p in prepared],
         modality="photo",
-        batch_size=ctx.settings.EMBED_BATCH_SIZE,
+        wait_s=BATCH_QUEUE_WAIT_S,
     )
     for (position, prep), vector in zip(prepared, vectors, strict=True):
         outcome = outcomes[position]
@@ -347,6 +352,17 @@ def _embed_and_store(
             outcome.status, outcome.http_status = "exists", 200
 
 
+def _refused(name: str | None, why: str, sha256: str | None = None) -> IngestOutcome:
+    prefix = f"{name}: " if name else ""
+    return IngestOutcome(
+        name,
+        "error",
+        error=f"{prefix}not stored, send it again: {why}",
+        http_status=503,
+        sha256=sha256,
+    )
+
+
 def ingest_many(
     ctx: ServiceContext,
     session: Session,
@@ -358,19 +374,33 @@ def ingest_many(
 
     Files are taken ``BATCH_DECODE_CHUNK`` at a time: each is read, checked and decoded (its
     bytes dropped again when they come from a reader), then the chunk is embedded in one call
-    and stored file by file (reading the bytes again to write the blob).
+    and stored file by file (reading the bytes again to write the blob). When the inference
+    queue stays full (:data:`BATCH_QUEUE_WAIT_S`), that chunk and the files after it are
+    refused with status 503 each; the files before it stay stored.
     """
     outcomes: list[IngestOutcome] = []
     first_of: dict[str, int] = {}  # sha256 -> position of its first occurrence in this batch
+    busy: str | None = None  # why the inference queue refused a chunk: the rest is not tried
     for start in range(0, len(files), BATCH_DECODE_CHUNK):
+        stop = min(start + BATCH_DECODE_CHUNK, len(files))
+        if busy is not None:
+            for position in range(start, stop):
+                name = files[position][0]
+                outcomes.append(_refused(name, busy))
+            continue
         prepared: list[tuple[int, _Prepared]] = []
-        for position in range(start, min(start + BATCH_DECODE_CHUNK, len(files))):
+        for position in range(start, stop):
             name, source, meta = files[position]
             outcome, prep = _take(ctx, session, position, name, source, meta, first_of)
             outcomes.append(outcome)
             if prep is not None:
                 prepared.append((position, prep))
-        _embed_and_store(ctx, session, prepared, outcomes, created_by)
+        try:
+            _embed_and_store(ctx, session, prepared, outcomes, created_by)
+        except (QueueFullError, QueueClosedError) as exc:  # nothing of this chunk was stored
+            busy = str(exc)
+            for position, prep in prepared:
+                outcomes[position] = _refused(prep.filename, busy, prep.sha256)
         del prepared
     # Later copies of a file stored earlier in the same batch point at that item.
     by_sha = {o.sha256: o.item for o in outcomes if o.item is not None and o.sha256}

@@ -1,6 +1,7 @@
-"""Sketch search: decode, translate and embed each sketch, fuse them with the relevance
-feedback into one query (:func:`app.ml.feedback.build_query`), FAISS top-k, optional
-k-reciprocal re-ranking, and the audit record of every search.
+"""Sketch search: decode, translate and embed each sketch (both through the dynamic
+batching queue, :mod:`app.ml.batching`, so concurrent searches share forward passes), fuse
+them with the relevance feedback into one query (:func:`app.ml.feedback.build_query`), FAISS
+top-k, optional k-reciprocal re-ranking, and the audit record of every search.
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ def run_search(
     translated: list[Image.Image] = []
     if params.translate is not False and bundle.translator is not None:
         t = time.perf_counter()
-        translated = bundle.translator.translate_batch(images)
+        translated = ctx.inference.translate(bundle.translator, images)
         timings["translate"] = _ms(t)
     elif params.translate is True:
         notes.append(
@@ -234,9 +235,9 @@ def run_search(
 
     t = time.perf_counter()
     if translated:
-        embedded = bundle.embedder.embed(translated, modality="photo")
+        embedded = ctx.inference.embed(bundle.embedder, translated, modality="photo")
     else:
-        embedded = bundle.embedder.embed(images, modality="sketch")
+        embedded = ctx.inference.embed(bundle.embedder, images, modality="sketch")
     positives, negatives = feedback_vectors(ctx, session, feedback)
     query = build_query(embedded, positives, negatives, FEEDBACK_WEIGHTS)
     timings["embed"] = _ms(t)

@@ -73,6 +73,7 @@ def ingest(
 @router.post("/batch", response_model=BatchResult, responses=error_responses(400, 413, 422, 429))
 def ingest_batch(
     request: Request,
+    response: Response,
     ctx: CtxDep,
     session: SessionDep,
     key: OperatorDep,
@@ -115,6 +116,8 @@ def ingest_batch(
         ctx, session, entries, camera_from_name=camera_from_filename, created_by=key.id
     )
     request.app.state.metrics.observe_stages({"ingest": (time.perf_counter() - start) * 1000})
+    if any(o.http_status == 503 for o in outcomes):  # the inference queue was full
+        response.headers["Retry-After"] = "1"
     return BatchResult(
         created=sum(o.status == "created" for o in outcomes),
         existing=sum(o.status == "exists" for o in outcomes),

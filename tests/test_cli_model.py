@@ -100,6 +100,19 @@ def test_annotate_records_crossval_and_fit_reports(
     assert main(["model", "verify", str(bundle)]) == 0
     assert "OK shipped 2.0" in capsys.readouterr().out
 
+    # A later report is added beside the recorded ones; the same label replaces; drop removes.
+    (tmp_path / "cv2.json").write_text(json.dumps({**cv, "command": "sketchreid crossval x"}))
+    assert (
+        main(["model", "annotate", str(bundle), "--crossval", f"more={tmp_path / 'cv2.json'}"]) == 0
+    )
+    recorded = json.loads((bundle / "manifest.json").read_text())["evaluation"]["crossval"]
+    assert sorted(recorded) == ["more", "ship"] and recorded["ship"]["command"] == cv["command"]
+    assert main(["model", "annotate", str(bundle), "--drop-crossval", "ship"]) == 0
+    recorded = json.loads((bundle / "manifest.json").read_text())["evaluation"]["crossval"]
+    assert list(recorded) == ["more"]
+    assert main(["model", "annotate", str(bundle), "--drop-crossval", "ship"]) == 2
+    assert "no cross-validation report 'ship' (recorded: more)" in capsys.readouterr().err
+
 
 def test_annotate_refuses_what_is_not_a_report(
     bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

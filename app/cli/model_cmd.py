@@ -48,7 +48,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=[],
         metavar="LABEL=JSON",
         help="a `sketchreid crossval` report to record under evaluation.crossval.LABEL "
-        "(repeat; together they replace the recorded cross-validation)",
+        "(repeat; reports already recorded under other labels are kept, one under the same "
+        "label is replaced)",
+    )
+    annotate.add_argument(
+        "--drop-crossval",
+        action="append",
+        default=[],
+        metavar="LABEL",
+        help="remove the cross-validation report recorded under LABEL (repeat)",
     )
     annotate.add_argument(
         "--fit",
@@ -191,8 +199,13 @@ def fit_summary(report: dict[str, Any]) -> dict[str, Any]:
 def cmd_annotate(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.bundle)
     evaluation = dict(manifest.evaluation)
-    if args.crossval:
-        recorded = {}
+    if args.crossval or args.drop_crossval:
+        recorded = dict(evaluation.get("crossval") or {})
+        for label in args.drop_crossval:
+            if label not in recorded:
+                known = ", ".join(sorted(recorded)) or "none"
+                raise UserInputError(f"no cross-validation report {label!r} (recorded: {known})")
+            del recorded[label]
         for item in args.crossval:
             label, sep, path = item.partition("=")
             if not sep or not label or not path:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from service.helpers import Counting
 
 from app.ml.batching import InferenceQueue, QueueClosedError, QueueFullError
 from app.ml.inference import Embedder
@@ -34,31 +35,6 @@ def make_embedder(seed: int) -> Embedder:
     torch.manual_seed(seed)
     spec = MemberSpec(arch="resnet8", num_classes=5, fc_dim=16, input_size=SIZE, bn_neck=True)
     return Embedder([build_member(spec).eval()], SIZE)
-
-
-class CountingEmbedder:
-    """An embedder that records each call (modality, image count) and can hold calls until
-    ``gate`` is set."""
-
-    def __init__(self, inner: Embedder, gate: threading.Event | None = None) -> None:
-        self.inner = inner
-        self.gate = gate
-        self.calls: list[tuple[str, int]] = []
-        self.entered = threading.Event()
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def embed(
-        self, images: Sequence[Image.Image], modality: str = "photo", batch_size: int = 64
-    ) -> np.ndarray:
-        with self._lock:
-            self.calls.append((modality, len(images)))
-        self.entered.set()
-        if self.gate is not None:
-            assert self.gate.wait(30), "the test never opened the gate"
-        return self.inner.embed(images, modality=modality, batch_size=batch_size)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +65,7 @@ def concurrently(calls: list[Callable[[], Any]]) -> list[Any]:
 def test_concurrent_requests_share_forward_passes_and_match_one_at_a_time(
     embedder: Embedder,
 ) -> None:
-    counting = CountingEmbedder(embedder)
+    counting = Counting(embedder)
     queue = InferenceQueue(max_batch=16, max_wait_ms=500, max_queued=64)
     n = 8
     images = [picture(i) for i in range(n)]
@@ -115,7 +91,7 @@ def test_concurrent_requests_share_forward_passes_and_match_one_at_a_time(
 
 
 def test_modalities_never_share_a_pass(embedder: Embedder) -> None:
-    counting = CountingEmbedder(embedder)
+    counting = Counting(embedder)
     queue = InferenceQueue(max_batch=16, max_wait_ms=300, max_queued=64)
     n = 8
     images = [picture(100 + i) for i in range(n)]
@@ -142,7 +118,7 @@ def test_modalities_never_share_a_pass(embedder: Embedder) -> None:
 
 def test_two_models_never_share_a_pass(embedder: Embedder) -> None:
     """A bundle swapped in while requests wait gets batches of its own."""
-    old, new = CountingEmbedder(embedder), CountingEmbedder(make_embedder(1))
+    old, new = Counting(embedder), Counting(make_embedder(1))
     queue = InferenceQueue(max_batch=16, max_wait_ms=300, max_queued=64)
     images = [picture(200 + i) for i in range(6)]
     models = [old, new] * 3
@@ -322,7 +298,7 @@ def test_batch_1_or_wait_0_is_the_direct_path(
     # Runs in the caller's thread, unbounded, one call per request.
     assert queue.submit("k", run, [1, 2, 3]) == [1, 2, 3]
     assert callers == [threading.get_ident()]
-    counting = CountingEmbedder(embedder)
+    counting = Counting(embedder)
     image = picture(7)
     out = queue.embed(counting, [image], modality="sketch")
     assert counting.calls == [("sketch", 1)]

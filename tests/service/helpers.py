@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,3 +88,37 @@ def build_tiny_bundle(
         tta_flip=False,
     )
     return out
+
+
+class Counting:
+    """Wraps an embedder or translator: records each call's size (and modality), and holds
+    calls until ``gate`` is set when one is given."""
+
+    def __init__(self, inner: Any, gate: threading.Event | None = None) -> None:
+        self.inner = inner
+        self.gate = gate
+        self.calls: list[tuple[str, int]] = []
+        self.entered = threading.Event()
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _record(self, what: str, n: int) -> None:
+        with self._lock:
+            self.calls.append((what, n))
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(30), "the test never opened the gate"
+
+    def embed(
+        self, images: Sequence[Image.Image], modality: str = "photo", batch_size: int = 64
+    ) -> np.ndarray:
+        self._record(modality, len(images))
+        return self.inner.embed(images, modality=modality, batch_size=batch_size)
+
+    def translate_batch(
+        self, images: Sequence[Image.Image], batch_size: int = 16
+    ) -> list[Image.Image]:
+        self._record("translate", len(images))
+        return self.inner.translate_batch(images, batch_size=batch_size)

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from service.helpers import Counting
+from service.helpers import Counting, concurrently
 
 from app.ml.batching import InferenceQueue, QueueClosedError, QueueFullError
 from app.ml.inference import Embedder
@@ -40,26 +39,6 @@ def make_embedder(seed: int) -> Embedder:
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
     return make_embedder(0)
-
-
-def concurrently(calls: list[Callable[[], Any]]) -> list[Any]:
-    """Run the calls in threads released together; results (or exceptions) in order."""
-    results: list[Any] = [None] * len(calls)
-    barrier = threading.Barrier(len(calls))
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = calls[i]()
-        except Exception as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return results
 
 
 def test_concurrent_requests_share_forward_passes_and_match_one_at_a_time(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +122,23 @@ class Counting:
     ) -> list[Image.Image]:
         self._record("translate", len(images))
         return self.inner.translate_batch(images, batch_size=batch_size)
+
+
+def concurrently(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run the calls in threads released together; results (or exceptions) in order."""
+    results: list[Any] = [None] * len(calls)
+    barrier = threading.Barrier(len(calls))
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return results

@@ -23,7 +23,7 @@ from app.services import gallery
 from app.services.context import vector_from_bytes
 
 from .conftest import Keys, snapshot, upload
-from .helpers import Counting, jpeg, sketch_png
+from .helpers import Counting, concurrently, jpeg, sketch_png
 
 
 def wrapped(
@@ -61,22 +61,6 @@ def app_with(
         client.__exit__(None, None, None)
 
 
-def in_threads(calls: list[Callable[[], Any]]) -> list[Any]:
-    results: list[Any] = [None] * len(calls)
-    barrier = threading.Barrier(len(calls))
-
-    def run(i: int) -> None:
-        barrier.wait()
-        results[i] = calls[i]()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    return results
-
-
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "direct"])
 def test_concurrent_uploads_and_searches_share_forward_passes(
     app_with: Callable[..., tuple[TestClient, Counting, Counting]],
@@ -89,7 +73,7 @@ def test_concurrent_uploads_and_searches_share_forward_passes(
         INFERENCE_MAX_BATCH=16 if batched else 1, INFERENCE_MAX_WAIT_MS=1000
     )
     embedder.calls.clear()
-    uploads = in_threads(
+    uploads = concurrently(
         [lambda s=s: upload(client, keys.operator, jpeg(s)) for s in range(n)]  # type: ignore[misc]
     )
     assert [r.status_code for r in uploads] == [201] * n  # type: ignore[attr-defined]
@@ -105,7 +89,7 @@ def test_concurrent_uploads_and_searches_share_forward_passes(
             headers=keys.investigator,
         )
 
-    searches = in_threads([lambda s=s: search(s) for s in range(n)])  # type: ignore[misc]
+    searches = concurrently([lambda s=s: search(s) for s in range(n)])  # type: ignore[misc]
     assert [r.status_code for r in searches] == [200] * n, [r.text for r in searches]
     search_calls = list(embedder.calls)
     assert all(m == "photo" for m, _ in search_calls)  # translated sketches embed as photos
@@ -156,7 +140,7 @@ def test_sketch_searches_embed_as_sketches(
             headers=keys.investigator,
         )
 
-    out = in_threads([lambda s=s: search(s, s % 2 == 0) for s in range(4)])  # type: ignore[misc]
+    out = concurrently([lambda s=s: search(s, s % 2 == 0) for s in range(4)])  # type: ignore[misc]
     assert [r.status_code for r in out] == [200] * 4
     # Two untranslated sketches and two translated ones: never in one pass.
     by_kind: dict[str, int] = {}

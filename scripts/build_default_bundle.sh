@@ -6,9 +6,12 @@
 # DATA_DIR (default ../shared/data) must hold pku-sketch-dev/; OUT defaults to
 # model_store/default. Every member starts from the committed pre-trained backbones in
 # PRETRAINED (default model_store/pretrained; rebuild them with scripts/build_pretrained.sh)
-# and is fine-tuned with the `ship` preset on all 150 development identities. ARCHS (default
-# resnet56: the backbones this CPU could pre-train so far) lists the members; SET holds extra
-# `--set SECTION.FIELD=VALUE` overrides. TRANSLATOR=1 also trains the ship preset's CycleGAN
+# and is fine-tuned with the `ship` preset on all 150 development identities. MEMBERS (default
+# resnet56) lists the members, space-separated, each ARCH or ARCH:FIELD=VALUE,... with its own
+# overrides, e.g. MEMBERS="resnet110:model.spp=true,model.fc_dim=256 resnet56" (ARCHS=a,b, the
+# older spelling, means MEMBERS="a b"); SET holds `--set SECTION.FIELD=VALUE` overrides for every
+# member. Each member is trained in its own run (JOBS of them at once, default 1) and several are
+# combined into one bundle with `sketchreid model combine`. TRANSLATOR=1 also trains the ship preset's CycleGAN
 # translator (hours on a CPU: a GPU job). Fine-tuning checkpoints and decoded images are kept
 # in WORKDIR (default runs/default): delete it to start from nothing.
 # Afterwards the bundle gets its fit check (`sketchreid evaluate --test-ids all`, written to
@@ -24,7 +27,9 @@ DATA_DIR="${1:-${DATA_DIR:-../shared/data}}"
 OUT="${2:-${OUT:-model_store/default}}"
 WORKDIR="${WORKDIR:-runs/default}"
 PRETRAINED="${PRETRAINED:-model_store/pretrained}"
-ARCHS="${ARCHS:-resnet56}"
+MEMBERS="${MEMBERS:-${ARCHS:+${ARCHS//,/ }}}"
+MEMBERS="${MEMBERS:-resnet56}"
+JOBS="${JOBS:-1}"
 SET="${SET:-}"
 TRANSLATOR="${TRANSLATOR:-0}"
 SKETCHREID="${SKETCHREID:-.venv/bin/sketchreid}"
@@ -53,9 +58,34 @@ for item in $CROSSVAL; do
     annotations+=(--crossval "$item")
 done
 
+read -r -a members <<<"$MEMBERS"
+[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || die "JOBS must be a positive whole number, got '$JOBS'"
+
+# train_member I SPEC DEST: one `train reid` run of member SPEC (ARCH[:FIELD=VALUE,...]).
+train_member() {
+    local arch="${2%%:*}" extra=() item
+    if [[ "$2" == *:* ]]; then
+        IFS=, read -r -a items <<<"${2#*:}"
+        for item in "${items[@]}"; do extra+=(--set "$item"); done
+    fi
+    "$SKETCHREID" train reid --data-root "$DATA_DIR/pku-sketch-dev" --pretrained "$PRETRAINED" \
+        --arch "$arch" --preset ship "${overrides[@]}" "${extra[@]}" \
+        --workdir "$WORKDIR/member$1-$arch" --out "$3"
+}
+
 set -x
-"$SKETCHREID" train reid --data-root "$DATA_DIR/pku-sketch-dev" --pretrained "$PRETRAINED" \
-    --arch "$ARCHS" --preset ship "${overrides[@]}" --workdir "$WORKDIR" --out "$OUT"
+if [[ ${#members[@]} == 1 ]]; then
+    train_member 0 "${members[0]}" "$OUT"
+else
+    parts=()
+    for i in "${!members[@]}"; do
+        parts+=("$WORKDIR/member$i-bundle")
+        train_member "$i" "${members[$i]}" "$WORKDIR/member$i-bundle" &
+        while (($(jobs -rp | wc -l) >= JOBS)); do wait -n; done
+    done
+    for job in $(jobs -p); do wait "$job"; done
+    "$SKETCHREID" model combine "$OUT" "${parts[@]}" --overwrite
+fi
 if [[ "$TRANSLATOR" == 1 ]]; then
     "$SKETCHREID" train translator --data-root "$DATA_DIR/pku-sketch-dev" --preset ship \
         --workdir "$WORKDIR" --out "$OUT"

@@ -1,15 +1,23 @@
-"""Tests for `sketchreid model info|verify|annotate`."""
+"""Tests for `sketchreid model info|verify|annotate|combine`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from app.cli.main import main
-from app.ml.bundle import save_bundle, update_manifest
+from app.ml.bundle import (
+    combine_bundles,
+    load_bundle,
+    read_manifest,
+    save_bundle,
+    update_manifest,
+)
 from app.ml.models.resnet_cifar import MemberSpec, build_member
 
 torch.set_num_threads(1)
@@ -124,3 +132,74 @@ def test_annotate_refuses_what_is_not_a_report(
     assert main(["model", "annotate", str(bundle), "--crossval", "no-equals-sign"]) == 2
     assert "LABEL=JSON" in capsys.readouterr().err
     assert (bundle / "manifest.json").read_text() == before
+
+
+def _part(root: Path, name: str, spec: MemberSpec, seed: int, pids: list[int]) -> Path:
+    torch.manual_seed(seed)
+    out = root / name
+    save_bundle(
+        out,
+        name=name,
+        version="1",
+        members=[(spec.arch, spec, build_member(spec), {"fc": spec.fc_dim})],
+        training={"train_pids": pids, "preset": {"name": name}},
+        evaluation={"rank1": 0.5},
+        notes=["about the part"],
+    )
+    return out
+
+
+def _people(n: int) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [
+        Image.fromarray(rng.integers(0, 256, size=(64, 32, 3), dtype=np.uint8)) for _ in range(n)
+    ]
+
+
+def test_combine_writes_one_ensemble_of_members_with_different_heads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spp = MemberSpec(arch="resnet8", num_classes=3, fc_dim=8, spp=True, bn_neck=True)
+    gap = MemberSpec(arch="resnet8", num_classes=3, fc_dim=4)
+    a = _part(tmp_path, "a", spp, 1, [3, 1, 2])
+    b = _part(tmp_path, "b", gap, 2, [1, 2, 3])
+    out = tmp_path / "ensemble"
+    assert main(["model", "combine", str(out), str(a), str(b), "--version", "9"]) == 0
+    assert "members resnet8, resnet8-1" in capsys.readouterr().out
+
+    manifest = read_manifest(out)
+    assert [(m.spec.spp, m.spec.fc_dim) for m in manifest.members] == [(True, 8), (False, 4)]
+    assert manifest.members[0].training == {"fc": 8}
+    assert manifest.version == "9" and manifest.name == "a+b"
+    assert manifest.training["train_pids"] == [1, 2, 3]
+    assert [p["name"] for p in manifest.training["combined_from"]] == ["a", "b"]
+    assert manifest.training["command"].startswith("sketchreid model combine")
+    assert manifest.evaluation == {} and manifest.notes == []
+
+    # the saved ensemble embeds exactly as the parts combined in memory: weights were copied
+    images = _people(5)
+    parts = [load_bundle(a), load_bundle(b)]
+    want = combine_bundles(parts).embedder.embed(images)
+    got = load_bundle(out).embedder.embed(images)
+    assert got.shape == (5, 12)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    head = got[:, :8] / np.linalg.norm(got[:, :8], axis=1, keepdims=True)
+    np.testing.assert_allclose(head, parts[0].embedder.embed(images), atol=1e-5)
+
+
+def test_combine_refuses_parts_trained_on_other_people(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = MemberSpec(arch="resnet8", num_classes=3, fc_dim=4)
+    a = _part(tmp_path, "a", spec, 1, [1, 2, 3])
+    b = _part(tmp_path, "b", spec, 2, [1, 2, 4])
+    out = tmp_path / "ensemble"
+    assert main(["model", "combine", str(out), str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert "trained on different identities" in err and str(b) in err
+    assert not out.exists()
+    assert main(["model", "combine", str(out), str(a)]) == 2
+    assert "at least two bundles" in capsys.readouterr().err
+    assert main(["model", "combine", str(a), str(a), str(b)]) == 2
+    assert "one of the bundles being combined" in capsys.readouterr().err
+    assert not out.exists() and read_manifest(a).name == "a"

@@ -1,5 +1,5 @@
-"""`sketchreid model info|verify|annotate BUNDLE`, `model export-onnx BUNDLE OUT`: inspect,
-check, annotate and export model bundles."""
+"""`sketchreid model info|verify|annotate BUNDLE`, `model export-onnx BUNDLE OUT`,
+`model combine OUT BUNDLE...`: inspect, check, annotate, export and combine model bundles."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from app.cli.common import command_line
 from app.errors import UserInputError
 from app.ml.bundle import Manifest, load_bundle, read_manifest, update_manifest
 
@@ -33,6 +34,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
     export.add_argument("out", metavar="OUT", type=Path, help="new folder for the .onnx files")
     export.set_defaults(func=cmd_export_onnx)
+
+    combine = sub.add_parser(
+        "combine",
+        help="write one ensemble bundle from the members of several bundles trained on the "
+        "same identities (e.g. members with different heads, trained in separate runs)",
+    )
+    combine.add_argument("out", metavar="OUT", type=Path, help="new bundle folder")
+    combine.add_argument("bundles", metavar="BUNDLE", nargs="+", help="bundles to combine (2+)")
+    combine.add_argument("--name", help="bundle name (default: the parts' names joined by +)")
+    combine.add_argument("--version", help="bundle version (default: the parts' joined by +)")
+    combine.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    combine.set_defaults(func=cmd_combine)
 
     annotate = sub.add_parser(
         "annotate",
@@ -150,6 +163,22 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         f"exported {', '.join(files)} to {args.out} (opset {record.opset}); "
         f"parity with PyTorch: {parity}"
     )
+    return 0
+
+
+def cmd_combine(args: argparse.Namespace) -> int:
+    from app.ml.bundle_combine import combine_to_folder
+
+    manifest = combine_to_folder(
+        args.bundles,
+        args.out,
+        name=args.name,
+        version=args.version,
+        command=command_line(args),
+        overwrite=args.overwrite,
+    )
+    members = ", ".join(m.name for m in manifest.members)
+    print(f"wrote {args.out}: {manifest.name} {manifest.version}, members {members}")
     return 0
 
 

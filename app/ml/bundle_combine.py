@@ -1,0 +1,84 @@
+"""Write one ensemble bundle from the members of several saved bundles.
+
+Members trained in separate runs (say a spatial-pyramid-pooling ResNet-110 with FC-256 and a
+global-pooling ResNet-56 with FC-512, each with its own overrides) become one shipped bundle:
+``sketchreid model combine OUT BUNDLE BUNDLE ...``. The weights are copied as they are (each
+member keeps its spec and training record); the new manifest's ``training`` block says which
+bundles it came from, with each one's own training block.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from app.ml.bundle import BundleError, Manifest, combine_bundles, load_bundle, save_bundle
+
+
+def _common(values: list[Any], what: str, paths: list[str]) -> Any:
+    """The one value every part has, or an error naming the parts that differ."""
+    first = values[0]
+    for value, path in zip(values[1:], paths[1:], strict=True):
+        if value != first:
+            raise BundleError(
+                f"{path} and {paths[0]} were trained on different {what}: "
+                "an ensemble's members must share their training identities"
+            )
+    return first
+
+
+def combine_to_folder(
+    parts: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    version: str | None = None,
+    command: str = "",
+    overwrite: bool = False,
+) -> Manifest:
+    """Load ``parts`` (verifying each), combine their members and write the ensemble to
+    ``out`` atomically. Parts must embed alike (input size, normalisation, sketch handling,
+    flip TTA) and have been trained on the same identities; evaluation figures and notes are
+    not carried over (they described the parts, not the ensemble)."""
+    if len(parts) < 2:
+        raise BundleError("combine needs at least two bundles")
+    if Path(out).resolve() in {Path(p).resolve() for p in parts}:
+        raise BundleError(f"{out} is one of the bundles being combined: write elsewhere")
+    bundles = [load_bundle(p) for p in parts]
+    paths = [str(b.path) for b in bundles]
+    trained = [sorted(b.manifest.training.get("train_pids") or []) for b in bundles]
+    train_pids = _common(trained, "identities (training.train_pids)", paths)
+    ensemble = combine_bundles(bundles)
+    m = ensemble.manifest
+    members = [
+        (entry.name, entry.spec, model, entry.training)
+        for entry, model in zip(m.members, ensemble.members, strict=True)
+    ]
+    translator = None
+    if m.translator is not None and ensemble.generator is not None:
+        translator = (m.translator.spec, ensemble.generator, m.translator.training)
+    training: dict[str, Any] = {
+        "command": command,
+        "combined_from": [
+            {"path": p, "name": b.name, "version": b.version, "training": b.manifest.training}
+            for p, b in zip(paths, bundles, strict=True)
+        ],
+    }
+    if train_pids:
+        training["train_pids"] = train_pids
+    return save_bundle(
+        out,
+        name=name or m.name,
+        version=version or "+".join(b.version for b in bundles),
+        members=members,
+        translator=translator,
+        input_size=m.input_size,
+        mean=m.mean,
+        std=m.std,
+        sketch_grey=m.sketch_grey,
+        tta_flip=m.tta_flip,
+        training=training,
+        overwrite=overwrite,
+    )

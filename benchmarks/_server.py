@@ -4,12 +4,17 @@ Each benchmark gets a throw-away data folder and database (SQLite in that folder
 PostgreSQL database dropped afterwards), runs the migrations and makes API keys with the
 command line, then starts the server as a child process on a free port. ``kill()`` sends
 SIGKILL, which is what the crash trials need; ``stop()`` asks politely.
+
+The server inherits this process's environment. ``OMP_NUM_THREADS`` is 1 unless that environment
+sets it or ``threads`` says otherwise (``None``: left unset, so the server's libraries pick their
+thread counts exactly as this process's did).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -72,6 +77,7 @@ class Server:
     database_url: str
     model_dir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    threads: str | None = "1"  # OMP_NUM_THREADS when the environment has none
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
@@ -87,9 +93,10 @@ class Server:
                 "SKETCHREID_DATA_DIR": str(self.data_dir),
                 "SKETCHREID_DATABASE_URL": self.database_url,
                 "SKETCHREID_MODEL_DIR": str(self.model_dir),
-                "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
             }
         )
+        if self.threads is not None:
+            env.setdefault("OMP_NUM_THREADS", self.threads)
         env.update(self.extra_env)
         return env
 
@@ -161,11 +168,23 @@ class Server:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
+_REQUESTS = re.compile(
+    r'^sketchreid_http_requests_total\{method="([^"]*)",route="([^"]*)",status="([^"]*)"\} (\S+)$'
+)
+
+
+def request_counts(base_url: str) -> dict[tuple[str, str, str], int]:
+    """The requests the server has counted since it started (its /metrics), by
+    (method, route template, status)."""
+    text = httpx.get(f"{base_url}/metrics", timeout=30).text
+    counts: dict[tuple[str, str, str], int] = {}
+    for line in text.splitlines():
+        if match := _REQUESTS.match(line):
+            method, route, status, value = match.groups()
+            counts[(method, route, status)] = int(float(value))
+    return counts
+
+
 def server_errors(base_url: str) -> int:
     """Responses with a 5xx status the server has counted since it started (its /metrics)."""
-    text = httpx.get(f"{base_url}/metrics", timeout=30).text
-    total = 0
-    for line in text.splitlines():
-        if line.startswith("sketchreid_http_requests_total{") and 'status="5' in line:
-            total += int(float(line.rsplit(" ", 1)[1]))
-    return total
+    return sum(n for (_, _, status), n in request_counts(base_url).items() if status[0] == "5")

@@ -4,6 +4,7 @@ Usage (from the repository root)::
 
     .venv/bin/python benchmarks/bench_service.py                       # 1,000 and 10,000 items
     .venv/bin/python benchmarks/bench_service.py --model model_store/default --searches 50
+    .venv/bin/python benchmarks/bench_service.py --http          # also against a live server
 
 Everything runs in-process against a throw-away DATA_DIR and SQLite database (or
 ``--database-url``), through the FastAPI app with ``TestClient`` (no network):
@@ -18,6 +19,24 @@ Everything runs in-process against a throw-away DATA_DIR and SQLite database (or
 * searches: ``--searches`` sketches per configuration through ``POST /api/v1/search``, with and
   without re-ranking; median and p95 of each ``timings_ms`` stage and of the whole request.
 
+``--http`` adds the same measurements over real HTTP, on the same DATA_DIR, database, gallery
+and sketches: a ``sketchreid serve`` process (benchmarks/_server.py, uvicorn) with the in-process
+app's settings, backend, precision and thread environment (benchmarks/_http_compare.py checks
+them through ``/api/v1/model``), and an httpx client. The two paths never run at the same time:
+
+* ingestion runs one path after the other: the first half of the batch requests in-process
+  (the server not yet started), then the server starts on the in-process app's saved index and,
+  after one untimed warm-up search, takes the other half (the in-process app idle); the
+  in-process index then picks up the server's items;
+* searches: the same server serves every gallery size that needs no new items, and is stopped
+  before the random items of a larger one are added and started anew after. Each path gets one
+  untimed warm-up search per gallery size, then the searches alternate request by request
+  (same sketch; in-process first on even ones, HTTP first on odd ones), so the server is idle
+  while the in-process app works and the other way round;
+* a second table gives, per gallery size and re-ranking, the in-process and the client-observed
+  HTTP whole-request p50 / p95, the searches the server itself counted (its /metrics) and the
+  ratio HTTP p50 / in-process p50; and the batch ingestion rate of both paths in crops/s.
+
 Without ``--model`` a random-weight bundle is built (ResNet-20, FC 256, CycleGAN generator
 ngf 32 / 6 blocks at 64x32) so the numbers reflect the code path, not accuracy.
 """
@@ -25,13 +44,16 @@ ngf 32 / 6 blocks at 64x32) so the numbers reflect the code path, not accuracy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 from fastapi.testclient import TestClient
@@ -51,6 +73,9 @@ from app.ml.models.cyclegan import GeneratorSpec, build_generator  # noqa: E402
 from app.ml.models.resnet_cifar import MemberSpec, build_member  # noqa: E402
 from app.services import apikeys  # noqa: E402
 from app.services.context import sync_index, vector_to_bytes  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _http_compare import Stats, Twin, print_comparison, served  # noqa: E402
 
 STAGES = ("decode", "translate", "embed", "search", "rerank")
 
@@ -132,25 +157,55 @@ def add_random_items(client: TestClient, n: int, seed: int = 0) -> None:
     sync_index(ctx)
 
 
+def search(
+    client: httpx.Client, headers: dict[str, str], seed: int, rerank: bool
+) -> tuple[float, dict[str, float]]:
+    """One search with sketch ``seed``: whole-request ms and the answer's ``timings_ms``."""
+    start = time.perf_counter()
+    r = client.post(
+        "/api/v1/search",
+        files={"sketch": ("s.png", sketch(seed), "image/png")},
+        data={"top_k": 10, "rerank": str(rerank).lower()},
+        headers=headers,
+    )
+    elapsed = (time.perf_counter() - start) * 1000
+    r.raise_for_status()
+    return elapsed, r.json()["timings_ms"]
+
+
 def run_searches(
-    client: TestClient, headers: dict[str, str], n: int, rerank: bool
-) -> dict[str, tuple[float, float]]:
-    per_stage: dict[str, list[float]] = {s: [] for s in (*STAGES, "request")}
+    clients: Sequence[httpx.Client], headers: dict[str, str], n: int, rerank: bool
+) -> list[Stats]:
+    """``n`` searches on each client, alternating (the order flips every search)."""
+    per_stage: list[dict[str, list[float]]] = [
+        {s: [] for s in (*STAGES, "request")} for _ in clients
+    ]
     for i in range(n):
-        start = time.perf_counter()
+        order = list(enumerate(clients))
+        for k, client in order if i % 2 == 0 else order[::-1]:
+            elapsed, timings = search(client, headers, i, rerank)
+            for stage in STAGES:
+                per_stage[k][stage].append(float(timings[stage]))
+            per_stage[k]["request"].append(elapsed)
+    return [
+        {k: (statistics.median(v), pct(v, 95)) for k, v in stats.items()} for stats in per_stage
+    ]
+
+
+def upload_batches(
+    client: httpx.Client, headers: dict[str, str], todo: list[int], batch: int
+) -> tuple[int, float]:
+    """Crops ``todo``, ``batch`` per request: (files, crops/s)."""
+    start = time.perf_counter()
+    for k in range(0, len(todo), batch):
+        chunk = todo[k : k + batch]
         r = client.post(
-            "/api/v1/search",
-            files={"sketch": ("s.png", sketch(i), "image/png")},
-            data={"top_k": 10, "rerank": str(rerank).lower()},
+            "/api/v1/gallery/batch",
+            files=[("images", (f"{i}.jpg", crop(i), "image/jpeg")) for i in chunk],
             headers=headers,
         )
-        elapsed = (time.perf_counter() - start) * 1000
-        r.raise_for_status()
-        timings = r.json()["timings_ms"]
-        for stage in STAGES:
-            per_stage[stage].append(float(timings[stage]))
-        per_stage["request"].append(elapsed)
-    return {k: (statistics.median(v), pct(v, 95)) for k, v in per_stage.items()}
+        assert r.status_code == 200 and r.json()["failed"] == 0, r.text
+    return len(todo), len(todo) / max(time.perf_counter() - start, 1e-9) if todo else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,12 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerank-candidates", type=int, default=100)
     parser.add_argument("--index-type", default="flat", choices=["flat", "hnsw", "ivf"])
     parser.add_argument("--database-url", default=None)
+    parser.add_argument(
+        "--http", action="store_true", help="also against a live server (see the docstring)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         tmp_path = Path(tmp)
-        model = args.model or build_bundle(tmp_path / "model")
+        model = (args.model or build_bundle(tmp_path / "model")).resolve()
         db_url = args.database_url or f"sqlite:///{tmp_path / 'bench.db'}"
         migrate.upgrade(db_url)
         settings = load_settings(
@@ -187,12 +245,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{bundle.translator is not None}; index {args.index_type}; torch threads "
             f"{torch.get_num_threads()}; database {db_url.split(':')[0]}"
         )
-        with TestClient(create_app(settings, bundle=bundle)) as client:
+        with contextlib.ExitStack() as stack:
+            client = stack.enter_context(TestClient(create_app(settings, bundle=bundle)))
             ctx = client.app.state.ctx  # type: ignore[attr-defined]
             with session_scope(ctx.sessions) as session:
                 _, op_key = apikeys.create_key(session, "bench-op", "operator")
                 _, inv_key = apikeys.create_key(session, "bench-inv", "investigator")
             op, inv = {"X-API-Key": op_key}, {"X-API-Key": inv_key}
+            twin = stack.enter_context(Twin(client, inv)) if args.http else None
 
             # Ingestion throughput, single uploads.
             start = time.perf_counter()
@@ -205,32 +265,44 @@ def main(argv: list[str] | None = None) -> int:
                 assert r.status_code == 201, r.text
             single_rate = args.single / (time.perf_counter() - start)
 
-            # Batch uploads up to --api-items.
+            # Batch uploads up to --api-items; under --http the first half of the batches
+            # in-process, then the rest over HTTP.
             todo = list(range(args.single, max(args.api_items, args.single)))
-            start = time.perf_counter()
-            for k in range(0, len(todo), args.batch):
-                chunk = todo[k : k + args.batch]
-                r = client.post(
-                    "/api/v1/gallery/batch",
-                    files=[("images", (f"{i}.jpg", crop(i), "image/jpeg")) for i in chunk],
-                    headers=op,
-                )
-                assert r.status_code == 200 and r.json()["failed"] == 0, r.text
-            batch_rate = len(todo) / max(time.perf_counter() - start, 1e-9) if todo else 0.0
+            half = -(-len(todo) // args.batch // 2) * args.batch if args.http else len(todo)
+            files, batch_rate = upload_batches(client, op, todo[:half], args.batch)
             print(
                 f"ingestion over HTTP: {single_rate:.1f} items/s one file per request "
                 f"({args.single} files), {batch_rate:.1f} items/s in batches of {args.batch} "
-                f"({len(todo)} files)"
+                f"({files} files)"
             )
+            http_ingest, ingest_served = (0, 0.0), 0
+            if twin is not None:
+                http = twin.start()
+                search(http, inv, -1, True)  # warm-up: connection, first forward passes
+                http_ingest = upload_batches(http, op, todo[half:], args.batch)
+                ingest_served = served(http, "/api/v1/gallery/batch")
+                sync_index(ctx)  # the server's items
 
-            rows = []
+            rows: list[tuple[int, bool, Stats]] = []
+            http_rows: list[tuple[int, bool, Stats, Stats, int]] = []
             for size in sorted(args.galleries):
                 have = len(ctx.index)
                 if size > have:
+                    if twin is not None:
+                        twin.stop()  # restarted below, on the grown gallery
                     add_random_items(client, size - have, seed=size)
+                clients: list[httpx.Client] = [client]
+                if twin is not None:
+                    clients.append(twin.ready())
+                    for c in clients:  # warm-up, untimed
+                        search(c, inv, -1, True)
                 for rerank in (False, True):
-                    stats = run_searches(client, inv, args.searches, rerank)
-                    rows.append((len(ctx.index), rerank, stats))
+                    before = served(clients[1], "/api/v1/search") if twin is not None else 0
+                    both = run_searches(clients, inv, args.searches, rerank)
+                    rows.append((len(ctx.index), rerank, both[0]))
+                    if twin is not None:
+                        count = served(clients[1], "/api/v1/search") - before
+                        http_rows.append((len(ctx.index), rerank, both[0], both[1], count))
 
     header = f"{'gallery':>8} {'rerank':>6} " + " ".join(f"{s:>17}" for s in (*STAGES, "request"))
     print(
@@ -241,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     for size, rerank, stats in rows:
         cells = " ".join(f"{stats[s][0]:>8.2f}/{stats[s][1]:<8.2f}" for s in (*STAGES, "request"))
         print(f"{size:>8} {('yes' if rerank else 'no'):>6} {cells}")
+    if args.http:
+        ingest = {"in-process": (files, batch_rate), "http": http_ingest}
+        print_comparison(args.batch, ingest, ingest_served, http_rows, args.searches)
     return 0
 
 

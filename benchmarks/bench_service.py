@@ -68,11 +68,12 @@ from app.core.config import load_settings  # noqa: E402
 from app.db import migrate  # noqa: E402
 from app.db.models import Embedding, GalleryItem  # noqa: E402
 from app.db.session import session_scope  # noqa: E402
-from app.ml.bundle import load_bundle, save_bundle  # noqa: E402
+from app.ml.bundle import save_bundle  # noqa: E402
 from app.ml.models.cyclegan import GeneratorSpec, build_generator  # noqa: E402
 from app.ml.models.resnet_cifar import MemberSpec, build_member  # noqa: E402
 from app.services import apikeys  # noqa: E402
 from app.services.context import sync_index, vector_to_bytes  # noqa: E402
+from app.services.model import load_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _http_compare import Stats, Twin, print_comparison, served  # noqa: E402
@@ -220,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index-type", default="flat", choices=["flat", "hnsw", "ivf"])
     parser.add_argument("--database-url", default=None)
     parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnx"],
+        help="inference backend, as SKETCHREID_BACKEND (default auto: what serve runs)",
+    )
+    parser.add_argument(
         "--http", action="store_true", help="also against a live server (see the docstring)"
     )
     args = parser.parse_args(argv)
@@ -238,11 +245,13 @@ def main(argv: list[str] | None = None) -> int:
             INDEX_TYPE=args.index_type,
             RERANK_CANDIDATES=args.rerank_candidates,
             MAX_BATCH_FILES=max(args.batch, 1),
+            BACKEND=args.backend,
         )
-        bundle = load_bundle(model)
+        bundle = load_model(settings)  # what `serve` runs: ONNX Runtime under BACKEND=auto
         print(
             f"model {bundle.name} {bundle.version}: dim {bundle.embedder.dim}, translator "
-            f"{bundle.translator is not None}; index {args.index_type}; torch threads "
+            f"{bundle.translator is not None}; backend {bundle.inference['backend']}; index "
+            f"{args.index_type}; torch threads "
             f"{torch.get_num_threads()}; database {db_url.split(':')[0]}"
         )
         with contextlib.ExitStack() as stack:

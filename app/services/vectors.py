@@ -6,7 +6,8 @@ loading ~100 blobs from the database gives the same numbers because
 
 * an embedding is written once per (item, model key) and never changed (a new model is a new
   key, and the index holds only the active key's vectors);
-* gallery ids are never reused (AUTOINCREMENT on SQLite, sequences on PostgreSQL);
+* a committed gallery id is never given again (AUTOINCREMENT on SQLite, sequences on
+  PostgreSQL);
 
 so a vector the index holds for an id is the one the database holds for it, as long as the
 database still has that id. Which ids that is comes from the database (one id-only query):

@@ -4,6 +4,13 @@ Usage (from the repository root)::
 
     .venv/bin/python benchmarks/bench_rerank.py                   # Q=50, G in 500 2000 5000
     .venv/bin/python benchmarks/bench_rerank.py --gallery 500 1000 --repeat 3
+    .venv/bin/python benchmarks/bench_rerank.py --query-time      # the service's rerank stage
+    git show REV:app/ml/rerank.py > /tmp/prev.py
+    .venv/bin/python benchmarks/bench_rerank.py --query-time --previous-rerank /tmp/prev.py
+
+``--query-time`` times the service's ``rerank`` stage (1 query, 100 candidates, 1,024-d)
+against the previous path, database load + re-ranking, in the same run: see
+``benchmarks/_query_time.py``. Without it:
 
 Inputs are synthetic L2-normalised embeddings of identities (a few noisy views around a
 random centre), turned into the distances the service and the evaluation use: squared L2 of
@@ -26,9 +33,11 @@ from pathlib import Path
 import numpy as np
 
 _HERE = Path(__file__).resolve().parent
-if str(_HERE) not in sys.path:  # also works as `python -m benchmarks.bench_rerank`
-    sys.path.insert(0, str(_HERE))
+for _path in (_HERE.parent, _HERE):  # this checkout's app/, not an installed copy's
+    if str(_path) not in sys.path:  # also works as `python -m benchmarks.bench_rerank`
+        sys.path.insert(0, str(_path))
 
+from _query_time import run_query_time  # noqa: E402
 from _reference_rerank import reference_rerank  # noqa: E402
 
 from app.ml.rerank import k_reciprocal_rerank  # noqa: E402
@@ -82,12 +91,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gallery", type=int, nargs="+", default=[500, 2000, 5000], help="G values"
     )
-    parser.add_argument("--dim", type=int, default=128, help="embedding size (default 128)")
+    parser.add_argument(
+        "--dim", type=int, default=None, help="embedding size (default 128; --query-time 1024)"
+    )
     parser.add_argument("--views", type=int, default=4, help="images per identity (default 4)")
     parser.add_argument("--repeat", type=int, default=1, help="timed runs, best kept")
     parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc runs")
     parser.add_argument("--seed", type=int, default=0)
+    query = parser.add_argument_group("--query-time: the service's re-ranking stage")
+    query.add_argument("--query-time", action="store_true", help="time it (see above)")
+    query.add_argument("--candidates", type=int, default=100, help="re-ranked (default 100)")
+    query.add_argument("--items", type=int, default=2000, help="stored items (default 2000)")
+    query.add_argument("--runs", type=int, default=200, help="calls of each path (default 200)")
+    query.add_argument("--previous-rerank", metavar="FILE", help="older app/ml/rerank.py")
     args = parser.parse_args(argv)
+    if args.query_time:
+        return run_query_time(
+            args.items,
+            args.candidates,
+            args.dim or 1024,
+            args.runs,
+            args.seed,
+            args.previous_rerank,
+        )
+    args.dim = args.dim or 128
 
     header = (
         f"{'Q':>4} {'G':>6} | {'ref s':>8} {'ours s':>8} {'speed-up':>8} | "

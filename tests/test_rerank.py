@@ -194,3 +194,16 @@ def test_bad_inputs_raise_clear_errors(kwargs: dict[str, Any], message: str) -> 
 def test_user_input_error_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         k_reciprocal_rerank(np.zeros((2, 3)), np.zeros((3, 3)), np.zeros((3, 3)))
+
+
+def test_dense_and_sorted_key_sets_give_identical_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The query-time shortcut (dense tables for few items) changes no bit of the result."""
+    from app.ml import keysets
+
+    for num_q, num_g, k1, k2 in ((1, 100, 20, 6), (6, 80, 6, 3), (1, 30, 4, 1)):
+        args = _clustered_case(num_g, num_q, num_g, ids=num_g // 4)
+        dense = k_reciprocal_rerank(*args, k1=k1, k2=k2)
+        with monkeypatch.context() as m:
+            m.setattr(keysets, "DENSE_MAX", 0)
+            by_sorting = k_reciprocal_rerank(*args, k1=k1, k2=k2)
+        assert np.array_equal(dense, by_sorting)

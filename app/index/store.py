@@ -222,6 +222,19 @@ class VectorIndex:
         with self._lock:
             return item_id in self._ids
 
+    def vectors(self, ids: Iterable[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found ids ascending, their vectors): the ones of ``ids`` held in memory.
+
+        The vectors are the float32 rows given to ``build``/``add`` (or read by ``load``),
+        bit for bit. An ``ivf`` index returns none: its lists keep no id -> vector map, so
+        callers read those vectors elsewhere (the database).
+        """
+        with self._lock:
+            found = self._ids.present(ids)  # live ids only: never an HNSW tombstone
+            if self._kind == "ivf" or found.size == 0:
+                return found[:0], np.zeros((0, self.dim), np.float32)
+            return found, self._index.reconstruct_batch(found)
+
     @property
     def kind(self) -> str:
         """The structure actually built (an ``ivf`` request on a small gallery is ``flat``)."""

@@ -10,6 +10,10 @@ dense ``V`` / ``V_qe`` matrices it
   ``np.argpartition`` (then sorts those few), one block of rows at a time;
 * stores the k-reciprocal encodings ``V`` and their query expansion as sparse CSR arrays
   (plain numpy, float32) and computes the Jaccard distance with an inverted (CSC) index;
+* does its set operations (is a neighbour reciprocal, is it in a set, distinct entries, sums
+  by entry) with :mod:`app.ml.keysets`: a small dense table when there are few items (one
+  query and ~100 candidates at query time, where numpy's per-call overhead dominates),
+  sorting otherwise;
 
 so that, beyond the caller's three distance matrices and the Q x G result, memory is the
 neighbour lists, O((Q+G)·k1), the sparse encodings — ``V`` has at most
@@ -34,6 +38,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from app.errors import UserInputError
+from app.ml.keysets import PairSet, sum_by_key, unique_keys
 
 __all__ = ["k_reciprocal_rerank"]
 
@@ -191,10 +196,12 @@ def _reciprocal_mask(neighbours: IntArray, k: int) -> NDArray[np.bool_]:
     """``mask[i, m]``: item ``neighbours[i, m]`` has ``i`` among its own ``k`` nearest."""
     n = neighbours.shape[0]
     forward = neighbours[:, :k]
+    items = np.arange(n)[:, None]
+    # the pairs (j, forward[j, t]); mask[i, m] is whether (forward[i, m], i) is one of them
+    pairs = PairSet(np.repeat(items, k, axis=1), forward, n, n)
     mask = np.empty((n, k), dtype=np.bool_)
-    for start, stop in _ranges(n, k * k):
-        rows = np.arange(start, stop)[:, None, None]
-        mask[start:stop] = np.any(forward[forward[start:stop]] == rows, axis=2)
+    for start, stop in _ranges(n, k):
+        mask[start:stop] = pairs.contains(forward[start:stop], items[start:stop])
     return mask
 
 
@@ -209,22 +216,24 @@ def _encode(dist: _Distances, neighbours: IntArray, k_fwd: int, k_half: int) -> 
     counts: list[IntArray] = []
     cols: list[IntArray] = []
     vals: list[F32Array] = []
-    for start, stop in _ranges(n, k_fwd * k_half * k_fwd):
+    for start, stop in _ranges(n, k_fwd * k_half):
         f = forward[start:stop]  # (c, kf) candidates = k1-nearest
         fm = fwd_mask[start:stop]  # which of them are k-reciprocal
         h = half[f]  # (c, kf, kh) each candidate's round(k1/2)-nearest
         hm = half_mask[f]  # which of those are reciprocal to the candidate
-        in_set = np.any((h[..., None] == f[:, None, None, :]) & fm[:, None, None, :], axis=3)
+        # in_set[r, m, t]: h[r, m, t] is in R(row r, k1) = the f[r] that fm[r] marks
+        r1, m1 = np.nonzero(fm)
+        members = PairSet(r1, f[r1, m1], stop - start, n)
+        in_set = members.contains(np.arange(stop - start)[:, None, None], h)
         overlap = np.count_nonzero(in_set & hm, axis=2)
         size = np.count_nonzero(hm, axis=2)
         accept = fm & (overlap > 2.0 / 3.0 * size)
 
-        r1, m1 = np.nonzero(fm)
         r2, m2, t2 = np.nonzero(accept[..., None] & hm)
         local = np.concatenate([r1, r2])
         col = np.concatenate([f[r1, m1], h[r2, m2, t2]])
-        keys = np.unique(local.astype(np.int64) * n + col)
-        local, col = (keys // n).astype(np.intp), (keys % n).astype(np.intp)
+        keys = unique_keys(local.astype(np.int64) * n + col, (stop - start) * n)
+        local, col = keys // n, keys % n
 
         weight = np.exp(-dist.lookup(local + start, col))
         total = np.bincount(local, weights=weight, minlength=stop - start)
@@ -248,11 +257,11 @@ def _expand_queries(v: _Csr, neighbours: IntArray, k_qe: int) -> _Csr:
         seg_len = lengths[seg]
         pos = _segments(v.indptr[seg], seg_len)
         local = np.repeat(np.repeat(np.arange(stop - start), k_qe), seg_len)
-        keys, inverse = np.unique(local.astype(np.int64) * n + v.indices[pos], return_inverse=True)
-        summed = np.bincount(inverse, weights=v.data[pos], minlength=keys.size)
-        row = (keys // n).astype(np.intp)
+        flat = local.astype(np.int64) * n + v.indices[pos]
+        keys, summed = sum_by_key(flat, v.data[pos], (stop - start) * n)
+        row = keys // n
         counts.append(np.bincount(row, minlength=stop - start).astype(np.intp))
-        cols.append((keys % n).astype(np.intp))
+        cols.append(keys % n)
         vals.append((summed / k_qe).astype(np.float32))
     return _Csr.from_blocks(counts, cols, vals)
 

@@ -30,10 +30,11 @@ from app.ml.rerank import k_reciprocal_rerank
 from app.ml.testset import distances
 from app.services import audit
 from app.services.blobs import sha256_hex, sniff_extension
-from app.services.context import ServiceContext, load_vectors
+from app.services.context import ServiceContext
 from app.services.errors import NotFoundError, OutOfRangeError
 from app.services.feedback import Feedback, combine, feedback_vectors
 from app.services.gallery import check_range, check_upload, filter_conditions
+from app.services.vectors import candidate_vectors
 
 MAX_TOP_K = 100
 # Sketches of one suspect in one search (e.g. one per witness).
@@ -259,7 +260,7 @@ def run_search(
     reranked = False
     if params.rerank and len(found) >= 2:
         t = time.perf_counter()
-        ids, vectors = load_vectors(session, ctx.embedding_key, ctx.dim, [h.id for h in found])
+        ids, vectors = candidate_vectors(ctx, session, [h.id for h in found])
         if len(ids):
             rr = rerank_candidates(query, vectors, params)
             cos = vectors @ query

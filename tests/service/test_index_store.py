@@ -207,3 +207,31 @@ def test_idset_membership_insertion_and_removal() -> None:
     s.remove(np.array([4, 7, 1], dtype=np.int64))
     assert s.array().tolist() == [3, 5, 9, 10]
     assert IdSet().present([1, 2]).tolist() == []
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_vectors_are_the_stored_rows_of_live_ids(tmp_path: Path, kind: str) -> None:
+    x, ids = _unit(60, seed=5), np.arange(1, 61, dtype=np.int64)
+    index = VectorIndex(16, kind)
+    index.build(ids, x)
+    index.remove([3, 10])  # HNSW: tombstones, still in the graph
+    found, vectors = index.vectors([10, 7, 3, 55, 7, 999])
+    assert found.tolist() == [7, 55]  # ascending, de-duplicated, live only
+    assert np.array_equal(vectors, x[[6, 54]])  # bit for bit
+    index.add([3], x[9:10])  # the id again, with another vector (HNSW compacts first)
+    found, vectors = index.vectors([3])
+    assert np.array_equal(vectors, x[9:10])
+    index.save(tmp_path, "m")
+    again = VectorIndex(16, kind)
+    assert again.load(tmp_path, "m", index.ids()) is None
+    assert np.array_equal(again.vectors(ids)[1], index.vectors(ids)[1])
+    assert index.vectors([])[0].size == 0 and index.vectors([])[1].shape == (0, 16)
+
+
+def test_ivf_index_hands_out_no_vectors() -> None:
+    x, ids = _unit(IVF_MIN_TRAIN + 40, seed=6), np.arange(1, IVF_MIN_TRAIN + 41, dtype=np.int64)
+    index = VectorIndex(16, "ivf")
+    index.build(ids, x)
+    assert index.kind == "ivf"
+    found, vectors = index.vectors(ids[:5])
+    assert found.size == 0 and vectors.shape == (0, 16)  # callers read them from the database

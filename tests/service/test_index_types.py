@@ -1,15 +1,17 @@
 """The service on each index type: filtered search with and without re-ranking is exact,
-deletions through the API survive a restart, deletions by another process reach the index."""
+deletions through the API survive a restart, deletions by another process reach the index,
+re-ranking reads the candidates' vectors from memory with the database's results."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
 from app.api.main import create_app
 from app.core.config import Settings
@@ -20,13 +22,18 @@ from app.ml.bundle import Bundle
 from app.ml.images import load_image
 from app.ml.rerank import k_reciprocal_rerank
 from app.services import gallery
+from app.services import search as search_service
+from app.services import vectors as vectors_service
 from app.services.context import (
+    ServiceContext,
     close_context,
     embedding_key,
+    load_vectors,
     open_context,
     sync_index,
     vector_to_bytes,
 )
+from app.services.vectors import candidate_vectors
 
 from .conftest import Keys
 from .helpers import sketch_png
@@ -202,3 +209,103 @@ def test_auto_index_with_a_starved_search_budget_still_filters(
         if exact_filter_max:
             order = np.argsort(-(vectors[mask] @ _query(bundle)), kind="stable")
             assert [r["gallery_id"] for r in found] == ids[mask][order[:10]].tolist()
+
+
+def _from_the_database(
+    ctx: ServiceContext, session: Session, ids: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where re-ranking took the candidates' vectors from before they were read from memory."""
+    return load_vectors(session, ctx.embedding_key, ctx.dim, list(ids))
+
+
+def test_rerank_reads_vectors_from_memory_with_the_database_results(
+    indexed: dict[str, Any], bundle: Bundle, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, ids = indexed["settings"], indexed["ids"]
+    engine = make_engine(settings.DATABASE_URL)
+    with session_scope(make_session_factory(engine)) as session:  # an older model's vectors
+        other = np.random.default_rng(8).normal(size=(len(ids), int(bundle.embedder.dim)))
+        for item_id, vector in zip(ids.tolist(), other, strict=True):
+            session.add(
+                Embedding(
+                    item_id=item_id,
+                    model_version="old:1:x",
+                    dim=other.shape[1],
+                    vector=vector_to_bytes(vector),
+                )
+            )
+        session.commit()
+    engine.dispose()
+    from_db: list[int] = []
+
+    def counting(session: Session, key: str, dim: int, wanted: list[int]) -> Any:
+        from_db.extend(wanted)
+        return load_vectors(session, key, dim, wanted)
+
+    monkeypatch.setattr(vectors_service, "load_vectors", counting)
+    params = {"top_k": 10, "rerank": "true", "k1": 6, "k2": 3}
+    with TestClient(create_app(settings, bundle=bundle)) as client:
+        from_memory = _search(client, keys, **params)
+        # ivf keeps no id -> vector map: its candidates come from the database
+        assert len(from_db) == (20 if indexed["kind"] == "ivf" else 0)
+        monkeypatch.setattr(search_service, "candidate_vectors", _from_the_database)
+        assert _search(client, keys, **params) == from_memory  # ids, scores, distances
+
+
+def test_items_deleted_or_replaced_elsewhere_are_not_reranked_with_stale_vectors(
+    indexed: dict[str, Any], bundle: Bundle, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, dim = indexed["settings"], int(bundle.embedder.dim)
+    params = {"top_k": 10, "rerank": "true", "k1": 6, "k2": 3}
+    used: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def recording(ctx: ServiceContext, session: Session, ids: Sequence[int]) -> Any:
+        used.append(candidate_vectors(ctx, session, ids))
+        return used[-1]
+
+    with TestClient(create_app(settings, bundle=bundle)) as client:
+        ctx = client.app.state.ctx  # type: ignore[attr-defined]
+        candidates = [r["gallery_id"] for r in _search(client, keys, top_k=20)]
+        gone = candidates[1]
+        engine = make_engine(settings.DATABASE_URL)  # another process: the index is not told
+        with session_scope(make_session_factory(engine)) as session:
+            old = load_vectors(session, ctx.embedding_key, dim, [gone])[1][0]
+            session.delete(session.get(GalleryItem, gone))
+            session.flush()
+            new_vector = old + 0.05 * np.random.default_rng(9).normal(size=dim).astype(np.float32)
+            new_vector /= np.linalg.norm(new_vector)
+            again = GalleryItem(
+                sha256="f" * 64,
+                blob_path="ff/ff/x.jpg",
+                content_type="image/jpeg",
+                width=32,
+                height=64,
+                camera_id="c1",
+            )
+            session.add(again)
+            session.flush()  # the crop stored anew: a new id, a new vector
+            session.add(ctx.embedding_row(again.id, new_vector))
+            session.commit()
+            replacement = int(again.id)
+        engine.dispose()
+        assert gone in ctx.index and replacement not in ctx.index  # the stale mirror
+
+        monkeypatch.setattr(search_service, "candidate_vectors", recording)
+        reranked = _search(client, keys, **params)
+        ids, vectors = used[-1]
+        assert ids.tolist() == sorted(set(candidates) - {gone})  # never the deleted item
+        with session_scope(ctx.sessions) as session:
+            assert np.array_equal(
+                vectors, load_vectors(session, ctx.embedding_key, dim, ids.tolist())[1]
+            )
+        monkeypatch.setattr(search_service, "candidate_vectors", _from_the_database)
+        assert _search(client, keys, **params) == reranked
+
+        assert sync_index(ctx) == (1, 1)
+        monkeypatch.setattr(search_service, "candidate_vectors", recording)
+        reranked = _search(client, keys, **params)
+        ids, vectors = used[-1]
+        assert replacement in ids.tolist() and gone not in ids.tolist()
+        assert np.array_equal(vectors[ids.tolist().index(replacement)], new_vector)
+        monkeypatch.setattr(search_service, "candidate_vectors", _from_the_database)
+        assert _search(client, keys, **params) == reranked

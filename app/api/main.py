@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import APIRouter, FastAPI
+from threadpoolctl import threadpool_limits
 
 from app.api import errors, openapi
 from app.api.metrics import Metrics
@@ -74,6 +75,8 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
     ``settings.MODEL_DIR`` in the lifespan.
     """
     settings = settings or get_settings()
+    # numpy's BLAS (a pthreads OpenBLAS: one process-wide setting, so set here, not per request)
+    threadpool_limits(settings.BLAS_THREADS, user_api="blas")
     metrics = Metrics()
 
     @asynccontextmanager

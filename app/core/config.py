@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     SEARCH_RETENTION_DAYS: int = Field(default=0, ge=0, le=100_000)
 
     RERANK_CANDIDATES: int = Field(default=100, ge=2, le=2000)
+    # numpy's BLAS threads in the service (distance matrices of re-ranking and feedback): their
+    # work is tiny, and extra BLAS threads spinning for a busy CPU cost more than they save
+    # (docs/results.md, "Query-time re-ranking"). Models run on their own threads regardless.
+    BLAS_THREADS: int = Field(default=1, ge=1, le=256)
     EMBED_BATCH_SIZE: int = Field(default=64, ge=1)
 
     # Dynamic batching (app.ml.batching): concurrent searches and uploads share forward passes

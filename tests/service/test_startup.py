@@ -102,3 +102,26 @@ def test_corrupt_translator_is_refused_at_start(
     app = create_app(get_settings())
     with pytest.raises(BundleError, match="sha256 mismatch"), TestClient(app):
         pass
+
+
+def _blas_threads() -> set[int]:
+    from threadpoolctl import threadpool_info
+
+    return {int(p["num_threads"]) for p in threadpool_info() if p["user_api"] == "blas"}
+
+
+def test_service_start_limits_numpy_blas_threads(
+    served_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(3, user_api="blas"):  # put back afterwards for other tests
+        assert _blas_threads() == {3}
+        monkeypatch.setenv("SKETCHREID_BLAS_THREADS", "2")
+        get_settings.cache_clear()
+        with TestClient(create_app(get_settings())):
+            assert _blas_threads() == {2}
+        get_settings.cache_clear()
+        monkeypatch.delenv("SKETCHREID_BLAS_THREADS")
+        with TestClient(create_app(get_settings())):
+            assert _blas_threads() == {1}  # the default

@@ -5,8 +5,10 @@ Index types (``INDEX_TYPE``):
 * ``flat``: ``IndexIDMap2(IndexFlatIP)``, exact.
 * ``hnsw``: ``IndexIDMap2(IndexHNSWFlat)``; HNSW cannot remove vectors, so deletions become
   tombstones excluded through an ``IDSelector`` until the next rebuild.
-* ``ivf``: ``IndexIDMap2(IndexIVFFlat)`` trained on the vectors present at (re)build time;
-  galleries smaller than ``IVF_MIN_TRAIN`` use an exact flat index until the next rebuild.
+* ``ivf``: a bare ``IndexIVFFlat`` (its lists hold the ids; no ``IndexIDMap2``, whose removal
+  gives wrong ids on IVF) trained on the vectors present at (re)build time; galleries smaller
+  than ``IVF_MIN_TRAIN`` use an exact flat index until the next rebuild. A saved copy in the
+  older ``IndexIDMap2(IndexIVFFlat)`` form is refused by ``load`` (so rebuilt).
 * ``auto``: exact ``flat`` below ``auto_approx_min`` items at (re)build time, ``hnsw`` from
   there on (benchmarks/bench_index.py, docs/results.md: the fastest at a given recall).
 
@@ -85,6 +87,19 @@ def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.
     return scores[order], ids[order]
 
 
+def _ivf_ids(index: Any) -> np.ndarray:
+    """Every id held in the inverted lists of an IVF index (in list order, repeats kept)."""
+    invlists = index.invlists
+    parts = [np.zeros(0, np.int64)]
+    for list_no in range(index.nlist):
+        size = invlists.list_size(list_no)
+        if size:
+            ptr = invlists.get_ids(list_no)
+            parts.append(np.array(faiss.rev_swig_ptr(ptr, size), dtype=np.int64))
+            invlists.release_ids(list_no, ptr)
+    return np.concatenate(parts)
+
+
 class VectorIndex:
     def __init__(
         self,
@@ -127,16 +142,22 @@ class VectorIndex:
     # -- construction -------------------------------------------------------------------
     def _empty(self, kind: str, nlist: int = 1) -> Any:
         base: Any
+        if kind == "ivf":
+            # No IndexIDMap2 around IVF: its remove_ids assumes that the base index shifts the
+            # internal ids of the later vectors down (IndexFlat does), which IVF lists do not,
+            # so the id map and the lists disagreed after any removal. IVF lists hold the
+            # external ids themselves (add_with_ids, remove_ids and selectors work on them).
+            quantizer: Any = faiss.IndexFlatIP(self.dim)
+            ivf: Any = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            ivf.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_LIST  # k-means on a sample
+            ivf.cp.niter = IVF_TRAIN_ROUNDS
+            ivf.own_fields = True
+            quantizer.this.disown()
+            self._kind = kind
+            return ivf
         if kind == "hnsw":
             base = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             base.hnsw.efConstruction = self.hnsw_ef_construction
-        elif kind == "ivf":
-            quantizer: Any = faiss.IndexFlatIP(self.dim)
-            base = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            base.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_LIST  # k-means on a sample
-            base.cp.niter = IVF_TRAIN_ROUNDS
-            base.own_fields = True
-            quantizer.this.disown()
         else:
             base = faiss.IndexFlatIP(self.dim)
         index = faiss.IndexIDMap2(base)
@@ -166,7 +187,7 @@ class VectorIndex:
             kind = self.kind_for(n)
             index = self._empty(kind, ivf_nlist(n))
             if kind == "ivf":
-                index.index.train(vectors)
+                index.train(vectors)
             if n:
                 index.add_with_ids(vectors, id_arr)
             self._index = index
@@ -292,9 +313,7 @@ class VectorIndex:
         """Exact top ``k`` among ``allowed`` (live ids) on an approximate index."""
         if self._kind == "ivf":  # every list scanned; only allowed entries are scored
             selector = faiss.IDSelectorBatch(allowed)
-            params = _faiss.SearchParametersIVF(
-                sel=selector, nprobe=faiss.extract_index_ivf(self._index).nlist
-            )
+            params = _faiss.SearchParametersIVF(sel=selector, nprobe=self._index.nlist)
             scores, labels = self._index.search(q, k, params=params)
             return scores[0], labels[0]
         best_scores, best_ids = np.zeros(0, np.float32), np.zeros(0, np.int64)
@@ -375,8 +394,19 @@ class VectorIndex:
             index: Any = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except RuntimeError as exc:
             return f"saved index cannot be read: {str(exc).splitlines()[0]}"
-        stored = np.unique(faiss.vector_to_array(index.id_map).astype(np.int64))
-        if index.d != self.dim or not np.array_equal(stored, expected):
+        if kind == "ivf" and not isinstance(index, faiss.IndexIVFFlat):
+            # Copies saved in the older IndexIDMap2(IndexIVFFlat) form: wrong ids after removals.
+            return f"saved ivf index is a {type(index).__name__}, need a bare IndexIVFFlat"
+        if kind != "ivf" and not isinstance(index, faiss.IndexIDMap2):
+            return f"saved {kind} index is a {type(index).__name__}, need an IndexIDMap2"
+        held = _ivf_ids(index) if kind == "ivf" else faiss.vector_to_array(index.id_map)
+        stored = np.unique(held.astype(np.int64))
+        if (
+            index.d != self.dim
+            or index.ntotal != len(held)
+            or len(held) != len(stored)
+            or not np.array_equal(stored, expected)
+        ):
             return "saved index content differs from its metadata"
         with self._lock:
             self._index = index

@@ -235,3 +235,123 @@ def test_ivf_index_hands_out_no_vectors() -> None:
     assert index.kind == "ivf"
     found, vectors = index.vectors(ids[:5])
     assert found.size == 0 and vectors.shape == (0, 16)  # callers read them from the database
+
+
+# IVF after removals. IndexIDMap2's remove_ids assumes that its base index shifts the
+# internal ids down as IndexFlat does; IVF lists keep theirs, so an IVF index wrapped in an
+# id map returned wrong ids after any removal. Each vector must find itself again.
+IVF_SMALL = 100  # IVF_MIN_TRAIN lowered so that a few hundred items really build IVF
+
+
+@pytest.fixture
+def small_ivf(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.index.store.IVF_MIN_TRAIN", IVF_SMALL)
+
+
+def _ivf_with_removals(n: int = 400, removed: int = 50) -> tuple[VectorIndex, np.ndarray, dict]:
+    x, ids = _unit(n, seed=21), np.arange(1, n + 1, dtype=np.int64) * 7
+    index = VectorIndex(16, "ivf", ivf_nprobe=1000)  # every list: results are exact
+    index.build(ids, x)
+    assert index.kind == "ivf"
+    gone = np.random.default_rng(2).choice(ids, size=removed, replace=False)
+    assert index.remove(gone) == removed
+    vec = {int(i): x[j] for j, i in enumerate(ids)}
+    return index, np.sort(gone), vec
+
+
+def _assert_finds_itself(index: VectorIndex, vec: dict, gone: set[int]) -> None:
+    live = index.ids().tolist()
+    assert not set(live) & gone
+    wrong = [i for i in live if [h.id for h in index.search(vec[i], 1)] != [i]]
+    assert wrong == [], f"{len(wrong)} of {len(live)} vectors do not find themselves"
+    for i in sorted(gone)[:10]:  # a removed id never comes back, even for its own vector
+        hits = index.search(vec[i], len(live) + 10)
+        assert i not in {h.id for h in hits} and len(hits) == len(live)
+
+
+@pytest.mark.usefixtures("small_ivf")
+def test_ivf_vectors_find_themselves_after_removals() -> None:
+    index, gone, vec = _ivf_with_removals()
+    assert len(index) == 350 and int(gone[0]) not in index
+    _assert_finds_itself(index, vec, set(gone.tolist()))
+
+
+@pytest.mark.usefixtures("small_ivf")
+@pytest.mark.parametrize("exact_filter_max", [0, 20_000])  # approximate / exact filtered paths
+def test_ivf_filtered_searches_after_removals(exact_filter_max: int) -> None:
+    index, gone, vec = _ivf_with_removals()
+    index.exact_filter_max = exact_filter_max
+    all_ids = np.array(sorted(vec), dtype=np.int64)
+    allowed = np.concatenate([all_ids[::3], gone])  # removed ids in the filter too
+    live_allowed = np.setdiff1d(allowed, gone)
+    x_allowed = np.stack([vec[int(i)] for i in live_allowed])
+    for i in live_allowed[:40].tolist():
+        hits = index.search(vec[i], 10, allowed)
+        assert [h.id for h in hits] == _brute(vec[i], live_allowed, x_allowed, 10)
+    for i in gone[:10].tolist():  # the vector of a removed, allowed id
+        hits = index.search(vec[i], 10, allowed)
+        assert {h.id for h in hits} <= set(live_allowed.tolist()) and len(hits) == 10
+
+
+@pytest.mark.usefixtures("small_ivf")
+def test_ivf_remove_then_add_new_and_old_ids() -> None:
+    index, gone, vec = _ivf_with_removals()
+    fresh = _unit(30, seed=22)
+    new_ids = np.arange(10_001, 10_031, dtype=np.int64)
+    index.add(new_ids, fresh)
+    vec.update({int(i): fresh[j] for j, i in enumerate(new_ids)})
+    back = gone[:5]  # removed ids given again, with their old vectors
+    index.add(back, np.stack([vec[int(i)] for i in back]))
+    assert len(index) == 350 + 30 + 5
+    index.remove(new_ids[::2])  # and remove again, among old and new entries
+    still_gone = set(gone[5:].tolist()) | set(new_ids[::2].tolist())
+    _assert_finds_itself(index, vec, still_gone)
+
+
+@pytest.mark.usefixtures("small_ivf")
+def test_ivf_save_load_after_removals(tmp_path: Path) -> None:
+    index, gone, vec = _ivf_with_removals()
+    index.save(tmp_path, "m")
+    again = VectorIndex(16, "ivf", ivf_nprobe=1000)
+    assert again.load(tmp_path, "m", index.ids()) is None
+    assert again.kind == "ivf" and again.ids().tolist() == index.ids().tolist()
+    _assert_finds_itself(again, vec, set(gone.tolist()))
+    again.remove(again.ids()[:20])  # the loaded copy removes correctly too
+    _assert_finds_itself(again, vec, set(gone.tolist()) | set(index.ids()[:20].tolist()))
+
+
+@pytest.mark.usefixtures("small_ivf")
+def test_ivf_saved_in_the_old_id_map_form_is_rebuilt(tmp_path: Path) -> None:
+    """Files written before the fix wrap IVF in IndexIDMap2: never trusted, even if ids agree."""
+    import hashlib
+    import json
+
+    import faiss
+
+    from app.index.store import FORMAT_VERSION, INDEX_FILE, META_FILE, ids_checksum, ivf_nlist
+
+    x, ids = _unit(400, seed=21), np.arange(1, 401, dtype=np.int64)
+    quantizer = faiss.IndexFlatIP(16)
+    base = faiss.IndexIVFFlat(quantizer, 16, ivf_nlist(400), faiss.METRIC_INNER_PRODUCT)
+    base.train(x)
+    old = faiss.IndexIDMap2(base)
+    old.add_with_ids(x, ids)
+    old.remove_ids(ids[:50])
+    live = ids[50:]
+    data = faiss.serialize_index(old).tobytes()
+    meta = {
+        "format": FORMAT_VERSION,
+        "model_version": "m",
+        "index_type": "ivf",
+        "kind": "ivf",
+        "dim": 16,
+        "count": len(live),
+        "ids_sha256": ids_checksum(live),
+        "file_sha256": hashlib.sha256(data).hexdigest(),
+    }
+    (tmp_path / INDEX_FILE).write_bytes(data)
+    (tmp_path / META_FILE).write_text(json.dumps(meta))
+    index = VectorIndex(16, "ivf")
+    reason = index.load(tmp_path, "m", live)
+    assert reason is not None and "IndexIDMap2" in reason
+    assert len(index) == 0  # nothing taken from the refused file

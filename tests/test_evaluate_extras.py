@@ -16,13 +16,12 @@ from PIL import Image
 
 import app.ml.feedback_eval as feedback_eval
 from app.cli.main import main
-from app.ml.bundle import Bundle, load_bundle
+from app.ml.bundle import Bundle, load_bundle, resave
 from app.ml.data.pku import PKUSketchDataset, load_pku_sketch
 from app.ml.evaluate import embed_test_set, score
 from app.ml.feedback import FeedbackWeights, build_query
 from app.ml.feedback_eval import evaluate_feedback
 from app.ml.ranklist import FRAME, GAP, TILE
-from app.ml.train.pipeline import resave
 
 
 @pytest.fixture(scope="module")

@@ -531,3 +531,34 @@ def combine_bundles(bundles: Sequence[Bundle], device: str | torch.device = "cpu
     )
     embedder = manifest_embedder(first, members, device, bundles[0].embedder.precision)
     return Bundle(bundles[0].path, manifest, members, embedder, translator, generator)
+
+
+def resave(
+    bundle: Bundle, bundle_dir: str | os.PathLike[str], *, overwrite: bool = True, **changes: Any
+) -> Manifest:
+    """Write ``bundle`` (loaded, or combined in memory) to ``bundle_dir`` with some fields
+    changed (e.g. a new translator)."""
+    m = bundle.manifest
+    members = [
+        (e.name, e.spec, model, e.training)
+        for e, model in zip(m.members, bundle.members, strict=True)
+    ]
+    translator = None
+    if m.translator is not None and bundle.generator is not None:
+        translator = (m.translator.spec, bundle.generator, m.translator.training)
+    kwargs: dict[str, Any] = {
+        "name": m.name,
+        "version": m.version,
+        "members": members,
+        "translator": translator,
+        "input_size": m.input_size,
+        "mean": m.mean,
+        "std": m.std,
+        "sketch_grey": m.sketch_grey,
+        "tta_flip": m.tta_flip,
+        "training": m.training,
+        "evaluation": m.evaluation,
+        "notes": m.notes,
+    }
+    kwargs.update(changes)
+    return save_bundle(bundle_dir, overwrite=overwrite, **kwargs)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.ml.bundle import BundleError, Manifest, combine_bundles, load_bundle, save_bundle
+from app.ml.bundle import BundleError, Manifest, combine_bundles, load_bundle, resave
 
 
 def _common(values: list[Any], what: str, paths: list[str]) -> Any:
@@ -51,14 +51,6 @@ def combine_to_folder(
     trained = [sorted(b.manifest.training.get("train_pids") or []) for b in bundles]
     train_pids = _common(trained, "identities (training.train_pids)", paths)
     ensemble = combine_bundles(bundles)
-    m = ensemble.manifest
-    members = [
-        (entry.name, entry.spec, model, entry.training)
-        for entry, model in zip(m.members, ensemble.members, strict=True)
-    ]
-    translator = None
-    if m.translator is not None and ensemble.generator is not None:
-        translator = (m.translator.spec, ensemble.generator, m.translator.training)
     training: dict[str, Any] = {
         "command": command,
         "combined_from": [
@@ -68,17 +60,13 @@ def combine_to_folder(
     }
     if train_pids:
         training["train_pids"] = train_pids
-    return save_bundle(
+    return resave(
+        ensemble,
         out,
-        name=name or m.name,
-        version=version or "+".join(b.version for b in bundles),
-        members=members,
-        translator=translator,
-        input_size=m.input_size,
-        mean=m.mean,
-        std=m.std,
-        sketch_grey=m.sketch_grey,
-        tta_flip=m.tta_flip,
-        training=training,
         overwrite=overwrite,
+        name=name or ensemble.name,
+        version=version or "+".join(b.version for b in bundles),
+        training=training,
+        evaluation={},
+        notes=[],
     )

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from app.errors import UserInputError
-from app.ml.bundle import Bundle, Manifest, load_bundle, save_bundle
+from app.ml.bundle import Manifest, load_bundle, resave, save_bundle
 from app.ml.data.pku import PKUSketchDataset
 from app.ml.data.splits import relabel_pids
 from app.ml.models.cyclegan import GeneratorSpec, build_generator
@@ -388,31 +388,3 @@ def add_translator(
         progress=progress,
     )
     return resave(bundle, bundle_dir, translator=translator)
-
-
-def resave(bundle: Bundle, bundle_dir: Path, **changes: Any) -> Manifest:
-    """Write ``bundle`` back with some fields changed (e.g. a new translator)."""
-    m = bundle.manifest
-    members = [
-        (e.name, e.spec, model, e.training)
-        for e, model in zip(m.members, bundle.members, strict=True)
-    ]
-    translator = None
-    if m.translator is not None and bundle.generator is not None:
-        translator = (m.translator.spec, bundle.generator, m.translator.training)
-    kwargs: dict[str, Any] = {
-        "name": m.name,
-        "version": m.version,
-        "members": members,
-        "translator": translator,
-        "input_size": m.input_size,
-        "mean": m.mean,
-        "std": m.std,
-        "sketch_grey": m.sketch_grey,
-        "tta_flip": m.tta_flip,
-        "training": m.training,
-        "evaluation": m.evaluation,
-        "notes": m.notes,
-    }
-    kwargs.update(changes)
-    return save_bundle(bundle_dir, overwrite=True, **kwargs)

@@ -75,6 +75,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write one picture per query (sketch, translation, top-10 crops framed green when "
         "correct, red when not) into DIR/splitNN/<person id>.png",
     )
+    ev.add_argument(
+        "--translation-sheet",
+        type=Path,
+        metavar="PNG",
+        help="draw the first test identities' sketches, their translations and their true "
+        "photos (one row a person) into this PNG (the first bundle's split)",
+    )
+    ev.add_argument(
+        "--sheet-people",
+        type=positive_int,
+        default=8,
+        help="people on the translation sheet (default 8)",
+    )
     ev.add_argument("--json", type=Path, required=True, help="where to write the figures")
     ev.add_argument("--plot", type=Path, help="draw the CMC curve into this PNG")
     ev.set_defaults(func=run_evaluate)
@@ -211,6 +224,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     extras = Extras(
         feedback=(args.feedback_weights or FeedbackWeights()) if args.feedback else None,
         ranklist_dir=args.ranklist,
+        translation_sheet=args.translation_sheet,
+        sheet_people=args.sheet_people,
     )
     report = evaluate_runs(
         runs, dataset, translate=not args.no_translate, rerank=_rerank(args), extras=extras
@@ -232,6 +247,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         _print_feedback(report["feedback"])
     if args.ranklist:
         print(f"rank lists written to {args.ranklist}")
+    if args.translation_sheet:
+        print(f"translation sheet written to {args.translation_sheet}")
     return 0
 
 

@@ -23,6 +23,7 @@ from app.ml.metrics import mean_std, ranking_result
 from app.ml.ranklist import write_ranklists
 from app.ml.rerank import k_reciprocal_rerank
 from app.ml.testset import Embedded, distances, embed_test_set
+from app.ml.translation_sheet import write_translation_sheet
 
 __all__ = [
     "Embedded",
@@ -102,6 +103,8 @@ class Extras:
     feedback: FeedbackWeights | None = None  # also measure relevance feedback
     ranklist_dir: Path | None = None  # write one rank-list picture per query here
     ranklist_top: int = 10
+    translation_sheet: Path | None = None  # the first run's sketches, translations, photos
+    sheet_people: int = 8
 
 
 def evaluate_runs(
@@ -119,6 +122,11 @@ def evaluate_runs(
     """
     if not runs:
         raise UserInputError("nothing to evaluate: no bundle and split given")
+    if extras.translation_sheet is not None and (not translate or runs[0][0].translator is None):
+        raise UserInputError(
+            "a translation sheet needs translated sketches: "
+            + ("drop --no-translate" if not translate else f"{runs[0][0].path} has no translator")
+        )
     per_split = []
     feedback_rows: list[dict[str, dict[str, Any]]] = []
     for i, (bundle, split) in enumerate(runs):
@@ -143,6 +151,8 @@ def evaluate_runs(
                 top=extras.ranklist_top,
                 reranked=rerank is not None,
             )
+        if extras.translation_sheet is not None and i == 0:
+            write_translation_sheet(embedded, extras.translation_sheet, extras.sheet_people)
         per_split.append(result)
     first = runs[0][0]
     report: dict[str, Any] = {

@@ -12,6 +12,7 @@ epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from app.ml.images import load_image
 from app.ml.inference import Embedder
 from app.ml.metrics import ranking_result
 from app.ml.rerank import k_reciprocal_rerank
+from app.ml.testset import fused_queries
 
 SIZE = (32, 16)
 FIGURES = ("rank1", "rank5", "rank10", "mAP", "cmc", "n_queries", "n_gallery")
@@ -104,6 +106,26 @@ def test_translated_queries_are_the_embedded_translations(
         np.testing.assert_array_equal(untranslated.gallery, translated.gallery)
     np.testing.assert_array_equal(translated.q_pids, [s.pid for s in dataset.sketches])
     np.testing.assert_array_equal(translated.g_pids, [s.pid for s in dataset.photos])
+
+
+def test_fused_queries_are_the_sketch_and_translation_embeddings_fused(
+    bundle: Bundle, dataset: PKUSketchDataset
+) -> None:
+    plain = embed_test_set(bundle.embedder, None, dataset, dataset.pids)
+    translated = embed_test_set(bundle.embedder, bundle.translator, dataset, dataset.pids)
+    fused = fused_queries(plain, translated)
+
+    both = plain.query + translated.query
+    np.testing.assert_allclose(
+        fused.query, both / np.linalg.norm(both, axis=1, keepdims=True), rtol=0, atol=1e-6
+    )
+    for one in (plain, translated):
+        assert np.abs(fused.query - one.query).max() > 0.01, "fused is neither view alone"
+    np.testing.assert_array_equal(fused.gallery, translated.gallery)
+    assert fused.fused and fused.translated and score(fused)["fused"] is True
+    assert score(plain)["fused"] is False
+    with pytest.raises(ValueError, match="untranslated and a translated"):
+        fused_queries(translated, plain)
 
 
 def _clustered(seed: int = 0) -> Embedded:
@@ -270,7 +292,7 @@ def test_crossval_per_member_reports_each_member_alone(
     out = capsys.readouterr().out
 
     members = ["resnet8", "resnet14"]
-    ensemble = ["plain", "rerank", "translated", "translated+rerank"]
+    ensemble = ["plain", "rerank", "translated", "translated+rerank", "fused", "fused+rerank"]
     names = [*ensemble, *members, *(f"{m}+rerank" for m in members)]
     assert set(report["variants"]) == set(names)
     for name in names:
@@ -289,6 +311,9 @@ def test_crossval_per_member_reports_each_member_alone(
         "plain": embed_test_set(bundle.embedder, None, dataset, split.test),
         "translated": embed_test_set(bundle.embedder, bundle.translator, dataset, split.test),
     }
+    both = embedded["plain"].query + embedded["translated"].query
+    fused = both / np.linalg.norm(both, axis=1, keepdims=True)
+    embedded["fused"] = dataclasses.replace(embedded["translated"], query=fused)
     for entry, net in zip(m.members, bundle.members, strict=True):
         alone = Embedder(
             [net], m.input_size, m.mean, m.std, sketch_grey=m.sketch_grey, tta_flip=m.tta_flip
@@ -301,7 +326,8 @@ def test_crossval_per_member_reports_each_member_alone(
             want = score(e, rerank=rerank)
             got = report["variants"][variant]["splits"][0]
             assert _figures(got) == _figures(want), variant
-            assert got["translated"] is (name == "translated"), variant
+            assert got["translated"] is (name in ("translated", "fused")), variant
+            assert got["fused"] is (name == "fused"), variant
             assert got["reranked"] is (rerank is not None), variant
             assert got["n_queries"] == 4 and got["n_gallery"] == 8
 

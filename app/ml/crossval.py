@@ -20,6 +20,7 @@ from app.ml.data.splits import Split
 from app.ml.evaluate import RerankParams, embed_test_set, score
 from app.ml.inference import Embedder
 from app.ml.metrics import mean_std
+from app.ml.testset import fused_queries
 from app.ml.train.pipeline import TrainPlan, add_translator, save_members, train_members
 
 
@@ -36,7 +37,9 @@ def cross_validate(
     command: str = "",
 ) -> dict[str, Any]:
     """Train and evaluate one model per split. Returns per-split figures and, per variant
-    (plain / rerank / translated / translated+rerank, as applicable), their mean and std.
+    (plain / rerank, and with a translator translated / fused and their +rerank: queries
+    embedded as their translations, or as the sketch's and the translation's embeddings
+    fused), their mean and std.
 
     ``reuse``: instead of training, take each split's bundle from the ``splits/splitNN``
     folder of these earlier work folders (kept with ``keep_bundles``) and, when there are
@@ -84,13 +87,20 @@ def cross_validate(
                     result = score(embedded, rerank=rr)
                     result.update(split=i, seed=split.seed)
                     rows.setdefault(entry.name + ("+rerank" if rr else ""), []).append(result)
-        for translate in (False, True) if with_translator else (False,):
-            embedded = embed_test_set(
-                bundle.embedder, bundle.translator, plan.dataset, split.test, translate=translate
+        views = {"plain": embed_test_set(bundle.embedder, None, plan.dataset, split.test)}
+        if with_translator:
+            if bundle.translator is None:
+                raise UserInputError(
+                    f"split {i}'s bundle has no translator: drop --translator, or reuse "
+                    "bundles kept by a run with --translator"
+                )
+            views["translated"] = embed_test_set(
+                bundle.embedder, bundle.translator, plan.dataset, split.test
             )
+            views["fused"] = fused_queries(views["plain"], views["translated"])
+        for view, embedded in views.items():
             for rr in (None, rerank) if rerank else (None,):
-                name = ("translated" if translate else "plain") + ("+rerank" if rr else "")
-                name = "rerank" if name == "plain+rerank" else name
+                name = "rerank" if view == "plain" and rr else view + ("+rerank" if rr else "")
                 result = score(embedded, rerank=rr)
                 result.update(split=i, seed=split.seed, train_seconds=round(train_seconds, 1))
                 rows.setdefault(name, []).append(result)

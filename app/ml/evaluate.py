@@ -74,6 +74,7 @@ def score(
         dist = distance_matrix(e, rerank)
     result = ranking_result(dist, e.q_pids, e.g_pids, e.q_camids, e.g_camids, max_rank).to_dict()
     result["translated"] = e.translated
+    result["fused"] = e.fused
     result["reranked"] = rerank is not None
     return result
 

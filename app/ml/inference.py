@@ -38,6 +38,17 @@ Modality = Literal["photo", "sketch"]
 Backend = Literal["torch", "onnx"]
 
 
+def fuse_views(*views: np.ndarray) -> np.ndarray:
+    """One unit vector a row from several unit embeddings of the same queries (a sketch's own
+    embedding and its translation's): their normalised sum, as flip TTA fuses an image and
+    its mirror image."""
+    if not views or any(v.shape != views[0].shape for v in views):
+        raise ValueError("fuse_views needs one or more embedding arrays of one shape")
+    total = np.sum(np.stack([np.asarray(v, np.float32) for v in views]), axis=0)
+    norms = np.linalg.norm(total, axis=1, keepdims=True)
+    return (total / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
 def member_embedding(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A member's raw (unnormalised) embedding: ``model.embed(x)`` or the second output of
     ``model(x)`` (or its only output). ONNX export runs the same function."""

@@ -2,13 +2,15 @@
 
 Queries go through the translator (when the model has one and ``translate`` is on) and the
 embedder exactly as the service sends an uploaded sketch; photos are embedded as the service
-embeds ingested crops. Distances are ``2 - 2 cos`` on the unit embeddings (squared Euclidean).
+embeds ingested crops; :func:`fused_queries` fuses a sketch's own embedding with its
+translation's (the ``fused`` cross-validation variant). Distances are ``2 - 2 cos`` on the
+unit embeddings (squared Euclidean).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from PIL import Image
 from app.errors import UserInputError
 from app.ml.data.pku import PKUSketchDataset, Sample
 from app.ml.images import load_image
-from app.ml.inference import BaseEmbedder, BaseTranslator
+from app.ml.inference import BaseEmbedder, BaseTranslator, fuse_views
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Embedded:
     q_paths: list[Path] = field(default_factory=list)
     g_paths: list[Path] = field(default_factory=list)
     translations: list[Image.Image] = field(default_factory=list)
+    fused: bool = False  # queries = the sketch's and its translation's embeddings fused
 
 
 def _ids(samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
@@ -80,6 +83,16 @@ def embed_test_set(
         g_paths=[s.path for s in test.photos],
         translations=translations,
     )
+
+
+def fused_queries(plain: Embedded, translated: Embedded) -> Embedded:
+    """``translated`` with each query embedding fused (:func:`fuse_views`) with the sketch's own
+    embedding from ``plain``: the same test set embedded both ways."""
+    if not translated.translated or plain.translated:
+        raise ValueError("fused_queries needs an untranslated and a translated embedding")
+    if not np.array_equal(plain.q_pids, translated.q_pids):
+        raise ValueError("fused_queries needs the same queries in both embeddings")
+    return replace(translated, query=fuse_views(plain.query, translated.query), fused=True)
 
 
 def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:

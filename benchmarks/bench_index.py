@@ -7,8 +7,8 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/bench_index.py --kinds flat ivf --nprobe 16 32
 
 Everything runs through the service's own ``app.index.store.VectorIndex`` in this process,
-one kind after the other (each freed before the next is built), on ``--threads`` FAISS
-threads (default 1).
+one kind after the other (each freed before the next is built), searching on ``--threads``
+FAISS threads (default 1) and building on ``--build-threads`` (default the same).
 
 Vectors (``make_gallery``): not uniform random, which has no neighbours worth finding, but a
 three-level mixture like person embeddings: 1,000 "appearance groups" (centres drawn from a
@@ -182,15 +182,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ef-search", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--exact-filter-max", type=int, default=20_000)
-    parser.add_argument("--threads", type=int, default=1, help="FAISS threads")
+    parser.add_argument("--threads", type=int, default=1, help="FAISS threads for searching")
+    parser.add_argument(
+        "--build-threads", type=int, help="FAISS threads while building (default: --threads)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    build_threads = args.build_threads or args.threads
     faiss.omp_set_num_threads(args.threads)
     run_start = time.perf_counter()
 
     print(
         f"{args.n:,} vectors x {args.dim}, {args.queries} queries, {args.threads} FAISS "
-        f"thread(s); {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"thread(s) searching, {build_threads} building; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.2f} at start",
         flush=True,
     )
@@ -226,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
             exact_filter_max=args.exact_filter_max,
         )
         start = time.perf_counter()
+        faiss.omp_set_num_threads(build_threads)
         index.build(ids, x)
+        faiss.omp_set_num_threads(args.threads)
         build_s = time.perf_counter() - start
         kept = (rss_kib() - before) / 1024
         peak = (rss_kib("VmHWM") - before) / 1024

@@ -42,7 +42,7 @@ import faiss
 import numpy as np
 
 from app.core.files import atomic_write_bytes
-from app.index.idset import IdSet, as_ids
+from app.index.idset import IdSet, as_ids, unique_ids
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class Hit:
 
 def ids_checksum(ids: Iterable[int] | np.ndarray) -> str:
     """sha256 of the sorted, de-duplicated ids as little-endian int64."""
-    arr = np.unique(as_ids(ids))
+    arr = unique_ids(as_ids(ids))
     return hashlib.sha256(arr.astype("<i8").tobytes()).hexdigest()
 
 
@@ -180,7 +180,7 @@ class VectorIndex:
         """Replace the whole content with ``vectors`` (rows aligned with ``ids``)."""
         id_arr = as_ids(ids)
         vectors = self._check_vectors(id_arr, vectors)
-        if len(np.unique(id_arr)) != len(id_arr):
+        if len(unique_ids(id_arr)) != len(id_arr):
             raise ValueError("duplicate ids")
         with self._lock:
             n = len(id_arr)
@@ -200,7 +200,7 @@ class VectorIndex:
         vectors = self._check_vectors(id_arr, vectors)
         with self._lock:
             dup = self._ids.present(id_arr)
-            if dup.size or len(np.unique(id_arr)) != len(id_arr):
+            if dup.size or len(unique_ids(id_arr)) != len(id_arr):
                 shown = dup.tolist()[:5] if dup.size else "repeated in the call"
                 raise ValueError(f"ids already in the index: {shown}")
             if self._deleted.intersection(id_arr.tolist()):
@@ -378,7 +378,7 @@ class VectorIndex:
                 return f"saved index has {key}={meta.get(key)!r}, need {value!r}"
         if hashlib.sha256(data).hexdigest() != meta.get("file_sha256"):
             return "saved index file does not match its checksum"
-        expected = np.unique(as_ids(expected_ids))
+        expected = unique_ids(as_ids(expected_ids))
         if meta.get("count") != len(expected) or meta.get("ids_sha256") != ids_checksum(expected):
             return (
                 f"saved index holds {meta.get('count')} items, the database {len(expected)} "
@@ -400,7 +400,7 @@ class VectorIndex:
         if kind != "ivf" and not isinstance(index, faiss.IndexIDMap2):
             return f"saved {kind} index is a {type(index).__name__}, need an IndexIDMap2"
         held = _ivf_ids(index) if kind == "ivf" else faiss.vector_to_array(index.id_map)
-        stored = np.unique(held.astype(np.int64))
+        stored = unique_ids(held.astype(np.int64))
         if (
             index.d != self.dim
             or index.ntotal != len(held)

@@ -355,3 +355,24 @@ def test_ivf_saved_in_the_old_id_map_form_is_rebuilt(tmp_path: Path) -> None:
     reason = index.load(tmp_path, "m", live)
     assert reason is not None and "IndexIDMap2" in reason
     assert len(index) == 0  # nothing taken from the refused file
+
+
+def test_idset_large_lookups_match_small_ones_after_changes() -> None:
+    """``present`` answers large look-ups from a membership mask: same result as the sorted
+    path, also for negative, repeated and out-of-range ids, and after ``add``/``remove``."""
+    rng = np.random.default_rng(4)
+    s = IdSet(rng.choice(5000, size=3000, replace=False))
+    for round_ in range(3):
+        members = s.array().copy()
+        wanted = rng.integers(-50, 6500, size=4000)
+        want = np.intersect1d(wanted, members)
+        assert s.present(wanted).tolist() == want.tolist()  # mask path
+        assert s.present(wanted[:5]).tolist() == np.intersect1d(wanted[:5], members).tolist()
+        assert s.present(wanted.tolist()).dtype == np.int64
+        new = np.arange(5000, 5300) + 400 * round_  # new ids, above the old ones
+        s.add(new)  # each change drops the mask built by the look-ups above
+        assert s.present(new).tolist() == new.tolist()
+        s.remove(members[::7])
+        assert not s.present(members[::7]).size
+    sparse = IdSet([3, 10**12])  # no mask: sorted path
+    assert sparse.present([10**12, 3, 3, 4]).tolist() == [3, 10**12]

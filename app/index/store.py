@@ -16,10 +16,12 @@ The structure is chosen when the index is built (start-up, rebuild); a saved cop
 structure is not the one its size calls for is refused by ``load``, so a gallery that grew
 past a threshold is rebuilt at the next start.
 
-Filters (``allowed_ids``) return only allowed items on every kind. On ``hnsw``/``ivf`` a
-filter that leaves at most ``exact_filter_max`` items is searched exactly among those items;
-a larger one runs the approximate search restricted to them, and falls back to the exact
-search when that finds fewer than ``k``.
+Filters (``allowed_ids``) return only allowed items on every kind: the live ids among them
+(never a tombstone) are the only ones a FAISS selector accepts, a bitmap over the id range
+(``_selector``; an ``IDSelectorBatch`` for sparse ids). On ``hnsw``/``ivf`` a filter that
+leaves at most ``exact_filter_max`` items is searched exactly among those items; a larger one
+runs the approximate search restricted to them, and falls back to the exact search when that
+finds fewer than ``k``.
 
 All public methods take one lock, so the store can be shared by request threads. The copy on
 disk (``save``/``load``) is a cache: the database is the source of truth and ``load`` refuses a
@@ -46,7 +48,8 @@ from app.index.idset import IdSet, as_ids, unique_ids
 
 log = logging.getLogger(__name__)
 
-# faiss's bundled type stubs lag its SWIG API (search parameters, ownership flags).
+# faiss's bundled type stubs lag its SWIG API (search parameters, ownership flags, the
+# one-array IDSelectorBitmap constructor).
 _faiss: Any = faiss
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
@@ -85,6 +88,22 @@ def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.
         scores, ids = scores[keep], ids[keep]
     order = np.lexsort((ids, -scores))
     return scores[order], ids[order]
+
+
+def _selector(allowed: np.ndarray) -> Any:
+    """A FAISS selector that accepts exactly ``allowed`` (sorted, unique ids).
+
+    A bitmap over the ids ``0..allowed[-1]`` (one numpy pass, where ``IDSelectorBatch`` hashes
+    every id into a set) while it takes at most 8 bytes an allowed id (+ 64 KiB); ids beyond
+    its end are rejected by FAISS. Sparse or negative ids get an ``IDSelectorBatch``.
+    """
+    if allowed.size == 0 or allowed[0] < 0 or allowed[-1] >= 64 * allowed.size + 2**19:
+        return faiss.IDSelectorBatch(allowed)
+    mask = np.zeros(int(allowed[-1]) + 1, dtype=bool)
+    mask[allowed] = True
+    # FAISS reads id i as bit (i & 7) of byte (i >> 3): numpy's little bit order. The
+    # selector keeps a reference to the array (faiss's referenced_objects).
+    return _faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little"))
 
 
 def _ivf_ids(index: Any) -> np.ndarray:
@@ -301,7 +320,7 @@ class VectorIndex:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
         if self._kind != "flat" and allowed.size <= self.exact_filter_max:
             return self._exact_among(q, k, allowed)
-        selector = faiss.IDSelectorBatch(allowed)
+        selector = _selector(allowed)
         scores, labels = self._index.search(q, k, params=self._params(selector))
         if self._kind != "flat" and int((labels[0] >= 0).sum()) < k:
             return self._exact_among(q, k, allowed)  # the approximate search came up short
@@ -312,7 +331,7 @@ class VectorIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top ``k`` among ``allowed`` (live ids) on an approximate index."""
         if self._kind == "ivf":  # every list scanned; only allowed entries are scored
-            selector = faiss.IDSelectorBatch(allowed)
+            selector = _selector(allowed)
             params = _faiss.SearchParametersIVF(sel=selector, nprobe=self._index.nlist)
             scores, labels = self._index.search(q, k, params=params)
             return scores[0], labels[0]

@@ -357,6 +357,44 @@ def test_ivf_saved_in_the_old_id_map_form_is_rebuilt(tmp_path: Path) -> None:
     assert len(index) == 0  # nothing taken from the refused file
 
 
+# Filtered searches over large filters: the FAISS selector.
+@pytest.mark.parametrize(
+    "allowed",
+    [
+        [0, 1, 7, 8, 9, 15, 16, 63, 64, 100, 4095],  # byte edges; a bitmap over 0..4095
+        list(range(3, 2000, 3)),
+        [5, 10**9],  # sparse: an IDSelectorBatch
+    ],
+)
+def test_selector_accepts_exactly_the_allowed_ids(allowed: list[int]) -> None:
+    import faiss
+
+    from app.index.store import _selector
+
+    arr = np.array(allowed, dtype=np.int64)
+    selector = _selector(arr)
+    dense = arr[-1] < 10**6
+    assert isinstance(selector, faiss.IDSelectorBitmap if dense else faiss.IDSelectorBatch)
+    probe = np.concatenate([np.arange(-9, min(int(arr[-1]), 5000) + 100), arr, arr + 1, [-1]])
+    accepted = {int(i) for i in probe if selector.is_member(int(i))}
+    assert accepted == set(allowed) & set(probe.tolist())
+
+
+def test_large_filters_on_hnsw_return_only_live_allowed_ids() -> None:
+    """Approximate path with the bitmap: ids above the largest allowed id, tombstones of
+    allowed ids and ids unknown to the index are never returned."""
+    index, ids, x = _starved("hnsw", 600, exact_filter_max=0)  # ids 3, 6, ..., 1800
+    index.hnsw_ef_search = 64
+    allowed = ids[: ids.size // 2]  # every id above 900 is rejected
+    gone = allowed[::10]
+    assert index.remove(gone) == gone.size and index._deleted  # tombstones, not compacted
+    live_allowed = set(np.setdiff1d(allowed, gone).tolist())
+    given = np.concatenate([allowed, [1, 2, 10**7, -4]])  # unknown ids in the filter too
+    for row in [*range(0, 600, 37), *np.flatnonzero(np.isin(ids, gone))[:10].tolist()]:
+        hits = index.search(x[row], 10, given)  # vectors of allowed, deleted and other items
+        assert len(hits) == 10 and {h.id for h in hits} <= live_allowed
+
+
 def test_idset_large_lookups_match_small_ones_after_changes() -> None:
     """``present`` answers large look-ups from a membership mask: same result as the sorted
     path, also for negative, repeated and out-of-range ids, and after ``add``/``remove``."""

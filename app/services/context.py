@@ -277,6 +277,7 @@ def open_context(settings: Settings, bundle: Bundle | None = None) -> ServiceCon
                 ivf_nprobe=settings.INDEX_IVF_NPROBE,
                 auto_approx_min=settings.INDEX_AUTO_APPROX_FROM,
                 exact_filter_max=settings.INDEX_EXACT_FILTER_MAX,
+                hnsw_filter_ef_max=settings.INDEX_HNSW_FILTER_EF_MAX,
             ),
             blobs=BlobStore(settings.blob_dir),
             embedding_key=embedding_key(bundle.manifest),

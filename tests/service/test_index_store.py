@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from app.index.idset import IdSet
-from app.index.store import IVF_MIN_TRAIN, VectorIndex
+from app.index.store import FILTER_EF_MAX, IVF_MIN_TRAIN, VectorIndex
 
 
 def _unit(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
@@ -355,3 +356,111 @@ def test_ivf_saved_in_the_old_id_map_form_is_rebuilt(tmp_path: Path) -> None:
     reason = index.load(tmp_path, "m", live)
     assert reason is not None and "IndexIDMap2" in reason
     assert len(index) == 0  # nothing taken from the refused file
+
+
+# Filtered HNSW searches over large filters: the selector and the efSearch they run with.
+def _clustered(n: int, dim: int, groups: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(n unit vectors around ``groups`` centres, 100 queries near the same centres)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(groups, dim))
+    x = centres[rng.integers(0, groups, n)] + 0.6 * rng.normal(size=(n, dim))
+    q = centres[rng.integers(0, groups, 100)] + 0.6 * rng.normal(size=(100, dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return x.astype(np.float32), q.astype(np.float32)
+
+
+def test_filtered_hnsw_keeps_its_recall_on_a_selective_filter() -> None:
+    """One "camera" of six over a clustered gallery, through the approximate path: at the
+    fixed efSearch 16, HNSW found ~0.74 of the exact filtered top 10 (1.0 unfiltered); with
+    efSearch scaled by the filter's selectivity (16 x sqrt(6) = 40) ~0.91."""
+    x, queries = _clustered(3000, 48, 200)
+    ids = np.arange(1, 3001, dtype=np.int64)
+    index = VectorIndex(48, "hnsw", hnsw_m=16, hnsw_ef_search=16, exact_filter_max=0)
+    index.build(ids, x)
+    cameras = np.random.default_rng(1).integers(0, 6, ids.size)
+    found = []
+    for camera in (0, 1):
+        mask = cameras == camera
+        for q in queries:
+            truth = set(_brute(q, ids[mask], x[mask], 10))
+            hits = {h.id for h in index.search(q, 10, ids[mask])}
+            assert hits <= set(ids[mask].tolist())
+            found.append(len(truth & hits) / 10)
+    assert np.mean(found) >= 0.85
+
+
+def test_filtered_ef_scales_with_the_share_allowed_and_is_capped() -> None:
+    index, ids, _ = _starved("hnsw", 600)
+    index.hnsw_ef_search = 16
+    assert index._filtered_ef(600) == 16
+    assert index._filtered_ef(100) == 40  # 1/6 allowed: 16 x sqrt(6)
+    assert index._filtered_ef(1) == 392  # 16 x sqrt(600)
+    index.hnsw_filter_ef_max = 30
+    assert index._filtered_ef(100) == 30
+    index.hnsw_filter_ef_max = 4  # a cap below efSearch never lowers it
+    assert index._filtered_ef(100) == 16
+    index.hnsw_filter_ef_max = FILTER_EF_MAX
+    index.hnsw_ef_search = 64
+    assert index._filtered_ef(1) == FILTER_EF_MAX
+    index.hnsw_ef_search = 16
+    index.remove(ids[:60])  # tombstones stay graph nodes: the share is of ntotal (600)
+    assert index._filtered_ef(540) == math.ceil(16 * math.sqrt(600 / 540))
+
+
+@pytest.mark.parametrize(
+    "allowed",
+    [
+        [0, 1, 7, 8, 9, 15, 16, 63, 64, 100, 4095],  # byte edges; a bitmap over 0..4095
+        list(range(3, 2000, 3)),
+        [5, 10**9],  # sparse: an IDSelectorBatch
+    ],
+)
+def test_selector_accepts_exactly_the_allowed_ids(allowed: list[int]) -> None:
+    import faiss
+
+    from app.index.store import _selector
+
+    arr = np.array(allowed, dtype=np.int64)
+    selector = _selector(arr)
+    dense = arr[-1] < 10**6
+    assert isinstance(selector, faiss.IDSelectorBitmap if dense else faiss.IDSelectorBatch)
+    probe = np.concatenate([np.arange(-9, min(int(arr[-1]), 5000) + 100), arr, arr + 1, [-1]])
+    accepted = {int(i) for i in probe if selector.is_member(int(i))}
+    assert accepted == set(allowed) & set(probe.tolist())
+
+
+def test_large_filters_on_hnsw_return_only_live_allowed_ids() -> None:
+    """Approximate path with the bitmap: ids above the largest allowed id, tombstones of
+    allowed ids and ids unknown to the index are never returned."""
+    index, ids, x = _starved("hnsw", 600, exact_filter_max=0)  # ids 3, 6, ..., 1800
+    index.hnsw_ef_search = 64
+    allowed = ids[: ids.size // 2]  # every id above 900 is rejected
+    gone = allowed[::10]
+    assert index.remove(gone) == gone.size and index._deleted  # tombstones, not compacted
+    live_allowed = set(np.setdiff1d(allowed, gone).tolist())
+    given = np.concatenate([allowed, [1, 2, 10**7, -4]])  # unknown ids in the filter too
+    for row in [*range(0, 600, 37), *np.flatnonzero(np.isin(ids, gone))[:10].tolist()]:
+        hits = index.search(x[row], 10, given)  # vectors of allowed, deleted and other items
+        assert len(hits) == 10 and {h.id for h in hits} <= live_allowed
+
+
+def test_idset_large_lookups_match_small_ones_after_changes() -> None:
+    """``present`` answers large look-ups from a membership mask: same result as the sorted
+    path, also for negative, repeated and out-of-range ids, and after ``add``/``remove``."""
+    rng = np.random.default_rng(4)
+    s = IdSet(rng.choice(5000, size=3000, replace=False))
+    for round_ in range(3):
+        members = s.array().copy()
+        wanted = rng.integers(-50, 6500, size=4000)
+        want = np.intersect1d(wanted, members)
+        assert s.present(wanted).tolist() == want.tolist()  # mask path
+        assert s.present(wanted[:5]).tolist() == np.intersect1d(wanted[:5], members).tolist()
+        assert s.present(wanted.tolist()).dtype == np.int64
+        new = np.arange(5000, 5300) + 400 * round_  # new ids, above the old ones
+        s.add(new)  # each change drops the mask built by the look-ups above
+        assert s.present(new).tolist() == new.tolist()
+        s.remove(members[::7])
+        assert not s.present(members[::7]).size
+    sparse = IdSet([3, 10**12])  # no mask: sorted path
+    assert sparse.present([10**12, 3, 3, 4]).tolist() == [3, 10**12]

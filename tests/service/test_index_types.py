@@ -197,11 +197,13 @@ def test_auto_index_with_a_starved_search_budget_still_filters(
         INDEX_AUTO_APPROX_FROM=50,
         INDEX_HNSW_M=4,
         INDEX_HNSW_EF_SEARCH=1,
+        INDEX_HNSW_FILTER_EF_MAX=2,
         INDEX_EXACT_FILTER_MAX=exact_filter_max,
     )
     ids, vectors = _populate(settings, bundle, 120)
     with TestClient(create_app(settings, bundle=bundle)) as client:
-        assert client.app.state.ctx.index.kind == "hnsw"  # type: ignore[attr-defined]
+        index = client.app.state.ctx.index  # type: ignore[attr-defined]
+        assert index.kind == "hnsw" and index.hnsw_filter_ef_max == 2
         mask = np.arange(len(ids)) % 3 != 1  # cameras c1 and c3
         found = _search(client, keys, top_k=10, camera_id=["c1", "c3"])
         assert len(found) == 10

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     INDEX_AUTO_APPROX_FROM: int = Field(default=25_000, ge=1)
     INDEX_HNSW_M: int = Field(default=32, ge=4, le=256)
     INDEX_HNSW_EF_CONSTRUCTION: int = Field(default=40, ge=1)
-    INDEX_HNSW_EF_SEARCH: int = Field(default=128, ge=1)
+    INDEX_HNSW_EF_SEARCH: int = Field(default=256, ge=1)
     # Filtered HNSW searches scale efSearch by sqrt(items in the index / items allowed), up to this.
     INDEX_HNSW_FILTER_EF_MAX: int = Field(default=1024, ge=1)
     INDEX_IVF_NPROBE: int = Field(default=16, ge=1)

@@ -131,7 +131,7 @@ class VectorIndex:
         *,
         hnsw_m: int = 32,
         hnsw_ef_construction: int = 40,
-        hnsw_ef_search: int = 128,
+        hnsw_ef_search: int = 256,
         ivf_nprobe: int = 16,
         auto_approx_min: int = AUTO_APPROX_MIN,
         exact_filter_max: int = EXACT_FILTER_MAX,

@@ -4,7 +4,9 @@ Index types (``INDEX_TYPE``):
 
 * ``flat``: ``IndexIDMap2(IndexFlatIP)``, exact.
 * ``hnsw``: ``IndexIDMap2(IndexHNSWFlat)``; HNSW cannot remove vectors, so deletions become
-  tombstones excluded through an ``IDSelector`` until the next rebuild.
+  tombstones excluded through an ``IDSelector`` until the next rebuild. That selector is built
+  once per change of the tombstones (not per query: 85 ms at 200,000 tombstones of 1 M), and
+  unfiltered searches then raise efSearch as filtered ones do, tombstones being graph nodes.
 * ``ivf``: a bare ``IndexIVFFlat`` (its lists hold the ids; no ``IndexIDMap2``, whose removal
   gives wrong ids on IVF) trained on the vectors present at (re)build time; galleries smaller
   than ``IVF_MIN_TRAIN`` use an exact flat index until the next rebuild. A saved copy in the
@@ -153,6 +155,7 @@ class VectorIndex:
         self._lock = threading.RLock()
         self._ids = IdSet()  # live ids (tombstones excluded)
         self._deleted: set[int] = set()  # tombstones (HNSW only)
+        self._live_selector: Any = None  # accepts all but the tombstones; built on first use
         self._kind = "flat"  # what is actually built: flat | hnsw | ivf
         self._index: Any = self._empty(self.kind_for(0))
 
@@ -218,6 +221,7 @@ class VectorIndex:
             self._index = index
             self._ids = IdSet(id_arr)
             self._deleted = set()
+            self._live_selector = None
 
     # -- mutation -----------------------------------------------------------------------
     def add(self, ids: Iterable[int] | np.ndarray, vectors: np.ndarray) -> None:
@@ -243,6 +247,7 @@ class VectorIndex:
             self._ids.remove(present)
             if self._kind == "hnsw":
                 self._deleted.update(present.tolist())
+                self._live_selector = None
                 if len(self._deleted) > max(1000, len(self._ids) // 5):
                     self._compact()
             else:
@@ -313,10 +318,12 @@ class VectorIndex:
         if not self._deleted:
             scores, labels = self._index.search(q, k, params=self._params(None))
             return scores[0], labels[0]
-        inner = faiss.IDSelectorBatch(np.asarray(sorted(self._deleted), np.int64))
-        selector = faiss.IDSelectorNot(inner)
-        scores, labels = self._index.search(q, k, params=self._params(selector))
-        del inner  # referenced by the selector until the search is done
+        if self._live_selector is None:  # once per change of the tombstones, not per query
+            dead = np.fromiter(sorted(self._deleted), np.int64, len(self._deleted))
+            inner = _selector(dead)
+            self._live_selector = (inner, faiss.IDSelectorNot(inner))  # keeps inner alive
+        params = self._params(self._live_selector[1], self._filtered_ef(len(self._ids)))
+        scores, labels = self._index.search(q, k, params=params)
         return scores[0], labels[0]
 
     def _search_among(
@@ -453,4 +460,5 @@ class VectorIndex:
             self._kind = kind
             self._ids = IdSet(stored)
             self._deleted = set()
+            self._live_selector = None
         return None

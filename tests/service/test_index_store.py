@@ -464,3 +464,26 @@ def test_idset_large_lookups_match_small_ones_after_changes() -> None:
         assert not s.present(members[::7]).size
     sparse = IdSet([3, 10**12])  # no mask: sorted path
     assert sparse.present([10**12, 3, 3, 4]).tolist() == [3, 10**12]
+
+
+def test_hnsw_searches_skip_every_tombstone_as_removals_accumulate() -> None:
+    """The tombstone selector is built once per change of the tombstones and reused by later
+    searches: each removal (and a compaction, and a re-add) must be seen by the next search."""
+    x, ids = _unit(400, seed=3), np.arange(1, 401, dtype=np.int64)
+    index = VectorIndex(16, "hnsw", hnsw_ef_search=64)
+    index.build(ids, x)
+    removed: set[int] = set()
+    for batch in (range(1, 40), range(40, 120), range(300, 330)):
+        index.remove(list(batch))
+        removed.update(batch)
+        for probe in (0, 45, 310, 399):
+            hits = [h.id for h in index.search(x[probe], 50)]
+            assert not removed & set(hits), sorted(removed & set(hits))[:5]
+            assert len(hits) == 50
+        live = ids[~np.isin(ids, list(removed))]
+        truth = _brute(x[399], live, x[live - 1], 10)
+        assert [h.id for h in index.search(x[399], 10)] == truth
+    index.add([5], x[4:5])  # a removed id comes back (compaction first)
+    assert index.search(x[4], 1)[0].id == 5
+    index.remove([5])
+    assert 5 not in [h.id for h in index.search(x[4], 50)]

@@ -1,6 +1,7 @@
 """A picture of what the translator does: one row per person, with the sketch, the synthetic
 photo the translator made of it (the very image the evaluation embedded) and the person's true
-photos from the gallery. `sketchreid evaluate --translation-sheet` draws it; docs/ shows one.
+photos from the gallery. `sketchreid evaluate --translation-sheet` draws it (docs/results.md
+describes one; pictures of real people stay out of the repository).
 
 Drawn with the rank-list tiles (:mod:`app.ml.ranklist`): the sketch and its translation on the
 left, a gap, then the photos, each captioned with its camera.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from app.ml.images import load_image
@@ -37,7 +39,7 @@ def draw_translation_sheet(e: Embedded, people: int) -> Image.Image:
             Tile(load_image(e.q_paths[i]), "sketch", GREY),
             Tile(e.translations[i], "translation", GREY),
         ]
-        photos = [j for j in range(len(e.g_paths)) if int(e.g_pids[j]) == pid][:MAX_PHOTOS]
+        photos = np.flatnonzero(e.g_pids == pid)[:MAX_PHOTOS]
         results = [
             Tile(load_image(e.g_paths[j]), f"photo, cam {e.g_camids[j]}", GREY) for j in photos
         ]

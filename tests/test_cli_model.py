@@ -15,6 +15,7 @@ from app.ml.bundle import (
     combine_bundles,
     load_bundle,
     read_manifest,
+    resave,
     save_bundle,
     update_manifest,
 )
@@ -132,6 +133,22 @@ def test_annotate_refuses_what_is_not_a_report(
     assert main(["model", "annotate", str(bundle), "--crossval", "no-equals-sign"]) == 2
     assert "LABEL=JSON" in capsys.readouterr().err
     assert (bundle / "manifest.json").read_text() == before
+
+
+def test_annotate_query_view_needs_a_translator_and_survives_resaving(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = (bundle / "manifest.json").read_text()
+    assert main(["model", "annotate", str(bundle), "--query-view", "fused"]) == 2
+    assert "needs a translator" in capsys.readouterr().err
+    assert (bundle / "manifest.json").read_text() == before
+    assert main(["model", "info", str(bundle)]) == 0
+    assert "query view  sketch (default)" in capsys.readouterr().out
+
+    assert main(["model", "annotate", str(bundle), "--query-view", "sketch"]) == 0
+    assert read_manifest(bundle).query_view == "sketch"
+    resave(load_bundle(bundle), tmp_path / "again")  # e.g. when a translator is added
+    assert read_manifest(tmp_path / "again").query_view == "sketch"
 
 
 def _part(root: Path, name: str, spec: MemberSpec, seed: int, pids: list[int]) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,38 @@ def test_evaluate_cli_figures_are_those_of_the_translated_sketches(
     assert translated["translated"] is True and plain["translated"] is False
     assert _figures(translated) == want_translated
     assert _figures(plain) == want_plain
+
+
+def test_evaluate_cli_fused_view_is_the_services_and_follows_the_bundle(
+    bundle: Bundle,
+    bundle_dir: Path,
+    dataset: PKUSketchDataset,
+    synth_root: Path,
+    tmp_path: Path,
+) -> None:
+    assert bundle.translator is not None
+    sketches = [load_image(s.path) for s in dataset.sketches]
+    e = embed_test_set(bundle.embedder, None, dataset, dataset.pids)
+    both = bundle.embedder.embed(sketches, modality="sketch") + bundle.embedder.embed(
+        bundle.translator.translate_batch(sketches), modality="photo"
+    )
+    q_fused = both / np.linalg.norm(both, axis=1, keepdims=True)
+    want = _expected(distances(q_fused, e.gallery), e)
+    translated = _evaluate(synth_root, bundle_dir, tmp_path / "t.json")
+    assert want != _figures(translated), "fused and translated must differ here"
+
+    fused = _evaluate(synth_root, bundle_dir, tmp_path / "f.json", "--view", "fused")
+    assert fused["view"] == "fused" and fused["splits"][0]["fused"] is True
+    assert _figures(fused) == want
+
+    # A bundle whose manifest says fused is evaluated fused unless told otherwise.
+    own = tmp_path / "fused-bundle"
+    shutil.copytree(bundle_dir, own)
+    assert main(["model", "annotate", str(own), "--query-view", "fused"]) == 0
+    default = _evaluate(synth_root, own, tmp_path / "d.json")
+    assert default["view"] == "fused" and _figures(default) == want
+    plain = _evaluate(synth_root, own, tmp_path / "p.json", "--no-translate")
+    assert plain["view"] == "sketch" and plain["translated"] is False
 
 
 def test_evaluate_cli_reranks_with_k1_k2_and_lambda_as_given(

@@ -8,12 +8,15 @@ seed returns the generator as it was before its first step, to compare against.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from app.cli.main import main
+from app.ml.bundle import read_manifest
 from app.ml.data.pku import load_pku_sketch
 from app.ml.images import load_image
 from app.ml.inference import Translator
@@ -81,3 +84,21 @@ def test_a_short_training_lowers_the_losses_and_moves_the_generator(
     old = Translator(before, SIZE).translate_tensor(sketches)
     new = Translator(after, SIZE).translate_tensor(sketches)
     assert (old.float() - new.float()).abs().mean() > 1.0
+
+
+@pytest.mark.slow
+def test_train_translator_cli_takes_translator_overrides_only(
+    synth_root: Path, random_bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bundle"
+    shutil.copytree(random_bundle_dir, out)
+    argv = ["train", "translator", "--data-root", str(synth_root), "--preset", "smoke"]
+    argv += ["--workdir", str(tmp_path / "w"), "--no-progress", "--out", str(out)]
+    with pytest.raises(SystemExit) as refused:
+        main([*argv, "--set", "model.spp=true"])
+    assert refused.value.code == 2 and "only takes translator." in capsys.readouterr().err
+    sizes = ["translator.ngf=6", "translator.n_blocks=1", "translator.epochs_constant=1"]
+    sizes.append("translator.epochs_decay=0")
+    assert main([*argv, *(a for s in sizes for a in ("--set", s))]) == 0
+    spec = read_manifest(out).translator
+    assert spec is not None and (spec.spec.ngf, spec.spec.n_blocks) == (6, 1)

@@ -175,6 +175,7 @@ class SearchOut(BaseModel):
     search_id: uuid.UUID
     model: ModelRef
     translated: bool
+    view: str = Field(description="How the sketches were embedded: sketch, translated or fused")
     reranked: bool
     results: list[SearchResultOut] = Field(
         description="Best first; confirmed and rejected items are left out"
@@ -214,6 +215,8 @@ class SearchOut(BaseModel):
             search_id=record.id,
             model=ModelRef(name=record.model_name, version=record.model_version),
             translated=bool(record.parameters.get("translated")),
+            view=record.parameters.get("view")
+            or ("translated" if record.parameters.get("translated") else "sketch"),
             reranked=bool(record.parameters.get("reranked")),
             results=results,
             feedback=FeedbackOut(

@@ -26,6 +26,7 @@ from app.ml.evaluate import Extras, RerankParams, evaluate_runs, heldout_split
 from app.ml.feedback import FeedbackWeights
 from app.ml.plots import plot_cmc
 from app.ml.precision import PRECISIONS
+from app.ml.query_views import QUERY_VIEWS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,10 +45,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_split_options(ev, required=True, heldout=True)
     _rerank_options(ev)
-    ev.add_argument(
+    how = ev.add_mutually_exclusive_group()
+    how.add_argument(
         "--no-translate",
         action="store_true",
-        help="embed the sketches themselves, not their translations",
+        help="embed the sketches themselves, not their translations (= --view sketch)",
+    )
+    how.add_argument(
+        "--view",
+        choices=QUERY_VIEWS,
+        help="how a query sketch is embedded: as drawn, its translation, or both fused "
+        "(default: the bundle's own view, as the service does)",
     )
     ev.add_argument(
         "--precision",
@@ -217,7 +225,7 @@ def _print_feedback(feedback: dict[str, Any]) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data_root)
     runs = _runs(args, dataset)
-    if not args.no_translate and any(b.translator is None for b, _ in runs):
+    if args.view is None and not args.no_translate and any(b.translator is None for b, _ in runs):
         print(
             "note: the bundle has no translator; evaluating untranslated sketches", file=sys.stderr
         )
@@ -228,7 +236,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         sheet_people=args.sheet_people,
     )
     report = evaluate_runs(
-        runs, dataset, translate=not args.no_translate, rerank=_rerank(args), extras=extras
+        runs,
+        dataset,
+        translate=not args.no_translate,
+        view=args.view,
+        rerank=_rerank(args),
+        extras=extras,
     )
     report["command"] = command_line(args)
     overlap = sum(s["train_test_overlap"] for s in report["splits"])

@@ -11,6 +11,7 @@ from typing import Any
 from app.cli.common import command_line
 from app.errors import UserInputError
 from app.ml.bundle import Manifest, load_bundle, read_manifest, update_manifest
+from app.ml.query_views import QUERY_VIEWS, bundle_view
 
 _FIGURES = ("rank1", "rank5", "rank10", "mAP")
 
@@ -80,6 +81,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     annotate.add_argument(
         "--note", action="append", default=None, help="replace the notes (repeat for several)"
     )
+    annotate.add_argument(
+        "--query-view",
+        choices=QUERY_VIEWS,
+        help="how the service embeds a query sketch unless a search says otherwise: as drawn, "
+        "its translation, or both fused (translated and fused need the bundle's translator)",
+    )
     annotate.set_defaults(func=cmd_annotate)
 
 
@@ -121,6 +128,8 @@ def format_manifest(manifest: Manifest) -> str:
             f"translator  resnet generator ngf {t.spec.ngf}, {t.spec.n_blocks} blocks, "
             f"{t.spec.norm} norm, {th}x{tw}, {t.parameters / 1e6:.3f} M params"
         )
+    view = bundle_view(manifest.query_view, t is not None)
+    lines.append(f"query view  {view}" + ("" if manifest.query_view else " (default)"))
     if manifest.evaluation:
         lines.append("evaluation")
         lines += [f"  {k}: {_fmt_value(v)}" for k, v in sorted(manifest.evaluation.items())]
@@ -250,6 +259,13 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         fields["version"] = args.version
     if args.note is not None:
         fields["notes"] = args.note
+    if args.query_view is not None:
+        if args.query_view != "sketch" and manifest.translator is None:
+            raise UserInputError(
+                f"--query-view {args.query_view} needs a translator and {args.bundle} has none "
+                "(`sketchreid train translator` adds one)"
+            )
+        fields["query_view"] = args.query_view
     updated = update_manifest(args.bundle, **fields)
     print(f"annotated {args.bundle}: {updated.name} {updated.version}")
     return 0

@@ -87,6 +87,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument(
         "--epochs", type=positive_int, help="total epochs (half constant, half linear decay)"
     )
+    tr.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        type=_translator_override,
+        metavar="translator.FIELD=VALUE",
+        help="override one field of the preset's translator, e.g. translator.ngf=16 (repeat)",
+    )
     _common(tr)
     tr.set_defaults(func=run_translator)
 
@@ -168,6 +177,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     add_run_options(p)
     p.add_argument("--out", type=Path, required=True, help="bundle folder")
+
+
+def _translator_override(text: str) -> str:
+    """`train translator --set`: only the translator section is this command's to change."""
+    if not text.startswith("translator."):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: `train translator` only takes translator.FIELD=VALUE overrides"
+        )
+    return text
 
 
 def apply_override(preset: Preset, text: str) -> None:

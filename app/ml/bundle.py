@@ -34,6 +34,7 @@ from app.ml.inference import BaseEmbedder, BaseTranslator, Embedder, Translator
 from app.ml.models.cyclegan import GeneratorSpec, build_generator
 from app.ml.models.resnet_cifar import MemberSpec, build_member, count_parameters
 from app.ml.precision import Precision
+from app.ml.query_views import QueryView, bundle_view
 from app.ml.transforms import DEFAULT_MEAN, DEFAULT_STD
 
 FORMAT_VERSION = 1
@@ -90,6 +91,9 @@ class Manifest(BaseModel):
     combine: Literal["concat-l2"] = "concat-l2"
     members: list[MemberEntry] = Field(min_length=1)
     translator: TranslatorEntry | None = None
+    # How the service embeds a query sketch by default (app.ml.query_views); None: as
+    # translated when there is a translator, as drawn when not (bundles before the field).
+    query_view: Literal["sketch", "translated", "fused"] | None = None
     training: dict[str, Any] = Field(default_factory=dict)
     evaluation: dict[str, Any] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
@@ -179,6 +183,7 @@ def save_bundle(
     training: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
     notes: list[str] | None = None,
+    query_view: QueryView | None = None,
     overwrite: bool = False,
 ) -> Manifest:
     """Write a bundle folder atomically and return its manifest.
@@ -258,6 +263,7 @@ def save_bundle(
             tta_flip=tta_flip,
             members=entries,
             translator=translator_entry,
+            query_view=query_view,
             training=dict(training or {}),
             evaluation=dict(evaluation or {}),
             notes=list(notes or []),
@@ -402,6 +408,11 @@ class Bundle:
     @property
     def version(self) -> str:
         return self.manifest.version
+
+    @property
+    def view(self) -> QueryView:
+        """How this bundle embeds a query sketch unless a request says otherwise."""
+        return bundle_view(self.manifest.query_view, self.translator is not None)
 
     @property
     def inference(self) -> dict[str, str]:
@@ -559,6 +570,7 @@ def resave(
         "training": m.training,
         "evaluation": m.evaluation,
         "notes": m.notes,
+        "query_view": m.query_view,
     }
     kwargs.update(changes)
     return save_bundle(bundle_dir, overwrite=overwrite, **kwargs)

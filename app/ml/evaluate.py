@@ -20,6 +20,7 @@ from app.ml.data.splits import Split
 from app.ml.feedback import FeedbackWeights
 from app.ml.feedback_eval import FEEDBACK_PROTOCOL, evaluate_feedback
 from app.ml.metrics import mean_std, ranking_result
+from app.ml.query_views import QueryView
 from app.ml.ranklist import write_ranklists
 from app.ml.rerank import k_reciprocal_rerank
 from app.ml.testset import Embedded, distances, embed_test_set
@@ -108,32 +109,52 @@ class Extras:
     sheet_people: int = 8
 
 
+def _view_of(bundle: Bundle, translate: bool, view: QueryView | None) -> QueryView:
+    """The view ``bundle``'s queries are evaluated in (see :func:`evaluate_runs`)."""
+    if not translate:
+        return "sketch"
+    if view is None:
+        return bundle.view
+    if view != "sketch" and bundle.translator is None:
+        raise UserInputError(f"--view {view} needs a translator and {bundle.path} has none")
+    return view
+
+
 def evaluate_runs(
     runs: Sequence[tuple[Bundle, Split]],
     dataset: PKUSketchDataset,
     *,
     translate: bool = True,
+    view: QueryView | None = None,
     rerank: RerankParams | None = None,
     extras: Extras = Extras(),
 ) -> dict[str, Any]:
     """Evaluate each bundle on its split's test identities; mean ± std when several.
+
+    Queries are embedded in ``view``; by default in each bundle's own view (the service's
+    default), or as drawn when ``translate`` is off.
 
     A split whose test identities its bundle was trained on is flagged
     (``train_test_overlap``): its figures measure memory, not generalisation.
     """
     if not runs:
         raise UserInputError("nothing to evaluate: no bundle and split given")
-    if extras.translation_sheet is not None and (not translate or runs[0][0].translator is None):
+    views = [_view_of(bundle, translate, view) for bundle, _ in runs]
+    if extras.translation_sheet is not None and views[0] == "sketch":
         raise UserInputError(
             "a translation sheet needs translated sketches: "
-            + ("drop --no-translate" if not translate else f"{runs[0][0].path} has no translator")
+            + (
+                f"{runs[0][0].path} has no translator"
+                if runs[0][0].translator is None
+                else "drop --no-translate / --view sketch"
+            )
         )
     per_split = []
     feedback_rows: list[dict[str, dict[str, Any]]] = []
     for i, (bundle, split) in enumerate(runs):
         trained_on = set(bundle.manifest.training.get("train_pids") or [])
         embedded = embed_test_set(
-            bundle.embedder, bundle.translator, dataset, split.test, translate=translate
+            bundle.embedder, bundle.translator, dataset, split.test, view=views[i]
         )
         dist = distance_matrix(embedded, rerank)
         result = score(embedded, rerank=rerank, dist=dist)
@@ -162,6 +183,7 @@ def evaluate_runs(
         "inference": first.inference,
         "data_root": str(dataset.root),
         "translated": per_split[0]["translated"],
+        "view": views[0],
         "translator_available": first.translator is not None,
         "reranked": rerank is not None,
         "rerank_params": vars(rerank) if rerank else None,
@@ -190,6 +212,7 @@ def evaluate_bundle(
     splits: Sequence[Split],
     *,
     translate: bool = True,
+    view: QueryView | None = None,
     rerank: RerankParams | None = None,
     extras: Extras = Extras(),
 ) -> dict[str, Any]:
@@ -198,6 +221,7 @@ def evaluate_bundle(
         [(bundle, split) for split in splits],
         dataset,
         translate=translate,
+        view=view,
         rerank=rerank,
         extras=extras,
     )

@@ -1,7 +1,7 @@
 """One embedded test set: test sketches as queries, test photos as gallery.
 
-Queries go through the translator (when the model has one and ``translate`` is on) and the
-embedder exactly as the service sends an uploaded sketch; photos are embedded as the service
+Queries are embedded in a view (:mod:`app.ml.query_views`: the sketch, its translation or
+both fused) exactly as the service embeds an uploaded sketch; photos are embedded as the service
 embeds ingested crops; :func:`fused_queries` fuses a sketch's own embedding with its
 translation's (the ``fused`` cross-validation variant). Distances are ``2 - 2 cos`` on the
 unit embeddings (squared Euclidean).
@@ -20,6 +20,7 @@ from app.errors import UserInputError
 from app.ml.data.pku import PKUSketchDataset, Sample
 from app.ml.images import load_image
 from app.ml.inference import BaseEmbedder, BaseTranslator, fuse_views
+from app.ml.query_views import QueryView, embed_queries
 
 
 @dataclass
@@ -55,19 +56,28 @@ def embed_test_set(
     test_pids: Sequence[int],
     *,
     translate: bool = True,
+    view: QueryView | None = None,
 ) -> Embedded:
+    """The test identities' sketches embedded as queries in ``view`` (by default translated
+    when ``translate`` and there is a translator, else as drawn) through
+    :func:`app.ml.query_views.embed_queries`, as the service embeds an uploaded sketch, and
+    their photos as the gallery."""
+    if view is None:
+        view = "translated" if translate and translator is not None else "sketch"
+    if view != "sketch" and translator is None:
+        raise UserInputError(f"view {view} needs a translator and the model has none")
     test = dataset.subset(test_pids)
     with_photo = set(test.pids)
     queries = [s for s in test.sketches if s.pid in with_photo]
     if not queries or not test.photos:
         raise UserInputError("the test identities have no sketch/photo pairs to evaluate")
     sketches = [load_image(s.path) for s in queries]
-    translations: list[Image.Image] = []
-    if translate and translator is not None:
-        translations = translator.translate_batch(sketches)
-        q = embedder.embed(translations, modality="photo")
-    else:
-        q = embedder.embed(sketches, modality="sketch")
+    q, translations = embed_queries(
+        sketches,
+        view,
+        lambda batch, modality: embedder.embed(batch, modality=modality),
+        translator.translate_batch if translator is not None else None,
+    )
     g = embedder.embed([load_image(s.path) for s in test.photos], modality="photo")
     q_pids, q_cams = _ids(queries)
     g_pids, g_cams = _ids(test.photos)
@@ -82,6 +92,7 @@ def embed_test_set(
         q_paths=[s.path for s in queries],
         g_paths=[s.path for s in test.photos],
         translations=translations,
+        fused=view == "fused",
     )
 
 

@@ -26,6 +26,7 @@ from app.db.models import ApiKey, GalleryItem, Search
 from app.db.types import utcnow
 from app.errors import UserInputError
 from app.ml.feedback import FeedbackWeights, build_query
+from app.ml.query_views import QueryView, check_choice, embed_queries, resolve_view
 from app.ml.rerank import k_reciprocal_rerank
 from app.ml.testset import distances
 from app.services import audit
@@ -47,7 +48,8 @@ STAGES = ("decode", "translate", "embed", "search", "rerank")
 @dataclass(frozen=True)
 class SearchParams:
     top_k: int = 10
-    translate: bool | None = None  # None: translate when the bundle has a translator
+    translate: bool | None = None  # None: as the bundle's view says (app.ml.query_views)
+    view: QueryView | None = None  # sketch, translated or fused; None: the bundle's view
     rerank: bool = False
     k1: int = 20
     k2: int = 6
@@ -73,11 +75,16 @@ class SearchParams:
                 field="lambda_value",
             )
         check_range(self.captured_after, self.captured_before)
+        try:
+            check_choice(self.view, self.translate)
+        except UserInputError as exc:
+            raise OutOfRangeError(str(exc), field="view") from None
 
     def as_json(self) -> dict[str, Any]:
         return {
             "top_k": self.top_k,
             "translate": self.translate,
+            "view": self.view,
             "rerank": self.rerank,
             "k1": self.k1,
             "k2": self.k2,
@@ -223,25 +230,29 @@ def run_search(
             raise _labelled(exc, i, upload.filename) from None
     timings["decode"] = _ms(t)
 
-    translated: list[Image.Image] = []
-    if params.translate is not False and bundle.translator is not None:
+    view, view_notes = resolve_view(
+        bundle.view, bundle.translator is not None, view=params.view, translate=params.translate
+    )
+    notes.extend(view_notes)
+    translator = bundle.translator
+
+    def translate(sketches: Sequence[Image.Image]) -> list[Image.Image]:
+        assert translator is not None
         t = time.perf_counter()
-        translated = ctx.inference.translate(bundle.translator, images)
+        out = ctx.inference.translate(translator, sketches)
         timings["translate"] = _ms(t)
-    elif params.translate is True:
-        notes.append(
-            "translate was requested but the model has no translator: "
-            "the sketch was embedded as drawn"
-        )
+        return out
 
     t = time.perf_counter()
-    if translated:
-        embedded = ctx.inference.embed(bundle.embedder, translated, modality="photo")
-    else:
-        embedded = ctx.inference.embed(bundle.embedder, images, modality="sketch")
+    embedded, translated = embed_queries(
+        images,
+        view,
+        lambda batch, modality: ctx.inference.embed(bundle.embedder, batch, modality=modality),
+        translate if translator is not None else None,
+    )
     positives, negatives = feedback_vectors(ctx, session, feedback)
     query = build_query(embedded, positives, negatives, FEEDBACK_WEIGHTS)
-    timings["embed"] = _ms(t)
+    timings["embed"] = round(_ms(t) - timings["translate"], 3)
 
     t = time.perf_counter()
     allowed = allowed_ids(session, ctx.embedding_key, params)
@@ -304,6 +315,7 @@ def run_search(
         "sketches_from_refine": not sketches,
         "feedback_weights": FEEDBACK_WEIGHTS.as_json() if feedback else None,
         "translated": bool(translated),
+        "view": view,
         "reranked": reranked,
         "rerank_candidates": len(found) if params.rerank else None,
         "index": ctx.index.kind,

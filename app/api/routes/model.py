@@ -19,6 +19,7 @@ def get_model(ctx: CtxDep, _key: ReaderDep) -> dict[str, Any]:
         "embedding_key": ctx.embedding_key,
         "dim": ctx.dim,
         "translator": ctx.bundle.translator is not None,
+        "query_view": ctx.bundle.view,
         "inference": ctx.bundle.inference,
         "batching": ctx.inference.describe(),
         "index": {"type": ctx.index.index_type, "kind": ctx.index.kind, "items": len(ctx.index)},

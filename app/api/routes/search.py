@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Up
 from app.api.deps import CtxDep, InvestigatorDep, SessionDep, single_valued
 from app.api.schemas import MarkIn, MarkOut, SearchOut, SearchRecordOut, error_responses
 from app.api.uploads import read_upload
+from app.ml.query_views import QueryView
 from app.services import audit, feedback
 from app.services import search as search_service
 from app.services.blobs import content_type_for
@@ -24,6 +25,7 @@ _ONE_EACH = Depends(
         form=(
             "top_k",
             "translate",
+            "view",
             "rerank",
             "k1",
             "k2",
@@ -56,8 +58,17 @@ def search(
     translate: Annotated[
         bool | None,
         Form(
-            description="sketch -> photo before embedding; left out: the model's choice "
-            "(on when its bundle has a translator)"
+            description="sketch -> photo before embedding (false: view `sketch`; true: the "
+            "model's view when it translates, else `translated`); left out: the model's choice"
+        ),
+    ] = None,
+    view: Annotated[
+        QueryView | None,
+        Form(
+            description="how the sketch becomes a query: `sketch` (as drawn), `translated` "
+            "(its sketch -> photo translation) or `fused` (both embeddings fused, the most "
+            "accurate on the protocol); left out: the model's choice (`query_view` in "
+            "/model). Overrides `translate`, which must agree when also sent"
         ),
     ] = None,
     rerank: Annotated[bool, Form(description="k-reciprocal re-ranking")] = False,
@@ -86,6 +97,7 @@ def search(
     params = search_service.SearchParams(
         top_k=top_k,
         translate=translate,
+        view=view,
         rerank=rerank,
         k1=k1,
         k2=k2,

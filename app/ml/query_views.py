@@ -1,0 +1,100 @@
+"""How a query sketch becomes one embedding: its *view*. One rule for evaluation and service.
+
+* ``sketch``: the sketch itself, embedded as a sketch (grey, like the training sketches);
+* ``translated``: the translator's synthetic photo of it, embedded as a photo (the paper's
+  pipeline);
+* ``fused``: both, fused into one unit vector (:func:`app.ml.inference.fuse_views`, the
+  normalised sum, as flip test-time augmentation fuses an image and its mirror). On the
+  protocol this beats either view alone (docs/results.md, "Table VI").
+
+A bundle names its view in ``manifest.query_view``; bundles from before that field query
+translated when they have a translator and as drawn when not (:func:`bundle_view`).
+:func:`resolve_view` applies a request's ``view`` / ``translate`` choices to that default and
+:func:`embed_queries` embeds a batch of sketches in the chosen view, given the caller's embed
+and translate functions (the service passes its batching queue's, evaluation the bundle's own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal, get_args
+
+import numpy as np
+from PIL import Image
+
+from app.errors import UserInputError
+from app.ml.inference import fuse_views
+
+QueryView = Literal["sketch", "translated", "fused"]
+QUERY_VIEWS: tuple[str, ...] = get_args(QueryView)
+
+EmbedFn = Callable[[Sequence[Image.Image], Literal["sketch", "photo"]], np.ndarray]
+TranslateFn = Callable[[Sequence[Image.Image]], list[Image.Image]]
+
+
+def bundle_view(query_view: QueryView | None, has_translator: bool) -> QueryView:
+    """A bundle's own view: its manifest's, else translated when it has a translator."""
+    if query_view is not None and (query_view == "sketch" or has_translator):
+        return query_view
+    return "translated" if has_translator else "sketch"
+
+
+def check_choice(view: str | None, translate: bool | None) -> None:
+    """A known ``view``, and one that ``translate`` (when also given) agrees with."""
+    if view is not None and view not in QUERY_VIEWS:
+        raise UserInputError(f"view must be one of {', '.join(QUERY_VIEWS)}, got {view!r}")
+    if view is not None and translate is not None and translate != (view != "sketch"):
+        raise UserInputError(
+            f"translate={str(translate).lower()} contradicts view={view}: "
+            "send one of the two (view=sketch is translate=false)"
+        )
+
+
+def resolve_view(
+    default: QueryView,
+    has_translator: bool,
+    *,
+    view: QueryView | None = None,
+    translate: bool | None = None,
+) -> tuple[QueryView, list[str]]:
+    """The view a query is embedded in, and notes for the caller.
+
+    ``view`` chooses outright; ``translate`` (the older switch) says only whether the
+    translator runs: false is ``sketch``, true is the bundle's view when that translates,
+    else ``translated``. Both given and contradicting each other is an error. A view that
+    needs a translator the bundle lacks falls back to ``sketch`` with a note.
+    """
+    check_choice(view, translate)
+    asked = view
+    if view is None:
+        if translate is False:
+            view = "sketch"
+        elif translate is True:
+            view = default if default != "sketch" else "translated"
+        else:
+            view = default
+    if view != "sketch" and not has_translator:
+        what = f"view {view} was" if asked else "translate was"
+        return "sketch", [
+            f"{what} requested but the model has no translator: the sketch was embedded as drawn"
+        ]
+    return view, []
+
+
+def embed_queries(
+    sketches: Sequence[Image.Image],
+    view: QueryView,
+    embed: EmbedFn,
+    translate: TranslateFn | None,
+) -> tuple[np.ndarray, list[Image.Image]]:
+    """Unit query embeddings (one row a sketch) in ``view``, and the translations made
+    (empty for ``sketch``)."""
+    if view == "sketch":
+        return embed(sketches, "sketch"), []
+    if translate is None:
+        raise UserInputError(f"view {view} needs a translator")
+    translations = translate(sketches)
+    photos = embed(translations, "photo")
+    if view == "translated":
+        return photos, translations
+    return fuse_views(embed(sketches, "sketch"), photos), translations

@@ -1,0 +1,158 @@
+"""How a search embeds its sketch: the ``view`` (sketch, translated, fused), its default from
+the bundle's manifest, and its agreement with the older ``translate`` switch."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.main import create_app
+from app.core.config import Settings
+from app.ml.bundle import Bundle, load_bundle, update_manifest
+from app.ml.images import load_image
+
+from .conftest import Keys, upload
+from .helpers import jpeg, sketch_png
+
+
+def _fill(client: TestClient, keys: Keys, n: int = 12) -> list[int]:
+    ids = []
+    for seed in range(n):
+        r = upload(client, keys.operator, jpeg(seed), camera_id="c1")
+        assert r.status_code == 201
+        ids.append(r.json()["id"])
+    return ids
+
+
+def _post(client: TestClient, keys: Keys, **form: Any) -> Any:
+    return client.post(
+        "/api/v1/search",
+        files={"sketch": ("s.png", sketch_png(1), "image/png")},
+        data={"top_k": 12, **form},
+        headers=keys.investigator,
+    )
+
+
+def _query(bundle: Bundle, view: str) -> np.ndarray:
+    """The query vector, computed here without app.ml.query_views."""
+    sketch = load_image(sketch_png(1))
+    drawn = bundle.embedder.embed([sketch], modality="sketch")[0]
+    if view == "sketch":
+        return drawn
+    assert bundle.translator is not None
+    photo = bundle.embedder.embed([bundle.translator.translate(sketch)], modality="photo")[0]
+    if view == "translated":
+        return photo
+    total = drawn + photo
+    return total / np.linalg.norm(total)
+
+
+def _ranking(bundle: Bundle, ids: list[int], view: str) -> tuple[list[int], np.ndarray]:
+    g = bundle.embedder.embed([load_image(jpeg(seed)) for seed in range(len(ids))])
+    scores = g @ _query(bundle, view)
+    order = np.argsort(-scores, kind="stable")
+    return [ids[k] for k in order], scores[order]
+
+
+@pytest.mark.parametrize("view", ["sketch", "translated", "fused"])
+def test_each_view_ranks_by_its_own_query(
+    client: TestClient, keys: Keys, bundle: Bundle, view: str
+) -> None:
+    ids = _fill(client, keys)
+    r = _post(client, keys, view=view)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected, scores = _ranking(bundle, ids, view)
+    assert [h["gallery_id"] for h in body["results"]] == expected
+    np.testing.assert_allclose([h["score"] for h in body["results"]], scores, atol=1e-4)
+    assert body["view"] == view
+    assert body["translated"] is (view != "sketch")
+    assert (body["timings_ms"]["translate"] > 0) is (view != "sketch")
+    assert (body["translated_image_url"] is None) is (view == "sketch")
+    record = client.get(f"/api/v1/searches/{body['search_id']}", headers=keys.investigator)
+    assert record.json()["parameters"]["view"] == view
+
+
+def test_the_three_views_are_different_queries(bundle: Bundle) -> None:
+    # Guards the test above: were two views the same vector it could not tell them apart.
+    q = {v: _query(bundle, v) for v in ("sketch", "translated", "fused")}
+    assert min(float(np.abs(q[a] - q[b]).max()) for a in q for b in q if a < b) > 1e-3
+
+
+@pytest.fixture(scope="module")
+def fused_bundle(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    folder = tmp_path_factory.mktemp("bundles") / "fused"
+    shutil.copytree(bundle_dir, folder)
+    update_manifest(folder, query_view="fused")
+    return load_bundle(folder)
+
+
+def test_the_bundles_view_is_the_default_and_translate_keeps_it(
+    make_settings: Callable[..., Settings], fused_bundle: Bundle, keys: Keys
+) -> None:
+    with TestClient(create_app(make_settings(), bundle=fused_bundle)) as client:
+        ids = _fill(client, keys, 8)
+        assert client.get("/api/v1/model", headers=keys.investigator).json()["query_view"] == (
+            "fused"
+        )
+        for form, view in (
+            ({}, "fused"),
+            ({"translate": "true"}, "fused"),
+            (
+                {"translate": "false"},
+                "sketch",
+            ),
+            ({"view": "translated"}, "translated"),
+        ):
+            body = _post(client, keys, **form).json()
+            assert body["view"] == view, form
+            assert [h["gallery_id"] for h in body["results"]] == _ranking(fused_bundle, ids, view)[
+                0
+            ]
+
+
+def test_old_bundles_default_to_translated_when_they_can(
+    client: TestClient, keys: Keys, bundle: Bundle
+) -> None:
+    assert bundle.manifest.query_view is None
+    _fill(client, keys, 3)
+    assert _post(client, keys).json()["view"] == "translated"
+
+
+@pytest.mark.parametrize(
+    ("form", "says"),
+    [
+        ({"view": "fused", "translate": "false"}, "contradicts view=fused"),
+        ({"view": "sketch", "translate": "true"}, "contradicts view=sketch"),
+        ({"view": "photo"}, "view"),
+    ],
+)
+def test_contradicting_or_unknown_views_are_refused_and_nothing_is_recorded(
+    client: TestClient, keys: Keys, form: dict[str, str], says: str
+) -> None:
+    _fill(client, keys, 2)
+    r = _post(client, keys, **form)
+    assert r.status_code == 422
+    assert says in r.text
+    history = client.get("/api/v1/searches", headers=keys.investigator)
+    assert history.status_code == 200 and history.json()["items"] == []
+
+
+def test_a_view_needing_a_translator_falls_back_with_a_note(
+    make_settings: Callable[..., Settings], bundle_dir_no_translator: Path, keys: Keys
+) -> None:
+    plain = load_bundle(bundle_dir_no_translator)
+    with TestClient(create_app(make_settings(), bundle=plain)) as client:
+        _fill(client, keys, 3)
+        body = _post(client, keys, view="fused").json()
+        assert body["view"] == "sketch" and body["translated"] is False
+        assert any("view fused was requested" in n for n in body["notes"])
+        assert client.get("/api/v1/model", headers=keys.investigator).json()["query_view"] == (
+            "sketch"
+        )

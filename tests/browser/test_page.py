@@ -62,6 +62,8 @@ def search(page: Any, files: list[str], top_k: int = 6, **options: Any) -> list[
         page.check("#rerank")
     if "cameras" in options:
         page.fill("#cameras", options["cameras"])
+    if "view" in options:
+        page.select_option("#view", options["view"])
     before = page.inner_text("#result-summary") if page.is_visible("#result-body") else None
     page.click("#search-submit")
     page.wait_for_function(
@@ -223,8 +225,9 @@ def test_investigator_searches_with_a_sketch_and_opens_a_crop_large(
 def test_a_past_search_reopens_as_it_was(live: Live, watched: tuple[Any, Watch]) -> None:
     page, watch = watched
     sign_in(page, live, "investigator")
-    ids = search(page, sketches(live, 5), top_k=4, rerank=True, cameras="c2")
+    ids = search(page, sketches(live, 5), top_k=4, rerank=True, cameras="c2", view="fused")
     summary = page.inner_text("#result-summary")
+    assert "sketch + translation fused" in summary
     search_id = summary.rsplit("search ", 1)[1].strip()
     page.reload()  # a new page: nothing of the search is left in memory
     page.wait_for_selector("#whoami:not([hidden])")
@@ -241,6 +244,8 @@ def test_a_past_search_reopens_as_it_was(live: Live, watched: tuple[Any, Watch])
     assert page.input_value("#top-k") == "4"
     assert page.input_value("#cameras") == "c2"
     assert page.is_checked("#rerank")
+    assert page.input_value("#view") == "fused"
+    assert "sketch + translation fused" in page.inner_text("#result-summary")
     assert page.locator("#sketch-list img").count() == 1
     wait_images_loaded(page, "#query-strip img, #result-grid img, #sketch-list img")
     assert all("c2" in t for t in page.locator("#result-grid > li").all_inner_texts())

@@ -8,7 +8,8 @@ const PAGE = 20;
 function describe(item) {
   const p = item.parameters || {};
   const parts = [`${item.result_count} result(s)`];
-  if (p.translated) parts.push("translated");
+  if (p.view === "fused") parts.push("fused");
+  else if (p.translated) parts.push("translated");
   if (p.reranked) parts.push("re-ranked");
   if (p.camera_id && p.camera_id.length) parts.push(`cameras ${p.camera_id.join(", ")}`);
   const fed = (p.confirmed_ids || []).length + (p.rejected_ids || []).length;

@@ -74,7 +74,7 @@ export class Investigator {
     if (!Number.isInteger(topK) || topK < 1 || topK > 100) throw new Error("Results (top-k) must be a whole number from 1 to 100.");
     return {
       top_k: topK,
-      translate: $("translate").value,
+      view: $("view").value,
       rerank: $("rerank").checked,
       camera_id: splitList($("cameras").value),
       captured_after: toIso($("after").value),
@@ -84,7 +84,9 @@ export class Investigator {
 
   writeParams(p) {
     $("top-k").value = p.top_k ?? 20;
-    $("translate").value = p.translate === true ? "true" : p.translate === false ? "false" : "";
+    // Searches recorded before views existed carry only the translate switch.
+    const older = p.translate === false ? "sketch" : p.translate === true ? "translated" : "";
+    $("view").value = p.view || older;
     $("rerank").checked = Boolean(p.rerank);
     $("cameras").value = (p.camera_id || []).join(", ");
     $("after").value = fromIso(p.captured_after);
@@ -95,7 +97,7 @@ export class Investigator {
     const form = new FormData();
     for (const s of sketches) form.append("sketch", s.blob, s.name);
     form.append("top_k", String(params.top_k));
-    if (params.translate) form.append("translate", params.translate);
+    if (params.view) form.append("view", params.view);
     form.append("rerank", String(params.rerank));
     for (const c of params.camera_id) form.append("camera_id", c);
     if (params.captured_after) form.append("captured_after", params.captured_after);

@@ -20,6 +20,7 @@ export function fromSearchOut(out) {
     id: out.search_id,
     createdAt: new Date().toISOString(),
     translated: out.translated,
+    view: out.view,
     reranked: out.reranked,
     notes: out.notes || [],
     timings: out.timings_ms || {},
@@ -42,6 +43,7 @@ export function fromRecord(record, items) {
     id: record.id,
     createdAt: record.created_at,
     translated: Boolean(params.translated),
+    view: params.view || (params.translated ? "translated" : "sketch"),
     reranked: Boolean(params.reranked),
     notes: params.notes || [],
     timings: {},
@@ -102,7 +104,8 @@ export class ResultView {
     this.marks = marks;
     $("result-empty").hidden = true;
     $("result-body").hidden = false;
-    const flags = [model.translated ? "translated" : "as drawn", model.reranked ? "re-ranked" : null]
+    const views = { sketch: "as drawn", translated: "translated", fused: "sketch + translation fused" };
+    const flags = [views[model.view] || (model.translated ? "translated" : "as drawn"), model.reranked ? "re-ranked" : null]
       .filter(Boolean).join(", ");
     const ms = Object.values(model.timings).reduce((a, b) => a + b, 0);
     $("result-summary").textContent =

@@ -41,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, required=True, help="PKU-Sketch folder")
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--rerank", action="store_true")
+    parser.add_argument(
+        "--view",
+        action="append",
+        choices=("sketch", "translated", "fused"),
+        help="search in this query view (repeat to compare several over one ingested gallery; "
+        "default: the bundle's own view)",
+    )
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -73,43 +80,60 @@ def main(argv: list[str] | None = None) -> int:
                 if r.status_code not in (200, 201):
                     raise SystemExit(f"ingesting {photo.path}: {r.status_code} {r.text}")
                 pid_of[name] = photo.pid
-            ranks: list[int | None] = []
-            for sk in sketches:
-                kind = mimetypes.guess_type(sk.path.name)[0] or "application/octet-stream"
-                r = client.post(
-                    "/api/v1/search",
-                    files={"sketch": (sk.path.name, sk.path.read_bytes(), kind)},
-                    data={"top_k": args.top_k, "rerank": str(args.rerank).lower()},
-                    headers={"X-API-Key": inv_key},
-                )
-                if r.status_code != 200:
-                    raise SystemExit(f"searching {sk.path}: {r.status_code} {r.text}")
-                hits = [
-                    res["rank"]
-                    for res in r.json()["results"]
-                    if pid_of.get(res["external_id"]) == sk.pid
-                ]
-                ranks.append(min(hits) if hits else None)
-    n = len(ranks)
-    top1 = sum(1 for k in ranks if k == 1)
-    topk = sum(1 for k in ranks if k is not None)
+            ranks_of: dict[str, list[int | None]] = {}
+            for view in args.view or [None]:
+                form = {"top_k": args.top_k, "rerank": str(args.rerank).lower()}
+                if view:
+                    form["view"] = view
+                ranks: list[int | None] = []
+                for sk in sketches:
+                    kind = mimetypes.guess_type(sk.path.name)[0] or "application/octet-stream"
+                    r = client.post(
+                        "/api/v1/search",
+                        files={"sketch": (sk.path.name, sk.path.read_bytes(), kind)},
+                        data=form,
+                        headers={"X-API-Key": inv_key},
+                    )
+                    if r.status_code != 200:
+                        raise SystemExit(f"searching {sk.path}: {r.status_code} {r.text}")
+                    view = r.json()["view"]
+                    hits = [
+                        res["rank"]
+                        for res in r.json()["results"]
+                        if pid_of.get(res["external_id"]) == sk.pid
+                    ]
+                    ranks.append(min(hits) if hits else None)
+                ranks_of[str(view)] = ranks
+    views = {
+        view: {
+            "queries": len(ranks),
+            "rank1_hits": sum(1 for k in ranks if k == 1),
+            "topk_hits": sum(1 for k in ranks if k is not None),
+        }
+        for view, ranks in ranks_of.items()
+    }
+    first = next(iter(views.values()))
     report = {
         "model": {"name": bundle.name, "version": bundle.version, "path": str(args.model)},
         "data_root": str(args.data_root),
         "gallery": len(pid_of),
-        "queries": n,
+        "queries": first["queries"],
         "top_k": args.top_k,
         "rerank": args.rerank,
-        "rank1_hits": top1,
-        "topk_hits": topk,
+        "view": next(iter(views)),
+        "rank1_hits": first["rank1_hits"],
+        "topk_hits": first["topk_hits"],
+        "views": views,
         "command": " ".join(["scripts/service_check.py", *(argv or sys.argv[1:])]),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(
-        f"{bundle.name} {bundle.version}: {len(pid_of)} photos ingested over the API; of {n} "
-        f"sketches, {top1} find their person first and {topk} within the top {args.top_k}"
-    )
+    for view, v in views.items():
+        print(
+            f"{bundle.name} {bundle.version}, view {view}: {len(pid_of)} photos ingested over "
+            f"the API; of {v['queries']} sketches, {v['rank1_hits']} find their person first "
+            f"and {v['topk_hits']} within the top {args.top_k}"
+        )
     return 0
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Embedding
+from app.index.idset import unique_ids
 from app.services.context import ServiceContext, load_vectors
 
 # Built once: a bound, expanding IN list skips re-coercing every id on each call.
@@ -39,7 +40,7 @@ def stored_ids(session: Session, key: str, ids: Sequence[int]) -> np.ndarray:
     if not ids:
         return np.zeros(0, np.int64)
     rows = session.connection().execute(_STORED, {"key": key, "ids": [int(i) for i in ids]})
-    return np.unique(np.fromiter(rows.scalars(), dtype=np.int64))
+    return unique_ids(np.fromiter(rows.scalars(), dtype=np.int64))
 
 
 def candidate_vectors(

@@ -29,7 +29,7 @@ from app.ml.data.pku import PKUSketchDataset, load_pku_sketch
 from app.ml.data.splits import random_splits
 from app.ml.evaluate import Embedded, RerankParams, distances, embed_test_set, score
 from app.ml.images import load_image
-from app.ml.inference import Embedder
+from app.ml.inference import Embedder, fuse_views
 from app.ml.metrics import ranking_result
 from app.ml.rerank import k_reciprocal_rerank
 from app.ml.testset import fused_queries
@@ -478,3 +478,20 @@ def part_row(report: dict[str, Any]) -> dict[str, Any]:
     (row,) = report["variants"]["plain"]["splits"]
     assert isinstance(row, dict)
     return row
+
+
+def test_fuse_views_weights_move_the_query_between_the_views() -> None:
+    rng = np.random.default_rng(0)
+    a, b = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in rng.normal(size=(2, 5, 8)))
+    np.testing.assert_allclose(fuse_views(a, b, weights=(1, 0)), a, atol=1e-6)
+    np.testing.assert_allclose(fuse_views(a, b, weights=(0, 2)), b, atol=1e-6)
+    mix = 0.7 * a + 0.3 * b
+    np.testing.assert_allclose(
+        fuse_views(a, b, weights=(0.7, 0.3)),
+        mix / np.linalg.norm(mix, axis=1, keepdims=True),
+        atol=1e-6,
+    )
+    np.testing.assert_array_equal(fuse_views(a, b), fuse_views(a, b, weights=(1, 1)))
+    for bad in ((1,), (-1, 2), (0, 0)):
+        with pytest.raises(ValueError, match="weight"):
+            fuse_views(a, b, weights=bad)

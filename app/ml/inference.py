@@ -38,13 +38,18 @@ Modality = Literal["photo", "sketch"]
 Backend = Literal["torch", "onnx"]
 
 
-def fuse_views(*views: np.ndarray) -> np.ndarray:
+def fuse_views(*views: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
     """One unit vector a row from several unit embeddings of the same queries (a sketch's own
     embedding and its translation's): their normalised sum, as flip TTA fuses an image and
-    its mirror image."""
+    its mirror image; with ``weights``, their normalised weighted sum."""
     if not views or any(v.shape != views[0].shape for v in views):
         raise ValueError("fuse_views needs one or more embedding arrays of one shape")
-    total = np.sum(np.stack([np.asarray(v, np.float32) for v in views]), axis=0)
+    if weights is None:
+        weights = [1.0] * len(views)
+    if len(weights) != len(views) or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError("fuse_views needs one non-negative weight a view, not all zero")
+    stacked = np.stack([np.asarray(v, np.float32) for v in views])
+    total = np.tensordot(np.asarray(weights, np.float32), stacked, axes=1)
     norms = np.linalg.norm(total, axis=1, keepdims=True)
     return (total / np.maximum(norms, 1e-12)).astype(np.float32)
 

@@ -145,6 +145,8 @@ def test_annotate_query_view_needs_a_translator_and_survives_resaving(
     assert main(["model", "info", str(bundle)]) == 0
     assert "query view  sketch (default)" in capsys.readouterr().out
 
+    assert main(["model", "annotate", str(bundle), "--translation-weight", "1.5"]) == 2
+    assert "between 0 and 1" in capsys.readouterr().err
     assert main(["model", "annotate", str(bundle), "--query-view", "sketch"]) == 0
     assert read_manifest(bundle).query_view == "sketch"
     resave(load_bundle(bundle), tmp_path / "again")  # e.g. when a translator is added

@@ -231,9 +231,9 @@ def test_evaluate_cli_fused_view_is_the_services_and_follows_the_bundle(
     assert bundle.translator is not None
     sketches = [load_image(s.path) for s in dataset.sketches]
     e = embed_test_set(bundle.embedder, None, dataset, dataset.pids)
-    both = bundle.embedder.embed(sketches, modality="sketch") + bundle.embedder.embed(
-        bundle.translator.translate_batch(sketches), modality="photo"
-    )
+    q_sketch = bundle.embedder.embed(sketches, modality="sketch")
+    q_photo = bundle.embedder.embed(bundle.translator.translate_batch(sketches), modality="photo")
+    both = q_sketch + q_photo
     q_fused = both / np.linalg.norm(both, axis=1, keepdims=True)
     want = _expected(distances(q_fused, e.gallery), e)
     translated = _evaluate(synth_root, bundle_dir, tmp_path / "t.json")
@@ -243,12 +243,20 @@ def test_evaluate_cli_fused_view_is_the_services_and_follows_the_bundle(
     assert fused["view"] == "fused" and fused["splits"][0]["fused"] is True
     assert _figures(fused) == want
 
-    # A bundle whose manifest says fused is evaluated fused unless told otherwise.
+    # A bundle whose manifest says fused is evaluated fused unless told otherwise, with the
+    # translation weight it names.
     own = tmp_path / "fused-bundle"
     shutil.copytree(bundle_dir, own)
     assert main(["model", "annotate", str(own), "--query-view", "fused"]) == 0
     default = _evaluate(synth_root, own, tmp_path / "d.json")
     assert default["view"] == "fused" and _figures(default) == want
+    assert main(["model", "annotate", str(own), "--translation-weight", "0.2"]) == 0
+    light = 0.8 * q_sketch + 0.2 * q_photo
+    want_light = _expected(
+        distances(light / np.linalg.norm(light, axis=1, keepdims=True), e.gallery), e
+    )
+    assert want_light != want, "the weight must change the figures here"
+    assert _figures(_evaluate(synth_root, own, tmp_path / "w.json")) == want_light
     plain = _evaluate(synth_root, own, tmp_path / "p.json", "--no-translate")
     assert plain["view"] == "sketch" and plain["translated"] is False
 

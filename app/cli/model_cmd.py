@@ -87,6 +87,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="how the service embeds a query sketch unless a search says otherwise: as drawn, "
         "its translation, or both fused (translated and fused need the bundle's translator)",
     )
+    annotate.add_argument(
+        "--translation-weight",
+        type=float,
+        metavar="W",
+        help="the translation's weight in a fused query, between 0 and 1 exclusive (the "
+        "sketch's is 1 - W; default 0.5)",
+    )
     annotate.set_defaults(func=cmd_annotate)
 
 
@@ -129,7 +136,11 @@ def format_manifest(manifest: Manifest) -> str:
             f"{t.spec.norm} norm, {th}x{tw}, {t.parameters / 1e6:.3f} M params"
         )
     view = bundle_view(manifest.query_view, t is not None)
-    lines.append(f"query view  {view}" + ("" if manifest.query_view else " (default)"))
+    lines.append(
+        f"query view  {view}"
+        + ("" if manifest.query_view else " (default)")
+        + (f", translation weight {manifest.translation_weight:g}" if view == "fused" else "")
+    )
     if manifest.evaluation:
         lines.append("evaluation")
         lines += [f"  {k}: {_fmt_value(v)}" for k, v in sorted(manifest.evaluation.items())]
@@ -266,6 +277,13 @@ def cmd_annotate(args: argparse.Namespace) -> int:
                 "(`sketchreid train translator` adds one)"
             )
         fields["query_view"] = args.query_view
+    if args.translation_weight is not None:
+        if not 0.0 < args.translation_weight < 1.0:
+            raise UserInputError(
+                f"--translation-weight must be between 0 and 1 (exclusive), "
+                f"got {args.translation_weight}"
+            )
+        fields["translation_weight"] = args.translation_weight
     updated = update_manifest(args.bundle, **fields)
     print(f"annotated {args.bundle}: {updated.name} {updated.version}")
     return 0

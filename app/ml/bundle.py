@@ -94,6 +94,8 @@ class Manifest(BaseModel):
     # How the service embeds a query sketch by default (app.ml.query_views); None: as
     # translated when there is a translator, as drawn when not (bundles before the field).
     query_view: Literal["sketch", "translated", "fused"] | None = None
+    # The translation's weight in a fused query: fuse_views(sketch, translation, (1 - w, w)).
+    translation_weight: float = Field(0.5, gt=0.0, lt=1.0)
     training: dict[str, Any] = Field(default_factory=dict)
     evaluation: dict[str, Any] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
@@ -184,6 +186,7 @@ def save_bundle(
     evaluation: dict[str, Any] | None = None,
     notes: list[str] | None = None,
     query_view: QueryView | None = None,
+    translation_weight: float = 0.5,
     overwrite: bool = False,
 ) -> Manifest:
     """Write a bundle folder atomically and return its manifest.
@@ -264,6 +267,7 @@ def save_bundle(
             members=entries,
             translator=translator_entry,
             query_view=query_view,
+            translation_weight=translation_weight,
             training=dict(training or {}),
             evaluation=dict(evaluation or {}),
             notes=list(notes or []),
@@ -571,6 +575,7 @@ def resave(
         "evaluation": m.evaluation,
         "notes": m.notes,
         "query_view": m.query_view,
+        "translation_weight": m.translation_weight,
     }
     kwargs.update(changes)
     return save_bundle(bundle_dir, overwrite=overwrite, **kwargs)

@@ -154,7 +154,12 @@ def evaluate_runs(
     for i, (bundle, split) in enumerate(runs):
         trained_on = set(bundle.manifest.training.get("train_pids") or [])
         embedded = embed_test_set(
-            bundle.embedder, bundle.translator, dataset, split.test, view=views[i]
+            bundle.embedder,
+            bundle.translator,
+            dataset,
+            split.test,
+            view=views[i],
+            translation_weight=bundle.manifest.translation_weight,
         )
         dist = distance_matrix(embedded, rerank)
         result = score(embedded, rerank=rerank, dist=dist)

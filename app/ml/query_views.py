@@ -4,8 +4,9 @@
 * ``translated``: the translator's synthetic photo of it, embedded as a photo (the paper's
   pipeline);
 * ``fused``: both, fused into one unit vector (:func:`app.ml.inference.fuse_views`, the
-  normalised sum, as flip test-time augmentation fuses an image and its mirror). On the
-  protocol this beats either view alone (docs/results.md, "Table VI").
+  normalised weighted sum, the translation weighed by the bundle's ``translation_weight``,
+  0.5 unless set). On the protocol this beats either view alone (docs/results.md,
+  "Table VI").
 
 A bundle names its view in ``manifest.query_view``; bundles from before that field query
 translated when they have a translator and as drawn when not (:func:`bundle_view`).
@@ -86,9 +87,12 @@ def embed_queries(
     view: QueryView,
     embed: EmbedFn,
     translate: TranslateFn | None,
+    translation_weight: float = 0.5,
 ) -> tuple[np.ndarray, list[Image.Image]]:
     """Unit query embeddings (one row a sketch) in ``view``, and the translations made
-    (empty for ``sketch``)."""
+    (empty for ``sketch``). ``fused`` weighs the translation's embedding by
+    ``translation_weight`` and the sketch's by the rest (the bundle's
+    ``manifest.translation_weight``)."""
     if view == "sketch":
         return embed(sketches, "sketch"), []
     if translate is None:
@@ -97,4 +101,5 @@ def embed_queries(
     photos = embed(translations, "photo")
     if view == "translated":
         return photos, translations
-    return fuse_views(embed(sketches, "sketch"), photos), translations
+    weights = (1.0 - translation_weight, translation_weight)
+    return fuse_views(embed(sketches, "sketch"), photos, weights=weights), translations

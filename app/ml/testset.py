@@ -57,11 +57,13 @@ def embed_test_set(
     *,
     translate: bool = True,
     view: QueryView | None = None,
+    translation_weight: float = 0.5,
 ) -> Embedded:
     """The test identities' sketches embedded as queries in ``view`` (by default translated
     when ``translate`` and there is a translator, else as drawn) through
     :func:`app.ml.query_views.embed_queries`, as the service embeds an uploaded sketch, and
-    their photos as the gallery."""
+    their photos as the gallery (``translation_weight``: the fused view's, see
+    :func:`app.ml.query_views.embed_queries`)."""
     if view is None:
         view = "translated" if translate and translator is not None else "sketch"
     if view != "sketch" and translator is None:
@@ -77,6 +79,7 @@ def embed_test_set(
         view,
         lambda batch, modality: embedder.embed(batch, modality=modality),
         translator.translate_batch if translator is not None else None,
+        translation_weight,
     )
     g = embedder.embed([load_image(s.path) for s in test.photos], modality="photo")
     q_pids, q_cams = _ids(queries)

@@ -249,6 +249,7 @@ def run_search(
         view,
         lambda batch, modality: ctx.inference.embed(bundle.embedder, batch, modality=modality),
         translate if translator is not None else None,
+        bundle.manifest.translation_weight,
     )
     positives, negatives = feedback_vectors(ctx, session, feedback)
     query = build_query(embedded, positives, negatives, FEEDBACK_WEIGHTS)

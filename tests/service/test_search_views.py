@@ -40,7 +40,8 @@ def _post(client: TestClient, keys: Keys, **form: Any) -> Any:
 
 
 def _query(bundle: Bundle, view: str) -> np.ndarray:
-    """The query vector, computed here without app.ml.query_views."""
+    """The query vector, computed here without app.ml.query_views (the fused one with the
+    bundle's translation weight)."""
     sketch = load_image(sketch_png(1))
     drawn = bundle.embedder.embed([sketch], modality="sketch")[0]
     if view == "sketch":
@@ -49,7 +50,8 @@ def _query(bundle: Bundle, view: str) -> np.ndarray:
     photo = bundle.embedder.embed([bundle.translator.translate(sketch)], modality="photo")[0]
     if view == "translated":
         return photo
-    total = drawn + photo
+    w = bundle.manifest.translation_weight
+    total = (1 - w) * drawn + w * photo
     return total / np.linalg.norm(total)
 
 
@@ -89,7 +91,7 @@ def test_the_three_views_are_different_queries(bundle: Bundle) -> None:
 def fused_bundle(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     folder = tmp_path_factory.mktemp("bundles") / "fused"
     shutil.copytree(bundle_dir, folder)
-    update_manifest(folder, query_view="fused")
+    update_manifest(folder, query_view="fused", translation_weight=0.3)
     return load_bundle(folder)
 
 
@@ -98,9 +100,8 @@ def test_the_bundles_view_is_the_default_and_translate_keeps_it(
 ) -> None:
     with TestClient(create_app(make_settings(), bundle=fused_bundle)) as client:
         ids = _fill(client, keys, 8)
-        assert client.get("/api/v1/model", headers=keys.investigator).json()["query_view"] == (
-            "fused"
-        )
+        model = client.get("/api/v1/model", headers=keys.investigator).json()
+        assert model["query_view"] == "fused" and model["translation_weight"] == 0.3
         for form, view in (
             ({}, "fused"),
             ({"translate": "true"}, "fused"),

@@ -20,6 +20,7 @@ def get_model(ctx: CtxDep, _key: ReaderDep) -> dict[str, Any]:
         "dim": ctx.dim,
         "translator": ctx.bundle.translator is not None,
         "query_view": ctx.bundle.view,
+        "translation_weight": ctx.bundle.manifest.translation_weight,
         "inference": ctx.bundle.inference,
         "batching": ctx.inference.describe(),
         "index": {"type": ctx.index.index_type, "kind": ctx.index.kind, "items": len(ctx.index)},

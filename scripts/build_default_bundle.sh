@@ -16,7 +16,8 @@
 # ship preset's own 32-filter, 6-block, 200-epoch generator is hours on a CPU; the shipped one is
 # TRANSLATOR_SET="translator.ngf=16 translator.ndf=16 translator.n_blocks=3
 # translator.epochs_constant=20 translator.epochs_decay=20", ~15 min). QUERY_VIEW (sketch,
-# translated or fused) records how the service embeds a query sketch by default.
+# translated or fused) records how the service embeds a query sketch by default, and
+# TRANSLATION_WEIGHT (0 < W < 1, default 0.5) the translation's weight in a fused query.
 # Fine-tuning checkpoints and decoded images are kept
 # in WORKDIR (default runs/default): delete it to start from nothing.
 # Afterwards the bundle gets its fit check (`sketchreid evaluate --test-ids all` in the bundle's
@@ -39,6 +40,7 @@ SET="${SET:-}"
 TRANSLATOR="${TRANSLATOR:-0}"
 TRANSLATOR_SET="${TRANSLATOR_SET:-}"
 QUERY_VIEW="${QUERY_VIEW:-}"
+TRANSLATION_WEIGHT="${TRANSLATION_WEIGHT:-}"
 SKETCHREID="${SKETCHREID:-.venv/bin/sketchreid}"
 NAME="${NAME:-}"
 VERSION="${VERSION:-}"
@@ -104,7 +106,10 @@ if [[ "$TRANSLATOR" == 1 ]]; then
         "${translator_overrides[@]}" --workdir "$WORKDIR" --out "$OUT"
 fi
 # The query view first, so that the fit check embeds the queries as the service will.
-[[ -n "$QUERY_VIEW" ]] && "$SKETCHREID" model annotate "$OUT" --query-view "$QUERY_VIEW"
+view=()
+[[ -n "$QUERY_VIEW" ]] && view+=(--query-view "$QUERY_VIEW")
+[[ -n "$TRANSLATION_WEIGHT" ]] && view+=(--translation-weight "$TRANSLATION_WEIGHT")
+((${#view[@]} == 0)) || "$SKETCHREID" model annotate "$OUT" "${view[@]}"
 rm -f "$WORKDIR/fit.json"
 # (it warns that the bundle was trained on these identities: a fit check, not generalisation)
 "$SKETCHREID" evaluate --data-root "$DATA_DIR/pku-sketch-dev" --model "$OUT" --test-ids all \

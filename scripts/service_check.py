@@ -20,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from fastapi.testclient import TestClient
 
@@ -81,11 +82,13 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"ingesting {photo.path}: {r.status_code} {r.text}")
                 pid_of[name] = photo.pid
             ranks_of: dict[str, list[int | None]] = {}
+            timings_of: dict[str, list[dict[str, float]]] = {}
             for view in args.view or [None]:
                 form = {"top_k": args.top_k, "rerank": str(args.rerank).lower()}
                 if view:
                     form["view"] = view
                 ranks: list[int | None] = []
+                timings: list[dict[str, float]] = []
                 for sk in sketches:
                     kind = mimetypes.guess_type(sk.path.name)[0] or "application/octet-stream"
                     r = client.post(
@@ -97,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                     if r.status_code != 200:
                         raise SystemExit(f"searching {sk.path}: {r.status_code} {r.text}")
                     view = r.json()["view"]
+                    timings.append(r.json()["timings_ms"])
                     hits = [
                         res["rank"]
                         for res in r.json()["results"]
@@ -104,11 +108,17 @@ def main(argv: list[str] | None = None) -> int:
                     ]
                     ranks.append(min(hits) if hits else None)
                 ranks_of[str(view)] = ranks
+                timings_of[str(view)] = timings
     views = {
         view: {
             "queries": len(ranks),
             "rank1_hits": sum(1 for k in ranks if k == 1),
             "topk_hits": sum(1 for k in ranks if k is not None),
+            # per-stage medians of the service's own timings_ms (this machine, as loaded)
+            "timings_p50_ms": {
+                stage: round(float(np.median([t[stage] for t in timings_of[view]])), 2)
+                for stage in ("translate", "embed", "search")
+            },
         }
         for view, ranks in ranks_of.items()
     }
@@ -132,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{bundle.name} {bundle.version}, view {view}: {len(pid_of)} photos ingested over "
             f"the API; of {v['queries']} sketches, {v['rank1_hits']} find their person first "
-            f"and {v['topk_hits']} within the top {args.top_k}"
+            f"and {v['topk_hits']} within the top {args.top_k}; p50 ms {v['timings_p50_ms']}"
         )
     return 0
 

@@ -31,3 +31,6 @@ def test_service_check_counts_each_view_over_one_gallery(tmp_path: Path) -> None
         # top 12 of a 12-photo gallery: every sketch finds its person somewhere
         assert figures["queries"] == 6 and figures["topk_hits"] == 6
         assert 0 <= figures["rank1_hits"] <= 6
+        assert figures["timings_p50_ms"]["embed"] > 0
+    assert report["views"]["sketch"]["timings_p50_ms"]["translate"] == 0
+    assert report["views"]["fused"]["timings_p50_ms"]["translate"] > 0

@@ -195,6 +195,19 @@ def _evaluate(synth_root: Path, bundle_dir: Path, out: Path, *extra: str) -> dic
     return report
 
 
+def _both_views(
+    bundle: Bundle, dataset: PKUSketchDataset
+) -> tuple[Embedded, np.ndarray, np.ndarray]:
+    """The test set's ids and gallery, and its sketches embedded as drawn and translated,
+    computed here without app.ml.query_views."""
+    assert bundle.translator is not None
+    sketches = [load_image(s.path) for s in dataset.sketches]
+    e = embed_test_set(bundle.embedder, None, dataset, dataset.pids)
+    q_sketch = bundle.embedder.embed(sketches, modality="sketch")
+    q_photo = bundle.embedder.embed(bundle.translator.translate_batch(sketches), modality="photo")
+    return e, q_sketch, q_photo
+
+
 def test_evaluate_cli_figures_are_those_of_the_translated_sketches(
     bundle: Bundle,
     bundle_dir: Path,
@@ -202,13 +215,7 @@ def test_evaluate_cli_figures_are_those_of_the_translated_sketches(
     synth_root: Path,
     tmp_path: Path,
 ) -> None:
-    assert bundle.translator is not None
-    sketches = [load_image(s.path) for s in dataset.sketches]
-    e = embed_test_set(bundle.embedder, None, dataset, dataset.pids)  # ids and gallery
-    q_translated = bundle.embedder.embed(
-        bundle.translator.translate_batch(sketches), modality="photo"
-    )
-    q_plain = bundle.embedder.embed(sketches, modality="sketch")
+    e, q_plain, q_translated = _both_views(bundle, dataset)
     want_translated = _expected(distances(q_translated, e.gallery), e)
     want_plain = _expected(distances(q_plain, e.gallery), e)
     assert want_translated != want_plain, "the two paths must give different figures here"
@@ -228,11 +235,7 @@ def test_evaluate_cli_fused_view_is_the_services_and_follows_the_bundle(
     synth_root: Path,
     tmp_path: Path,
 ) -> None:
-    assert bundle.translator is not None
-    sketches = [load_image(s.path) for s in dataset.sketches]
-    e = embed_test_set(bundle.embedder, None, dataset, dataset.pids)
-    q_sketch = bundle.embedder.embed(sketches, modality="sketch")
-    q_photo = bundle.embedder.embed(bundle.translator.translate_batch(sketches), modality="photo")
+    e, q_sketch, q_photo = _both_views(bundle, dataset)
     both = q_sketch + q_photo
     q_fused = both / np.linalg.norm(both, axis=1, keepdims=True)
     want = _expected(distances(q_fused, e.gallery), e)

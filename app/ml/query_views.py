@@ -5,8 +5,8 @@
   pipeline);
 * ``fused``: both, fused into one unit vector (:func:`app.ml.inference.fuse_views`, the
   normalised weighted sum, the translation weighed by the bundle's ``translation_weight``,
-  0.5 unless set). On the protocol this beats either view alone (docs/results.md,
-  "Table VI").
+  0.5 unless set). On the protocol, with the weight chosen there, it is the best of the
+  three (docs/results.md, "Table VI" and "Table VI for the shipped ensemble").
 
 A bundle names its view in ``manifest.query_view``; bundles from before that field query
 translated when they have a translator and as drawn when not (:func:`bundle_view`).

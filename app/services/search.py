@@ -84,7 +84,7 @@ class SearchParams:
         return {
             "top_k": self.top_k,
             "translate": self.translate,
-            "view": self.view,
+            "view_requested": self.view,
             "rerank": self.rerank,
             "k1": self.k1,
             "k2": self.k2,

@@ -78,7 +78,8 @@ def test_each_view_ranks_by_its_own_query(
     assert (body["timings_ms"]["translate"] > 0) is (view != "sketch")
     assert (body["translated_image_url"] is None) is (view == "sketch")
     record = client.get(f"/api/v1/searches/{body['search_id']}", headers=keys.investigator)
-    assert record.json()["parameters"]["view"] == view
+    assert record.json()["parameters"]["view"] == view  # what ran
+    assert record.json()["parameters"]["view_requested"] == view  # what was asked
 
 
 def test_the_three_views_are_different_queries(bundle: Bundle) -> None:

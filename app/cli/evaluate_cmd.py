@@ -238,8 +238,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_runs(
         runs,
         dataset,
-        translate=not args.no_translate,
-        view=args.view,
+        view="sketch" if args.no_translate else args.view,
         rerank=_rerank(args),
         extras=extras,
     )

@@ -109,10 +109,8 @@ class Extras:
     sheet_people: int = 8
 
 
-def _view_of(bundle: Bundle, translate: bool, view: QueryView | None) -> QueryView:
+def _view_of(bundle: Bundle, view: QueryView | None) -> QueryView:
     """The view ``bundle``'s queries are evaluated in (see :func:`evaluate_runs`)."""
-    if not translate:
-        return "sketch"
     if view is None:
         return bundle.view
     if view != "sketch" and bundle.translator is None:
@@ -124,7 +122,6 @@ def evaluate_runs(
     runs: Sequence[tuple[Bundle, Split]],
     dataset: PKUSketchDataset,
     *,
-    translate: bool = True,
     view: QueryView | None = None,
     rerank: RerankParams | None = None,
     extras: Extras = Extras(),
@@ -132,14 +129,14 @@ def evaluate_runs(
     """Evaluate each bundle on its split's test identities; mean ± std when several.
 
     Queries are embedded in ``view``; by default in each bundle's own view (the service's
-    default), or as drawn when ``translate`` is off.
+    default).
 
     A split whose test identities its bundle was trained on is flagged
     (``train_test_overlap``): its figures measure memory, not generalisation.
     """
     if not runs:
         raise UserInputError("nothing to evaluate: no bundle and split given")
-    views = [_view_of(bundle, translate, view) for bundle, _ in runs]
+    views = [_view_of(bundle, view) for bundle, _ in runs]
     if extras.translation_sheet is not None and views[0] == "sketch":
         raise UserInputError(
             "a translation sheet needs translated sketches: "
@@ -216,7 +213,6 @@ def evaluate_bundle(
     dataset: PKUSketchDataset,
     splits: Sequence[Split],
     *,
-    translate: bool = True,
     view: QueryView | None = None,
     rerank: RerankParams | None = None,
     extras: Extras = Extras(),
@@ -225,7 +221,6 @@ def evaluate_bundle(
     return evaluate_runs(
         [(bundle, split) for split in splits],
         dataset,
-        translate=translate,
         view=view,
         rerank=rerank,
         extras=extras,

@@ -66,8 +66,6 @@ def embed_test_set(
     :func:`app.ml.query_views.embed_queries`)."""
     if view is None:
         view = "translated" if translate and translator is not None else "sketch"
-    if view != "sketch" and translator is None:
-        raise UserInputError(f"view {view} needs a translator and the model has none")
     test = dataset.subset(test_pids)
     with_photo = set(test.pids)
     queries = [s for s in test.sketches if s.pid in with_photo]

@@ -112,7 +112,8 @@ def test_pseudo_sketch_leaves_sketches_alone_and_greys_chosen_photos(
     before = images.clone()
     is_photo = torch.arange(len(images)) % 2 == 0
     torch.manual_seed(5)
-    out = augment.pseudo_sketch(images, p=1.0, is_photo=is_photo)
+    out, drawn = augment.pseudo_sketch(images, p=1.0, is_photo=is_photo)
+    assert torch.equal(drawn, is_photo), "every photo (and no sketch) is reported as drawn"
     assert torch.equal(images, before), "the input batch is not modified in place"
     assert torch.equal(out[~is_photo], images[~is_photo])
     photos = out[is_photo]
@@ -123,15 +124,46 @@ def test_pseudo_sketch_leaves_sketches_alone_and_greys_chosen_photos(
 
 def test_pseudo_sketch_with_p0_or_no_photos_changes_nothing(images: torch.Tensor) -> None:
     everyone = torch.ones(len(images), dtype=torch.bool)
-    assert torch.equal(augment.pseudo_sketch(images, 0.0, everyone), images)
-    assert torch.equal(augment.pseudo_sketch(images, 1.0, ~everyone), images)
+    for p, photos in ((0.0, everyone), (1.0, ~everyone)):
+        out, drawn = augment.pseudo_sketch(images, p, photos)
+        assert torch.equal(out, images) and not drawn.any()
 
 
 def test_pseudo_sketch_picks_about_p_of_the_photos(images: torch.Tensor) -> None:
     torch.manual_seed(6)
-    out = augment.pseudo_sketch(images, 0.5, torch.ones(len(images), dtype=torch.bool))
+    out, drawn = augment.pseudo_sketch(images, 0.5, torch.ones(len(images), dtype=torch.bool))
     changed = (out != images).flatten(1).any(dim=1)
     assert 10 <= int(changed.sum()) <= 54
+    assert torch.equal(changed, drawn)
+
+
+def test_xdog_draws_dark_strokes_on_white_at_edges() -> None:
+    g = torch.ones(1, 1, 64, 32)
+    g[..., 20:44, 8:24] = 0.2  # a dark block on white: its outline should be drawn
+    out = augment.xdog_sketch(g)
+    assert out.shape == g.shape and out.min() >= 0.0 and out.max() <= 1.0
+    assert out[..., 2:10, 2:30].min() > 0.99, "flat white stays paper-white"
+    outline = torch.cat([out[..., 18:22, 10:22].flatten(), out[..., 42:46, 10:22].flatten()])
+    assert outline.min() < 0.5, "the block's edges become dark strokes"
+
+
+def test_local_pseudo_sketch_draws_one_band_and_is_not_counted_as_a_sketch(
+    images: torch.Tensor,
+) -> None:
+    torch.manual_seed(7)
+    photos = torch.ones(len(images), dtype=torch.bool)
+    out, drawn = augment.pseudo_sketch(images, 1.0, photos, styles=("edge",), local=1.0)
+    assert not drawn.any(), "a partly drawn photo is not a whole pseudo-sketch"
+    g = augment.grey(images).expand_as(images)
+    same_as_grey = (out == g).all(dim=1).all(dim=2)  # [N, H]: row left grey
+    rows_drawn = (~same_as_grey).sum(dim=1).float()
+    assert (rows_drawn <= images.shape[-2] * 2 / 3 + 1).all(), "only one band is drawn"
+    assert (rows_drawn > 0).float().mean() > 0.9
+
+
+def test_unknown_style_is_refused(images: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="unknown sketch style"):
+        augment.pseudo_sketch(images, 1.0, torch.ones(len(images), dtype=torch.bool), ("ink",))
 
 
 @pytest.mark.parametrize("sketch", [augment.edge_sketch, augment.pencil_sketch])

@@ -300,3 +300,50 @@ def test_cross_modal_triplet_compares_sketches_with_photos_only() -> None:
     # swap: now the sketch is nearer the other person's photo -> the cross-modal loss sees it.
     emb2 = emb[[0, 3, 1, 2]]
     assert batch_hard_triplet(emb2, labels, 0.01, anchors=anchors).item() > 0.0
+
+
+def test_a_warm_restart_continues_the_backbone_and_keeps_the_earlier_run(
+    pretrained: Path, markets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    out = tmp_path_factory.mktemp("warm") / "pretrained"
+    args = ["train", "pretrain", "--pretrain-root", markets[0], "--pretrain-root", markets[1]]
+    args += ["--arch", "resnet20", "--preset", "smoke", "--epochs", "1", "--holdout", "4"]
+    args += ["--set", "pretrain.lr=1e-12", "--set", "pretrain.weight_decay=0"]
+    args += ["--init-from", pretrained, "--workdir", tmp_path_factory.mktemp("w")]
+    assert _cli([*args, "--no-progress", "--out", out]) == 0
+    _, before, _ = load_pretrained(pretrained, "resnet20")
+    _, after, info = load_pretrained(out, "resnet20")
+    for key in ("conv1.weight", "layer3.2.conv2.weight", "fc.weight"):
+        assert torch.allclose(after.state_dict()[key], before.state_dict()[key], atol=1e-6), key
+    assert info["epochs"] == 1 and info["epochs_total"] == 3 + 1
+    first = json.loads((pretrained / "manifest.json").read_text())["members"][0]
+    assert info["continued_from"]["sha256"] == first["sha256"]
+    (earlier,) = info["continued_from"]["runs"]
+    assert earlier["epochs"] == 3 and [h["epoch"] for h in earlier["health"]] == [2, 3]
+
+
+def test_a_warm_restart_of_another_architecture_is_refused(
+    pretrained: Path,
+    markets: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["train", "pretrain", "--pretrain-root", markets[0], "--arch", "resnet20"]
+    args += ["--preset", "smoke", "--epochs", "1", "--holdout", "4", "--fc", "64"]
+    args += ["--init-from", pretrained, "--workdir", tmp_path / "w", "--out", tmp_path / "o"]
+    assert _cli([*args, "--no-progress"]) == 2
+    assert "fc_dim 128 -> 64" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_photos_drawn_as_pseudo_sketches_become_triplet_anchors_when_asked() -> None:
+    from app.ml.train.reid import _augment
+
+    x = torch.randint(0, 256, (8, 3, 16, 8), dtype=torch.uint8)
+    is_photo = torch.tensor([True] * 6 + [False] * 2)
+    cfg = StageConfig(pseudo_sketch=1.0, random_erasing=0.0)
+    _, sketch_like = _augment(x, is_photo, cfg)
+    assert torch.equal(sketch_like, ~is_photo), "by default only real sketches are anchors"
+    anchored = cfg.model_copy(update={"pseudo_sketch_anchor": True})
+    _, sketch_like = _augment(x, is_photo, anchored)
+    assert sketch_like.all(), "every photo was drawn, so every image is sketch-like"

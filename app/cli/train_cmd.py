@@ -58,6 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     pre.add_argument("--arch", type=arch_list, default=["resnet56", "resnet110"])
     pre.add_argument("--epochs", type=positive_int, help="pre-training epochs (preset default)")
+    pre.add_argument(
+        "--init-from",
+        type=existing_dir,
+        help="warm restart: continue the backbones of this pre-trained folder (e.g. "
+        "model_store/pretrained) for --epochs more; the manifest keeps the earlier runs",
+    )
     _model_options(pre)
     add_run_options(pre)
     pre.add_argument("--out", type=Path, required=True, help="pre-trained folder")
@@ -267,6 +273,7 @@ def plan_from_args(
         progress=not args.no_progress,
         holdout=args.holdout,
         health_every=args.health_every,
+        pretrain_init=getattr(args, "init_from", None),
     )
 
 
@@ -278,7 +285,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
         members.append((spec, model, info))
         last = info["health"][-1] if info["health"] else {}
         print(
-            f"{arch}: {info['epochs']} epochs in {info['seconds']:.0f} s; held-out "
+            f"{arch}: {info['epochs']} epochs ({info['epochs_total']} in all) in "
+            f"{info['seconds']:.0f} s; held-out "
             f"photo->photo Rank-1 {100 * last.get('holdout_rank1', 0):.1f}%, "
             f"mAP {100 * last.get('holdout_mAP', 0):.1f}%"
         )

@@ -5,13 +5,16 @@
 - random erasing (Zhong et al., AAAI 2020): a rectangle of 2–40 % of the area and aspect
   0.3–3.3 filled with random values, with probability ``p`` per image;
 - grey: a photo turned grey with probability ``p`` (sketches are grey already);
-- pseudo-sketches: a photo replaced, with probability ``p``, by a grey, pencil-sketch or edge
-  version of itself, so the network learns features that survive the loss of colour and texture.
+- pseudo-sketches: a photo replaced, with probability ``p``, by a grey, pencil-sketch, edge or
+  XDoG line-drawing version of itself, so the network learns features that survive the loss of
+  colour and texture; optionally only a horizontal body band (head, torso or legs) is drawn
+  and the rest turned grey (local sketch-style transforms, as in few-shot sketch re-id work).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -54,19 +57,72 @@ def edge_sketch(g: torch.Tensor) -> torch.Tensor:
     return (1.0 - 2.0 * magnitude).clamp(0.0, 1.0)
 
 
-def pseudo_sketch(x: torch.Tensor, p: float, is_photo: torch.Tensor) -> torch.Tensor:
+def xdog_sketch(g: torch.Tensor, sigma: float | None = None, k: float = 1.6) -> torch.Tensor:
+    """Extended difference-of-Gaussians line drawing (Winnemöller et al., 2012) of a grey image
+    [N,1,H,W] in [0,1]: thin dark strokes on white, closer to a pen drawing than Sobel edges."""
+    s = sigma if sigma is not None else max(0.5, g.shape[-2] / 128)
+    dog = _gaussian_blur(g, s) - 0.98 * _gaussian_blur(g, s * k)
+    eps, phi = 0.01, 40.0
+    return torch.where(dog >= eps, torch.ones_like(dog), 1.0 + torch.tanh(phi * (dog - eps)))
+
+
+SKETCH_STYLES = ("grey", "pencil", "edge", "xdog")
+"""Whole-image pseudo-sketch styles, by name (StageConfig.sketch_styles)."""
+
+
+def _style(g: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "grey":
+        return g
+    if name == "pencil":
+        return pencil_sketch(g)
+    if name == "edge":
+        return edge_sketch(g)
+    if name == "xdog":
+        return xdog_sketch(g)
+    raise ValueError(f"unknown sketch style {name!r}; known: {', '.join(SKETCH_STYLES)}")
+
+
+def _body_band(n: int, h: int, device: torch.device) -> torch.Tensor:
+    """[N,1,H,1] mask of one random horizontal band per image, a third to two thirds high."""
+    height = (torch.empty(n, device=device).uniform_(1 / 3, 2 / 3) * h).round()
+    top = (torch.rand(n, device=device) * (h - height + 1)).floor()
+    rows = torch.arange(h, device=device).view(1, h)
+    band = (rows >= top.view(n, 1)) & (rows < (top + height).view(n, 1))
+    return band.view(n, 1, h, 1)
+
+
+def pseudo_sketch(
+    x: torch.Tensor,
+    p: float,
+    is_photo: torch.Tensor,
+    styles: Sequence[str] = ("grey", "pencil", "edge"),
+    local: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace each photo in ``x`` ([N,3,H,W] in [0,1]) by a sketch-like version with prob. p.
 
-    Computed for the whole batch and selected per image (no host synchronisation on a GPU).
+    The style is drawn uniformly from ``styles``. With probability ``local`` a chosen photo is
+    drawn in that style only inside one body band, the rest of it turned grey. Returns the
+    batch and a boolean [N] mask of the images that became whole pseudo-sketches (not the
+    local ones), which cross-modal training may treat as sketches. Computed for the whole batch
+    and selected per image (no host synchronisation on a GPU).
     """
-    if p <= 0:
-        return x
     n = x.shape[0]
-    chosen = ((torch.rand(n, device=x.device) < p) & is_photo).view(n, 1, 1, 1)
+    if p <= 0:
+        return x, torch.zeros(n, dtype=torch.bool, device=x.device)
+    chosen = (torch.rand(n, device=x.device) < p) & is_photo
     g = grey(x)
-    kind = torch.randint(0, 3, (n, 1, 1, 1), device=x.device)
-    variants = torch.where(kind == 0, g, torch.where(kind == 1, pencil_sketch(g), edge_sketch(g)))
-    return torch.where(chosen, variants.expand_as(x), x)
+    kind = torch.randint(0, len(styles), (n, 1, 1, 1), device=x.device)
+    variants = g
+    for i, name in enumerate(styles):
+        if name != "grey":
+            variants = torch.where(kind == i, _style(g, name), variants)
+    is_local = torch.zeros(n, dtype=torch.bool, device=x.device)
+    if local > 0:
+        is_local = chosen & (torch.rand(n, device=x.device) < local)
+        band = _body_band(n, x.shape[-2], x.device)
+        variants = torch.where(is_local.view(n, 1, 1, 1) & ~band, g, variants)
+    out = torch.where(chosen.view(n, 1, 1, 1), variants.expand_as(x), x)
+    return out, chosen & ~is_local
 
 
 def random_grey(x: torch.Tensor, p: float, is_photo: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,19 @@ class StageConfig(BaseModel):
     crop_pad: int | None = Field(None, ge=0, description="default: input height / 16")
     flip: bool = True
     pseudo_sketch: float = Field(0.0, ge=0, le=1)
+    sketch_styles: list[Literal["grey", "pencil", "edge", "xdog"]] = Field(
+        default_factory=lambda: ["grey", "pencil", "edge"],
+        min_length=1,
+        description="pseudo-sketch styles, drawn uniformly",
+    )
+    sketch_local: float = Field(
+        0.0, ge=0, le=1, description="probability a pseudo-sketch covers one body band only"
+    )
+    pseudo_sketch_anchor: bool = Field(
+        False,
+        description="photos drawn as whole pseudo-sketches count as sketches for the "
+        "cross-modal triplet (cross-modal pre-training on photo-only folders)",
+    )
     grey: float = Field(0.0, ge=0, le=1, description="probability a photo is turned grey")
     triplet_weight: float = Field(0.0, ge=0)
     triplet_margin: float = 0.3

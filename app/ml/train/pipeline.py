@@ -30,6 +30,7 @@ from app.ml.train.pretrain import (
     health_check,
     load_pretrained,
     pretrain_sets,
+    read_pretrained_manifest,
     split_pretrain_samples,
 )
 from app.ml.train.reid import (
@@ -68,6 +69,9 @@ class TrainPlan:
     # and how often (epochs) their photo->photo retrieval is measured.
     holdout: int = 100
     health_every: int = 5
+    # Pre-training continues these backbones (a pre-trained folder) instead of starting afresh:
+    # a warm restart, so pre-training accumulates run after run.
+    pretrain_init: Path | None = None
     # Per-epoch checkpoints of fine-tuning (minutes on a CPU; a GPU run of seconds may skip them).
     finetune_checkpoints: bool = True
 
@@ -116,6 +120,7 @@ def pretrain_member(
     samples, _, _ = split_pretrain_samples(roots, plan.holdout)
     spec = member_spec(plan, arch, len({(i, s.pid) for i, s in samples}), m)
     cfg = plan.preset.pretrain
+    init_state, continued = _warm_start(plan, arch, spec)
     key = _digest(
         [str(r.resolve()) for r in roots],
         len(samples),
@@ -123,6 +128,7 @@ def pretrain_member(
         spec.model_dump(),
         cfg.model_dump(),
         plan.seed,
+        *([continued["sha256"]] if continued else []),
     )
     out = plan.workdir / "pretrain" / f"{arch}-{key}.pt"
     if out.exists():
@@ -145,7 +151,7 @@ def pretrain_member(
     t0 = time.perf_counter()
     checkpoint = plan.workdir / "pretrain" / f"{arch}-{key}.ckpt"
     model = train_stage(
-        new_member(spec, None, seed=plan.seed),
+        new_member(spec, init_state, seed=plan.seed),
         train,
         cfg,
         device=plan.device,
@@ -164,17 +170,53 @@ def pretrain_member(
         "model": m.model_dump(mode="json"),
         "seed": plan.seed,
         "epochs": cfg.epochs,
+        "epochs_total": cfg.epochs + (continued["epochs_total"] if continued else 0),
         "precision": plan.precision,
         "seconds": round(time.perf_counter() - t0, 1),
         "health": curve,
         "environment": environment(),
     }
+    if continued:
+        info["continued_from"] = continued
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
     torch.save({"state": model.state_dict(), "info": info}, tmp)
     tmp.replace(out)
     checkpoint.unlink(missing_ok=True)
     return spec, model, info
+
+
+def _warm_start(
+    plan: TrainPlan, arch: str, spec: MemberSpec
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+    """The backbone a warm-restarted pre-training continues, and what it was: folder, sha256,
+    epochs so far and its earlier runs (each with its health curve). The identity classifier
+    is not stored with backbones, so it starts afresh (the preset's warm-up eases it in)."""
+    if plan.pretrain_init is None:
+        return None, None
+    old_spec, model, old = load_pretrained(plan.pretrain_init, arch)
+    differ = [
+        f"{name} {getattr(old_spec, name)} -> {getattr(spec, name)}"
+        for name in ("depth", "fc_dim", "spp", "bn_neck", "input_size")
+        if getattr(old_spec, name) != getattr(spec, name)
+    ]
+    if differ:
+        raise UserInputError(
+            f"{plan.pretrain_init}: its {arch} differs from this run ({', '.join(differ)}); "
+            "a warm restart continues the same architecture"
+        )
+    entry = next(
+        e for e in read_pretrained_manifest(plan.pretrain_init)["members"] if e["arch"] == arch
+    )
+    earlier = {k: old.get(k) for k in ("epochs", "config", "health", "seconds", "precision")}
+    history = [*old.get("continued_from", {}).get("runs", []), earlier]
+    continued = {
+        "folder": str(plan.pretrain_init),
+        "sha256": entry["sha256"],
+        "epochs_total": int(old.get("epochs_total", old.get("epochs", 0))),
+        "runs": history,
+    }
+    return dict(model.backbone_state_dict()), continued
 
 
 HEAD_PREFIXES = ("fc.", "neck.")

@@ -65,9 +65,16 @@ def _batches(train: TensorSet, cfg: StageConfig, gen: torch.Generator) -> list[t
     return list(shuffled_batches(len(train), cfg.batch_size, gen))
 
 
-def _augment(x_uint8: torch.Tensor, is_photo: torch.Tensor, cfg: StageConfig) -> torch.Tensor:
+def _augment(
+    x_uint8: torch.Tensor, is_photo: torch.Tensor, cfg: StageConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The augmented, normalised batch and a mask of its sketch-like images: the real
+    sketches, plus the photos drawn as whole pseudo-sketches when ``pseudo_sketch_anchor``."""
     x = augment.to_unit(x_uint8)
-    x = augment.pseudo_sketch(x, cfg.pseudo_sketch, is_photo)
+    x, drawn = augment.pseudo_sketch(
+        x, cfg.pseudo_sketch, is_photo, cfg.sketch_styles, cfg.sketch_local
+    )
+    sketch_like = ~is_photo | drawn if cfg.pseudo_sketch_anchor else ~is_photo
     x = augment.random_grey(x, cfg.grey, is_photo)
     pad = cfg.crop_pad if cfg.crop_pad is not None else max(1, x.shape[-2] // 16)
     x = augment.random_crop_flip(x, pad, cfg.flip)
@@ -75,7 +82,7 @@ def _augment(x_uint8: torch.Tensor, is_photo: torch.Tensor, cfg: StageConfig) ->
     std = torch.tensor(DEFAULT_STD, device=x.device).view(1, 3, 1, 1)
     x = (x - mean) / std
     x = augment.random_erasing(x, cfg.random_erasing)
-    return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous(memory_format=torch.channels_last), sketch_like
 
 
 def make_optimizer(model: nn.Module, cfg: StageConfig) -> torch.optim.Optimizer:
@@ -147,7 +154,7 @@ def train_stage(
         for index in _batches(train, cfg, gen):
             index = index.to(device, non_blocking=True)
             is_photo = data.modality[index] == PHOTO
-            x = _augment(data.images[index], is_photo, cfg)
+            x, sketch_like = _augment(data.images[index], is_photo, cfg)
             y = data.labels[index]
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 logits, emb = model(x)
@@ -155,7 +162,7 @@ def train_stage(
             loss = ce
             tri = torch.zeros((), device=device)
             if cfg.triplet_weight > 0:
-                anchors = ~is_photo if cfg.triplet_cross_modal else None
+                anchors = sketch_like if cfg.triplet_cross_modal else None
                 tri = batch_hard_triplet(emb, y, cfg.triplet_margin, anchors=anchors)
                 loss = loss + cfg.triplet_weight * tri
             opt.zero_grad(set_to_none=True)

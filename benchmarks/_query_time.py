@@ -6,8 +6,9 @@ embeddings of ``--dim`` values in a throw-away SQLite database, the way ``run_se
 
 * ``previous``: the candidates' vectors loaded from the database (``load_vectors``), then
   ``rerank_candidates``; with ``--previous-rerank FILE`` the k-reciprocal function of FILE (an
-  older ``app/ml/rerank.py``, e.g. ``git show REV:app/ml/rerank.py > FILE``) stands in for the
-  current one, so that the baseline is the previous code path in full;
+  older ``app/ml/retrieval/rerank.py``, e.g.
+  ``git show REV:app/ml/retrieval/rerank.py > FILE``) stands in for the current one, so
+  that the baseline is the previous code path in full;
 * ``current``: ``candidate_vectors`` (which ids still exist from the database, their vectors
   from the index), then ``rerank_candidates``.
 
@@ -38,8 +39,8 @@ from app.db import migrate
 from app.db.models import Embedding, GalleryItem
 from app.db.session import make_engine, make_session_factory, session_scope
 from app.index.store import VectorIndex
-from app.ml.rerank import k_reciprocal_rerank
-from app.ml.testset import distances
+from app.ml.evaluation.testset import distances
+from app.ml.retrieval.rerank import k_reciprocal_rerank
 from app.services import search as search_service
 from app.services.context import ServiceContext, load_vectors, vector_to_bytes
 from app.services.search import SearchParams, rerank_candidates

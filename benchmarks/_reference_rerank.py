@@ -14,7 +14,7 @@ python version (zhunzhong07/person-re-ranking) and in torchreid's ``utils/rerank
 6. ``final = jaccard * (1 - lambda) + original * lambda``, queries x gallery columns.
 
 It keeps O((Q+G)^2) memory (several dense matrices) and is only meant as the ground truth
-that :func:`app.ml.rerank.k_reciprocal_rerank` must reproduce, and as a timing baseline.
+that :func:`app.ml.retrieval.rerank.k_reciprocal_rerank` must reproduce, and as a timing baseline.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/bench_batching.py                  # ~1-2 minutes on 2 cores
     .venv/bin/python benchmarks/bench_batching.py --images 512 --searches 96 --waits 2 5
 
-1. Embedding (``app.ml.batching.InferenceQueue`` in front of the bundle's embedder, photos):
+1. Embedding (``app.ml.infer.batching.InferenceQueue`` in front of the bundle's embedder, photos):
    ``--images`` crops embedded one call per crop from one thread (today's single upload), one
    crop per call from ``--clients`` threads without batching (they queue on the model's lock),
    the same threads through the queue, and one call for all crops (the ceiling).
@@ -48,9 +48,9 @@ from app.api.main import create_app  # noqa: E402
 from app.core.config import load_settings  # noqa: E402
 from app.db import migrate  # noqa: E402
 from app.db.session import session_scope  # noqa: E402
-from app.ml.batching import InferenceQueue  # noqa: E402
-from app.ml.bundle import Bundle, load_bundle  # noqa: E402
+from app.ml.bundle.store import Bundle, load_bundle  # noqa: E402
 from app.ml.images import load_image  # noqa: E402
+from app.ml.infer.batching import InferenceQueue  # noqa: E402
 from app.services import apikeys  # noqa: E402
 from app.services.model import load_model  # noqa: E402
 

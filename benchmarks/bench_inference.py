@@ -41,11 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from app.ml.bundle import Bundle, load_bundle, save_bundle  # noqa: E402
+from app.ml.bundle.store import Bundle, load_bundle, save_bundle  # noqa: E402
 from app.ml.data.synth import generate_synthetic  # noqa: E402
+from app.ml.infer.precision import cpu_has_bf16  # noqa: E402
 from app.ml.models.cyclegan import GeneratorSpec, build_generator  # noqa: E402
 from app.ml.models.resnet_cifar import MemberSpec, build_member  # noqa: E402
-from app.ml.precision import cpu_has_bf16  # noqa: E402
 from app.ml.transforms import image_to_uint8, to_uint8_batch  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "model_store" / "default"
@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             "torch bf16": load_bundle(model, precision="bf16"),
         }
         if not args.no_onnx:
-            from app.ml.onnx_export import export_onnx
-            from app.ml.onnx_infer import with_onnx
+            from app.ml.bundle.onnx_export import export_onnx
+            from app.ml.bundle.onnx_runtime import with_onnx
 
             start = time.perf_counter()
             export_onnx(backends["torch fp32"], tmp_path / "onnx")

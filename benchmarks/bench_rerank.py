@@ -5,7 +5,7 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/bench_rerank.py                   # Q=50, G in 500 2000 5000
     .venv/bin/python benchmarks/bench_rerank.py --gallery 500 1000 --repeat 3
     .venv/bin/python benchmarks/bench_rerank.py --query-time      # the service's rerank stage
-    git show REV:app/ml/rerank.py > /tmp/prev.py
+    git show REV:app/ml/retrieval/rerank.py > /tmp/prev.py
     .venv/bin/python benchmarks/bench_rerank.py --query-time --previous-rerank /tmp/prev.py
 
 ``--query-time`` times the service's ``rerank`` stage (1 query, 100 candidates, 1,024-d)
@@ -40,7 +40,7 @@ for _path in (_HERE.parent, _HERE):  # this checkout's app/, not an installed co
 from _query_time import run_query_time  # noqa: E402
 from _reference_rerank import reference_rerank  # noqa: E402
 
-from app.ml.rerank import k_reciprocal_rerank  # noqa: E402
+from app.ml.retrieval.rerank import k_reciprocal_rerank  # noqa: E402
 
 Rerank = Callable[..., np.ndarray]
 Inputs = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     query.add_argument("--candidates", type=int, default=100, help="re-ranked (default 100)")
     query.add_argument("--items", type=int, default=2000, help="stored items (default 2000)")
     query.add_argument("--runs", type=int, default=200, help="calls of each path (default 200)")
-    query.add_argument("--previous-rerank", metavar="FILE", help="older app/ml/rerank.py")
+    query.add_argument("--previous-rerank", metavar="FILE", help="older app/ml/retrieval/rerank.py")
     args = parser.parse_args(argv)
     if args.query_time:
         return run_query_time(

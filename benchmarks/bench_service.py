@@ -68,7 +68,7 @@ from app.core.config import load_settings  # noqa: E402
 from app.db import migrate  # noqa: E402
 from app.db.models import Embedding, GalleryItem  # noqa: E402
 from app.db.session import session_scope  # noqa: E402
-from app.ml.bundle import save_bundle  # noqa: E402
+from app.ml.bundle.store import save_bundle  # noqa: E402
 from app.ml.models.cyclegan import GeneratorSpec, build_generator  # noqa: E402
 from app.ml.models.resnet_cifar import MemberSpec, build_member  # noqa: E402
 from app.services import apikeys  # noqa: E402

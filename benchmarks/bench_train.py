@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.ml.infer.precision import Precision, autocast_dtype
 from app.ml.models.resnet_cifar import MemberSpec, build_member
-from app.ml.precision import Precision, autocast_dtype
 from app.ml.train.config import get_preset
 from app.ml.train.reid import make_optimizer, pick_device, train_stage
 from app.ml.train.tensorset import TensorSet

@@ -1,9 +1,9 @@
 """How the relevance-feedback figures move with the Rocchio weights, on per-split bundles.
 
 The same functions as `sketchreid evaluate --test-ids heldout --feedback --feedback-weights W`
-(each bundle on the identities it was not trained on; app.ml.feedback_eval with the service's
-query builder), but each bundle embeds its test set once for all the weights. Prints markdown
-rows (mean ± std over the bundles) and writes the figures as JSON.
+(each bundle on the identities it was not trained on; app.ml.evaluation.feedback_eval with the
+service's query builder), but each bundle embeds its test set once for all the weights.
+Prints markdown rows (mean ± std over the bundles) and writes the figures as JSON.
 
 python scripts/feedback_sweep.py --data-root ../shared/data/pku-sketch-dev \
     --model runs/cv-xtriplet10/splits/split0* --json runs/feedback-sweep.json \
@@ -20,12 +20,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's app
 
-from app.ml.bundle import load_bundle
+from app.ml.bundle.store import load_bundle
 from app.ml.data.pku import load_pku_sketch
-from app.ml.evaluate import embed_test_set, heldout_split
-from app.ml.feedback import FeedbackWeights
-from app.ml.feedback_eval import evaluate_feedback
-from app.ml.metrics import mean_std
+from app.ml.evaluation.evaluate import embed_test_set, heldout_split
+from app.ml.evaluation.feedback_eval import evaluate_feedback
+from app.ml.retrieval.feedback import FeedbackWeights
+from app.ml.retrieval.metrics import mean_std
 
 SHOWN = ("confirmed", "confirmed+rejected")
 

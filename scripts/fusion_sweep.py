@@ -27,12 +27,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's app
 
-from app.ml.bundle import combine_bundles, load_bundle
+from app.ml.bundle.store import combine_bundles, load_bundle
 from app.ml.data.pku import load_pku_sketch
-from app.ml.evaluate import embed_test_set, heldout_split, score
-from app.ml.inference import fuse_views
-from app.ml.metrics import mean_std
-from app.ml.testset import Embedded
+from app.ml.evaluation.evaluate import embed_test_set, heldout_split, score
+from app.ml.evaluation.testset import Embedded
+from app.ml.infer.embedder import fuse_views
+from app.ml.retrieval.metrics import mean_std
 
 FIGURES = ("rank1", "rank5", "rank10", "mAP")
 

@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from app.cli.train_cmd import apply_override
-from app.ml.crossval import cross_validate
 from app.ml.data.pku import load_pku_sketch
 from app.ml.data.splits import Split, random_splits
-from app.ml.evaluate import RerankParams
+from app.ml.evaluation.crossval import cross_validate
+from app.ml.evaluation.evaluate import RerankParams
 from app.ml.train.config import get_preset
 from app.ml.train.pipeline import (
     TrainPlan,

@@ -31,7 +31,7 @@ from app.api.main import create_app  # noqa: E402
 from app.core.config import load_settings  # noqa: E402
 from app.db import migrate  # noqa: E402
 from app.db.session import session_scope  # noqa: E402
-from app.ml.bundle import load_bundle  # noqa: E402
+from app.ml.bundle.store import load_bundle  # noqa: E402
 from app.ml.data.pku import load_pku_sketch  # noqa: E402
 from app.services import apikeys  # noqa: E402
 

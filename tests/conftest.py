@@ -41,7 +41,7 @@ def random_bundle_dir(tmp_path_factory: pytest.TempPathFactory, synth_root: Path
     N(0, 0.02) one its output hardly depends on the sketch."""
     import torch
 
-    from app.ml.bundle import save_bundle
+    from app.ml.bundle.store import save_bundle
     from app.ml.data.pku import load_pku_sketch
     from app.ml.images import load_image
     from app.ml.models.cyclegan import GeneratorSpec, ResnetGenerator

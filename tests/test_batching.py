@@ -1,4 +1,4 @@
-"""Dynamic batching (app.ml.batching): concurrent requests share forward passes, get the same
+"""Dynamic batching (app.ml.infer.batching): concurrent requests share forward passes, get the same
 embeddings as one at a time, never share a pass with another modality or model, wait at most
 the configured time for company, and a full queue refuses with a clear error, losing nothing.
 """
@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from service.helpers import Counting, concurrently
 
-from app.ml.batching import InferenceQueue, QueueClosedError, QueueFullError
-from app.ml.inference import Embedder
+from app.ml.infer.batching import InferenceQueue, QueueClosedError, QueueFullError
+from app.ml.infer.embedder import Embedder
 from app.ml.models.resnet_cifar import MemberSpec, build_member
 
 torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""Tests for app.ml.bundle: saving, verified loading, ensemble embedding, translation."""
+"""Tests for app.ml.bundle.store: saving, verified loading, ensemble embedding, translation."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 from PIL import Image, ImageOps
 
 from app.errors import BundleError
-from app.ml.bundle import Bundle, load_bundle, save_bundle, update_manifest
-from app.ml.inference import Embedder, Translator
+from app.ml.bundle.store import Bundle, load_bundle, save_bundle, update_manifest
+from app.ml.infer.embedder import Embedder, Translator
 from app.ml.models.cyclegan import GeneratorSpec, build_generator
 from app.ml.models.resnet_cifar import MemberSpec, build_member
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from app.cli.main import main
-from app.ml.bundle import (
+from app.ml.bundle.store import (
     combine_bundles,
     load_bundle,
     read_manifest,

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import app.ml.feedback_eval as feedback_eval
+import app.ml.evaluation.feedback_eval as feedback_eval
 from app.cli.main import main
-from app.ml.bundle import Bundle, load_bundle, resave
+from app.ml.bundle.store import Bundle, load_bundle, resave
 from app.ml.data.pku import PKUSketchDataset, load_pku_sketch
-from app.ml.evaluate import embed_test_set, score
-from app.ml.feedback import FeedbackWeights, build_query
-from app.ml.feedback_eval import evaluate_feedback
-from app.ml.ranklist import FRAME, GAP, TILE
+from app.ml.evaluation.evaluate import embed_test_set, score
+from app.ml.evaluation.feedback_eval import evaluate_feedback
+from app.ml.evaluation.ranklist import FRAME, GAP, TILE
+from app.ml.retrieval.feedback import FeedbackWeights, build_query
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""The paths every results-table row comes from: app.ml.evaluate (translate or not, re-rank or
-not), `sketchreid evaluate` with its re-ranking options and `sketchreid crossval --per-member`.
+"""The paths every results-table row comes from: app.ml.evaluation.evaluate (translate or not,
+re-rank or not), `sketchreid evaluate` with its re-ranking options and
+`sketchreid crossval --per-member`.
 
 Each test checks the concrete effect, not only the flags in the report: translated queries are
 the embeddings of the translator's output, re-ranked figures are those of
@@ -22,17 +23,17 @@ import numpy as np
 import pytest
 import torch
 
-import app.ml.evaluate as evaluate_mod
+import app.ml.evaluation.evaluate as evaluate_mod
 from app.cli.main import main
-from app.ml.bundle import Bundle, combine_bundles, load_bundle
+from app.ml.bundle.store import Bundle, combine_bundles, load_bundle
 from app.ml.data.pku import PKUSketchDataset, load_pku_sketch
 from app.ml.data.splits import random_splits
-from app.ml.evaluate import Embedded, RerankParams, distances, embed_test_set, score
+from app.ml.evaluation.evaluate import Embedded, RerankParams, distances, embed_test_set, score
+from app.ml.evaluation.testset import fused_queries
 from app.ml.images import load_image
-from app.ml.inference import Embedder, fuse_views
-from app.ml.metrics import ranking_result
-from app.ml.rerank import k_reciprocal_rerank
-from app.ml.testset import fused_queries
+from app.ml.infer.embedder import Embedder, fuse_views
+from app.ml.retrieval.metrics import ranking_result
+from app.ml.retrieval.rerank import k_reciprocal_rerank
 
 SIZE = (32, 16)
 FIGURES = ("rank1", "rank5", "rank10", "mAP", "cmc", "n_queries", "n_gallery")
@@ -79,7 +80,7 @@ def _reranked(q: np.ndarray, g: np.ndarray, params: RerankParams) -> np.ndarray:
     )
 
 
-# --------------------------------------------------------------------------- app.ml.evaluate
+# ------------------------------------------------------------------ app.ml.evaluation.evaluate
 
 
 def test_translated_queries_are_the_embedded_translations(
@@ -199,7 +200,7 @@ def _both_views(
     bundle: Bundle, dataset: PKUSketchDataset
 ) -> tuple[Embedded, np.ndarray, np.ndarray]:
     """The test set's ids and gallery, and its sketches embedded as drawn and translated,
-    computed here without app.ml.query_views."""
+    computed here without app.ml.infer.query_views."""
     assert bundle.translator is not None
     sketches = [load_image(s.path) for s in dataset.sketches]
     e = embed_test_set(bundle.embedder, None, dataset, dataset.pids)

@@ -1,16 +1,17 @@
-"""The query of a search (app.ml.feedback): several sketches fused, moved by feedback; and the
-relevance-feedback protocol of the evaluation (app.ml.feedback_eval) on hand-made embeddings."""
+"""The query of a search (app.ml.retrieval.feedback): several sketches fused, moved by
+feedback; and the relevance-feedback protocol of the evaluation
+(app.ml.evaluation.feedback_eval) on hand-made embeddings."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-import app.ml.feedback_eval as feedback_eval
+import app.ml.evaluation.feedback_eval as feedback_eval
 from app.errors import UserInputError
-from app.ml.feedback import FeedbackWeights, build_query, unit_mean
-from app.ml.feedback_eval import VARIANTS, evaluate_feedback
-from app.ml.testset import Embedded
+from app.ml.evaluation.feedback_eval import VARIANTS, evaluate_feedback
+from app.ml.evaluation.testset import Embedded
+from app.ml.retrieval.feedback import FeedbackWeights, build_query, unit_mean
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:

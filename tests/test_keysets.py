@@ -1,12 +1,12 @@
-"""app.ml.keysets: both implementations (dense table, sorting) against plain numpy."""
+"""app.ml.retrieval.keysets: both implementations (dense table, sorting) against plain numpy."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from app.ml import keysets
-from app.ml.keysets import PairSet, sum_by_key, unique_keys
+from app.ml.retrieval import keysets
+from app.ml.retrieval.keysets import PairSet, sum_by_key, unique_keys
 
 
 @pytest.fixture(params=["dense", "sorted"])

@@ -37,7 +37,7 @@ import torch
 from app.cli.main import main
 from app.ml.data.splits import random_splits, save_split_file
 from app.ml.data.synth import generate_synthetic
-from app.ml.metrics import ranking_result
+from app.ml.retrieval.metrics import ranking_result
 
 IDENTITIES = 80
 TEST_IDENTITIES = 20

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from app.errors import UserInputError
-from app.ml import metrics
-from app.ml.metrics import (
+from app.ml.retrieval import metrics
+from app.ml.retrieval.metrics import (
     RankingResult,
     evaluate_ranking,
     mean_std,

@@ -14,13 +14,14 @@ from PIL import Image
 
 from app.cli.main import main
 from app.errors import BundleError
-from app.ml.bundle import Bundle, load_bundle, save_bundle
+from app.ml.bundle.onnx_export import export_onnx
+from app.ml.bundle.onnx_files import ONNX_MANIFEST, read_onnx_manifest
+from app.ml.bundle.onnx_runtime import OnnxEmbedder, OnnxTranslator, with_onnx
+from app.ml.bundle.store import Bundle, load_bundle, save_bundle
 from app.ml.data.synth import generate_synthetic
-from app.ml.inference import BaseEmbedder, BaseTranslator
+from app.ml.infer.embedder import BaseEmbedder, BaseTranslator
 from app.ml.models.cyclegan import GeneratorSpec, build_generator
 from app.ml.models.resnet_cifar import MemberSpec, build_member
-from app.ml.onnx_export import ONNX_MANIFEST, export_onnx, read_onnx_manifest
-from app.ml.onnx_infer import OnnxEmbedder, OnnxTranslator, with_onnx
 
 torch.set_num_threads(1)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from app.errors import UserInputError
-from app.ml.plots import plot_cmc
+from app.ml.evaluation.plots import plot_cmc
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -16,9 +16,9 @@ from torch import nn
 
 from app.cli.main import main
 from app.errors import BundleError, UserInputError
-from app.ml import precision
-from app.ml.bundle import load_bundle
+from app.ml.bundle.store import load_bundle
 from app.ml.data.synth import generate_synthetic
+from app.ml.infer import precision
 from app.ml.models.resnet_cifar import MemberSpec
 from app.ml.train import augment
 from app.ml.train.config import StageConfig

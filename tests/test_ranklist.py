@@ -9,8 +9,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from app.ml.ranklist import CAPTION, FRAME, GAP, GREEN, GREY, HEADER, RED, TILE, write_ranklists
-from app.ml.testset import Embedded, distances
+from app.ml.evaluation.ranklist import (
+    CAPTION,
+    FRAME,
+    GAP,
+    GREEN,
+    GREY,
+    HEADER,
+    RED,
+    TILE,
+    write_ranklists,
+)
+from app.ml.evaluation.testset import Embedded, distances
 
 
 def _image(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (30, 60)) -> Path:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from app.errors import UserInputError
-from app.ml import rerank
-from app.ml.rerank import k_reciprocal_rerank
+from app.ml.retrieval import rerank
+from app.ml.retrieval.rerank import k_reciprocal_rerank
 
 
 def _load_reference() -> Callable[..., np.ndarray]:
@@ -198,7 +198,7 @@ def test_user_input_error_is_a_value_error() -> None:
 
 def test_dense_and_sorted_key_sets_give_identical_results(monkeypatch: pytest.MonkeyPatch) -> None:
     """The query-time shortcut (dense tables for few items) changes no bit of the result."""
-    from app.ml import keysets
+    from app.ml.retrieval import keysets
 
     for num_q, num_g, k1, k2 in ((1, 100, 20, 6), (6, 80, 6, 3), (1, 30, 4, 1)):
         args = _clustered_case(num_g, num_q, num_g, ids=num_g // 4)

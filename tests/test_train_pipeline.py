@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from app.cli.main import main
-from app.ml.bundle import load_bundle
+from app.ml.bundle.store import load_bundle
 from app.ml.data.synth import generate_synthetic
 from app.ml.models.resnet_cifar import MemberSpec
 from app.ml.train.checkpoint import load_checkpoint, save_checkpoint

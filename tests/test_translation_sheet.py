@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from app.cli.main import main
-from app.ml.bundle import load_bundle
+from app.ml.bundle.store import load_bundle
 from app.ml.data.pku import load_pku_sketch
+from app.ml.evaluation.ranklist import FRAME, GAP, HEADER, TILE, _fit
 from app.ml.images import load_image
-from app.ml.ranklist import FRAME, GAP, HEADER, TILE, _fit
 
 CELL = TILE[0] + 2 * FRAME  # one framed tile's width
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from app.cli.main import main
-from app.ml.bundle import read_manifest
+from app.ml.bundle.store import read_manifest
 from app.ml.data.pku import load_pku_sketch
 from app.ml.images import load_image
-from app.ml.inference import Translator
+from app.ml.infer.embedder import Translator
 from app.ml.models.cyclegan import to_gan_input
 from app.ml.train.config import TranslatorConfig
 from app.ml.train.translator import train_translator

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.errors import BundleError, SketchReidError, UserInputError
-from app.ml.batching import QueueClosedError, QueueFullError
+from app.ml.infer.batching import QueueClosedError, QueueFullError
 from app.services.errors import (
     AuthenticationError,
     ConflictError,

@@ -23,7 +23,7 @@ from app.api.middleware import BodySizeLimit, ConcurrencyLimit, RequestMetrics, 
 from app.api.routes import apikeys, audit, gallery, health, history, model, search, whoami
 from app.api.schemas import API_PREFIX, COMMON_ERRORS, error_responses
 from app.core.config import Settings, get_settings
-from app.ml.bundle import Bundle
+from app.ml.bundle.store import Bundle
 from app.services.context import ServiceContext, close_context, open_context, sync_index
 from app.services.orphans import sweep_orphans
 from app.services.search import MAX_SKETCHES

@@ -18,15 +18,15 @@ from app.cli.common import (
 )
 from app.cli.train_cmd import add_member_options, add_run_options, plan_from_args
 from app.errors import UserInputError
-from app.ml.bundle import Bundle, load_bundle
-from app.ml.crossval import cross_validate
+from app.ml.bundle.store import Bundle, load_bundle
 from app.ml.data.pku import PKUSketchDataset
 from app.ml.data.splits import Split
-from app.ml.evaluate import Extras, RerankParams, evaluate_runs, heldout_split
-from app.ml.feedback import FeedbackWeights
-from app.ml.plots import plot_cmc
-from app.ml.precision import PRECISIONS
-from app.ml.query_views import QUERY_VIEWS
+from app.ml.evaluation.crossval import cross_validate
+from app.ml.evaluation.evaluate import Extras, RerankParams, evaluate_runs, heldout_split
+from app.ml.evaluation.plots import plot_cmc
+from app.ml.infer.precision import PRECISIONS
+from app.ml.infer.query_views import QUERY_VIEWS
+from app.ml.retrieval.feedback import FeedbackWeights
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 
 from app.cli.common import command_line
 from app.errors import UserInputError
-from app.ml.bundle import Manifest, load_bundle, read_manifest, update_manifest
-from app.ml.query_views import QUERY_VIEWS, bundle_view
+from app.ml.bundle.store import Manifest, load_bundle, read_manifest, update_manifest
+from app.ml.infer.query_views import QUERY_VIEWS, bundle_view
 
 _FIGURES = ("rank1", "rank5", "rank10", "mAP")
 
@@ -166,8 +166,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
-    from app.ml.onnx_export import export_onnx
-    from app.ml.onnx_infer import onnxruntime_available
+    from app.ml.bundle.onnx_export import export_onnx
+    from app.ml.bundle.onnx_runtime import onnxruntime_available
 
     if not onnxruntime_available():
         raise UserInputError(
@@ -187,7 +187,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def cmd_combine(args: argparse.Namespace) -> int:
-    from app.ml.bundle_combine import combine_to_folder
+    from app.ml.bundle.combine import combine_to_folder
 
     manifest = combine_to_folder(
         args.bundles,

@@ -20,7 +20,7 @@ from app.cli.common import (
 from app.errors import UserInputError
 from app.ml.data.pku import PKUSketchDataset
 from app.ml.data.splits import load_split_file
-from app.ml.precision import PRECISIONS
+from app.ml.infer.precision import PRECISIONS
 from app.ml.train.config import PRESETS, Preset, get_preset
 from app.ml.train.pipeline import (
     TrainPlan,

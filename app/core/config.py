@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.errors import SketchReidError
-from app.ml.precision import Precision
+from app.ml.infer.precision import Precision
 
 IndexType = Literal["auto", "flat", "hnsw", "ivf"]
 InferenceBackend = Literal["torch", "onnx", "auto"]
@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     DATABASE_URL: str = ""
     MODEL_DIR: Path = Path("model_store/default")
     MODEL_DEVICE: str = "cpu"
-    # Inference precision (app.ml.precision): fp32; bf16 autocast; auto = bf16 where the
+    # Inference precision (app.ml.infer.precision): fp32; bf16 autocast; auto = bf16 where the
     # CPU or GPU has bf16 units. fp32 by default: bf16 changes top-10 lists on the shipped
     # model (docs/results.md, "Inference speed").
     PRECISION: Precision = "fp32"
@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     BLAS_THREADS: int = Field(default=1, ge=1, le=256)
     EMBED_BATCH_SIZE: int = Field(default=64, ge=1)
 
-    # Dynamic batching (app.ml.batching): concurrent searches and uploads share forward passes
+    # Dynamic batching (app.ml.infer.batching): concurrent searches and uploads share forward passes
     # of at most INFERENCE_MAX_BATCH images, gathered for at most INFERENCE_MAX_WAIT_MS after
     # the first arrives. 1 image or 0 ms: no batching, each request runs the model itself.
     # More than INFERENCE_QUEUE_SIZE images waiting: 503 with Retry-After.

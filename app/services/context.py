@@ -27,9 +27,9 @@ from app.db.models import Embedding, GalleryItem
 from app.db.session import make_engine, make_session_factory, session_scope
 from app.errors import SketchReidError
 from app.index.store import VectorIndex
-from app.ml.batching import InferenceQueue
-from app.ml.bundle import Bundle, Manifest
+from app.ml.bundle.store import Bundle, Manifest
 from app.ml.images import load_image
+from app.ml.infer.batching import InferenceQueue
 from app.services.blobs import BlobStore
 from app.services.model import load_model
 

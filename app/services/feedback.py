@@ -6,7 +6,7 @@ latest row, and every row keeps who (API key) and when.
 
 A search carries feedback as gallery ids: the ids sent with it (``confirmed_id`` /
 ``rejected_id``) and, with ``refine``, the earlier search's own feedback and its marks. The
-query is moved with :func:`app.ml.feedback.build_query`; every id is checked to exist (404
+query is moved with :func:`app.ml.retrieval.feedback.build_query`; every id is checked to exist (404
 otherwise, saying when and by whom a deleted item was deleted).
 """
 

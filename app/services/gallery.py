@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from app.db.models import GalleryItem
 from app.db.types import MAX_ID, is_valid_id
 from app.errors import ImageError, SketchReidError, UserInputError
-from app.ml.batching import QueueClosedError, QueueFullError
+from app.ml.infer.batching import QueueClosedError, QueueFullError
 from app.services import audit
 from app.services.blobs import CONTENT_TYPES, sha256_hex, sniff_extension
 from app.services.context import ServiceContext

@@ -4,8 +4,8 @@ With the ONNX backend the networks are exported once into ``DATA_DIR/onnx/<diges
 digest names the bundle weights they come from) and, at every start, checked against the
 bundle: the export's record must name the bundle's weight sha256s, every ``.onnx`` file must
 match its own sha256 and the outputs must match the PyTorch networks on a probe batch
-(:func:`app.ml.onnx_infer.with_onnx`). The bundle's weights themselves are verified by
-:func:`app.ml.bundle.load_bundle` first, so every check ends at the manifest. A missing,
+(:func:`app.ml.bundle.onnx_runtime.with_onnx`). The bundle's weights themselves are verified by
+:func:`app.ml.bundle.store.load_bundle` first, so every check ends at the manifest. A missing,
 stale or altered export is made again from the verified weights.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from app.core.config import Settings
 from app.errors import BundleError
-from app.ml.bundle import Bundle, load_bundle
+from app.ml.bundle.store import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,8 @@ def onnx_cache_dir(settings: Settings, bundle: Bundle) -> Path:
 
 
 def _onnx_bundle(settings: Settings, bundle: Bundle) -> Bundle:
-    from app.ml.onnx_export import export_onnx
-    from app.ml.onnx_infer import with_onnx
+    from app.ml.bundle.onnx_export import export_onnx
+    from app.ml.bundle.onnx_runtime import with_onnx
 
     folder = onnx_cache_dir(settings, bundle)
     if folder.exists():
@@ -53,7 +53,7 @@ def _onnx_bundle(settings: Settings, bundle: Bundle) -> Bundle:
 
 def load_model(settings: Settings) -> Bundle:
     """Load and verify ``MODEL_DIR`` and run it as ``BACKEND`` / ``PRECISION`` say."""
-    from app.ml.onnx_infer import onnxruntime_available
+    from app.ml.bundle.onnx_runtime import onnxruntime_available
 
     bundle = load_bundle(
         settings.MODEL_DIR, device=settings.MODEL_DEVICE, precision=settings.PRECISION

@@ -1,7 +1,8 @@
 """Sketch search: decode, translate and embed each sketch (both through the dynamic
-batching queue, :mod:`app.ml.batching`, so concurrent searches share forward passes), fuse
-them with the relevance feedback into one query (:func:`app.ml.feedback.build_query`), FAISS
-top-k, optional k-reciprocal re-ranking, and the audit record of every search.
+batching queue, :mod:`app.ml.infer.batching`, so concurrent searches share forward passes), fuse
+them with the relevance feedback into one query
+(:func:`app.ml.retrieval.feedback.build_query`), FAISS top-k, optional k-reciprocal
+re-ranking, and the audit record of every search.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from app.core.files import atomic_write_bytes
 from app.db.models import ApiKey, GalleryItem, Search
 from app.db.types import utcnow
 from app.errors import UserInputError
-from app.ml.feedback import FeedbackWeights, build_query
-from app.ml.query_views import QueryView, check_choice, embed_queries, resolve_view
-from app.ml.rerank import k_reciprocal_rerank
-from app.ml.testset import distances
+from app.ml.evaluation.testset import distances
+from app.ml.infer.query_views import QueryView, check_choice, embed_queries, resolve_view
+from app.ml.retrieval.feedback import FeedbackWeights, build_query
+from app.ml.retrieval.rerank import k_reciprocal_rerank
 from app.services import audit
 from app.services.blobs import sha256_hex, sniff_extension
 from app.services.context import ServiceContext
@@ -40,7 +41,7 @@ from app.services.vectors import candidate_vectors
 MAX_TOP_K = 100
 # Sketches of one suspect in one search (e.g. one per witness).
 MAX_SKETCHES = 5
-# Rocchio weights of the service's queries (see app.ml.feedback).
+# Rocchio weights of the service's queries (see app.ml.retrieval.feedback).
 FEEDBACK_WEIGHTS = FeedbackWeights()
 STAGES = ("decode", "translate", "embed", "search", "rerank")
 
@@ -48,7 +49,7 @@ STAGES = ("decode", "translate", "embed", "search", "rerank")
 @dataclass(frozen=True)
 class SearchParams:
     top_k: int = 10
-    translate: bool | None = None  # None: as the bundle's view says (app.ml.query_views)
+    translate: bool | None = None  # None: as the bundle's view says (app.ml.infer.query_views)
     view: QueryView | None = None  # sketch, translated or fused; None: the bundle's view
     rerank: bool = False
     k1: int = 20

@@ -30,7 +30,7 @@ from service.helpers import build_tiny_bundle
 from app.api.main import create_app
 from app.core.config import load_settings
 from app.db import migrate
-from app.ml.bundle import load_bundle
+from app.ml.bundle.store import load_bundle
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 REQUIRE = os.environ.get("SKETCHREID_REQUIRE_BROWSER") == "1"

@@ -30,7 +30,7 @@ from app.api.main import create_app
 from app.core.config import Settings, load_settings
 from app.db import migrate
 from app.db.session import make_engine, make_session_factory, session_scope
-from app.ml.bundle import Bundle, load_bundle
+from app.ml.bundle.store import Bundle, load_bundle
 from app.services import apikeys
 
 from .helpers import build_tiny_bundle

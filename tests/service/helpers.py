@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app.ml.bundle import save_bundle
+from app.ml.bundle.store import save_bundle
 from app.ml.models.cyclegan import GeneratorSpec, build_generator
 from app.ml.models.resnet_cifar import MemberSpec, build_member
 

@@ -18,7 +18,7 @@ from app.core.config import Settings, get_settings
 from app.db.models import Search
 from app.db.session import make_engine
 from app.db.types import utcnow
-from app.ml.bundle import Bundle
+from app.ml.bundle.store import Bundle
 
 from .conftest import Keys, upload
 from .helpers import jpeg, sketch_png

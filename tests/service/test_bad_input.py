@@ -13,7 +13,7 @@ from PIL import Image
 
 from app.api.main import create_app
 from app.core.config import Settings
-from app.ml.bundle import Bundle
+from app.ml.bundle.store import Bundle
 
 from .conftest import Keys, snapshot, upload
 from .helpers import encode, jpeg, person_image, sketch_png

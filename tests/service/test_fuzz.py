@@ -18,7 +18,7 @@ import pytest
 
 from app.api.main import create_app
 from app.core.config import Settings
-from app.ml.bundle import Bundle
+from app.ml.bundle.store import Bundle
 
 from .conftest import Keys, running_server
 

@@ -18,9 +18,9 @@ from app.core.config import Settings
 from app.db.models import Embedding, GalleryItem
 from app.db.session import make_engine, make_session_factory, session_scope
 from app.index.store import IVF_MIN_TRAIN
-from app.ml.bundle import Bundle
+from app.ml.bundle.store import Bundle
 from app.ml.images import load_image
-from app.ml.rerank import k_reciprocal_rerank
+from app.ml.retrieval.rerank import k_reciprocal_rerank
 from app.services import gallery
 from app.services import search as search_service
 from app.services import vectors as vectors_service

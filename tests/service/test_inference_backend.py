@@ -15,9 +15,9 @@ from PIL import Image
 
 from app.api.main import create_app
 from app.core.config import Settings
-from app.ml.bundle import Bundle
-from app.ml.onnx_export import ONNX_MANIFEST
-from app.ml.onnx_infer import OnnxEmbedder
+from app.ml.bundle.onnx_files import ONNX_MANIFEST
+from app.ml.bundle.onnx_runtime import OnnxEmbedder
+from app.ml.bundle.store import Bundle
 from app.services.model import load_model, onnx_cache_dir
 
 from .conftest import create_keys

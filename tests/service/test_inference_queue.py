@@ -17,7 +17,7 @@ from app.api.main import create_app
 from app.core.config import Settings
 from app.db.models import Embedding
 from app.db.session import session_scope
-from app.ml.bundle import Bundle
+from app.ml.bundle.store import Bundle
 from app.ml.images import load_image
 from app.services import gallery
 from app.services.context import vector_from_bytes

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from app.api.main import create_app
 from app.api.schemas import ErrorOut
 from app.core.config import Settings
-from app.ml.bundle import Bundle
+from app.ml.bundle.store import Bundle
 from app.services import gallery
 
 from .conftest import Keys

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from app.api.main import create_app
 from app.cli.main import main
 from app.core.config import Settings, get_settings
-from app.ml.bundle import Bundle
+from app.ml.bundle.store import Bundle
 from app.services.blobs import BlobStore, sha256_hex
 
 from .conftest import Keys, snapshot, upload

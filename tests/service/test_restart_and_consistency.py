@@ -17,7 +17,7 @@ from app.db.models import Embedding, GalleryItem
 from app.db.session import make_engine, session_scope
 from app.errors import SketchReidError
 from app.index.store import INDEX_FILE, META_FILE
-from app.ml.bundle import Bundle
+from app.ml.bundle.store import Bundle
 from app.services import gallery
 from app.services.context import close_context, open_context, sync_index
 
@@ -187,7 +187,7 @@ def test_model_change_reembeds_the_gallery(
     from sqlalchemy import select
 
     from app.db.models import Embedding
-    from app.ml.bundle import load_bundle
+    from app.ml.bundle.store import load_bundle
     from app.ml.images import load_image
     from app.services.context import embedding_key, vector_from_bytes
 

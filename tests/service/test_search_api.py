@@ -13,9 +13,9 @@ from PIL import Image
 
 from app.api.main import create_app
 from app.core.config import Settings
-from app.ml.bundle import Bundle, load_bundle
+from app.ml.bundle.store import Bundle, load_bundle
 from app.ml.images import load_image
-from app.ml.rerank import k_reciprocal_rerank
+from app.ml.retrieval.rerank import k_reciprocal_rerank
 
 from .conftest import Keys, snapshot, upload
 from .helpers import jpeg, sketch_png

@@ -1,8 +1,8 @@
 """Several sketches per search, relevance feedback (confirmed / rejected ids, marks, refine).
 
 Each ranking is checked against a brute-force one computed here from the model's own
-embeddings and :func:`app.ml.feedback.build_query`, so a service that ignored a sketch or the
-feedback, or fused them another way, fails.
+embeddings and :func:`app.ml.retrieval.feedback.build_query`, so a service that ignored a
+sketch or the feedback, or fused them another way, fails.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from sqlalchemy import update
 
 from app.db.models import Search
 from app.db.types import utcnow
-from app.ml.bundle import Bundle
-from app.ml.feedback import FeedbackWeights, build_query
+from app.ml.bundle.store import Bundle
 from app.ml.images import load_image
+from app.ml.retrieval.feedback import FeedbackWeights, build_query
 from app.services.search import MAX_SKETCHES, purge_searches
 
 from .conftest import Keys, snapshot, upload

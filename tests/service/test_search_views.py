@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from app.api.main import create_app
 from app.core.config import Settings
-from app.ml.bundle import Bundle, load_bundle, update_manifest
+from app.ml.bundle.store import Bundle, load_bundle, update_manifest
 from app.ml.images import load_image
 
 from .conftest import Keys, upload
@@ -40,7 +40,7 @@ def _post(client: TestClient, keys: Keys, **form: Any) -> Any:
 
 
 def _query(bundle: Bundle, view: str) -> np.ndarray:
-    """The query vector, computed here without app.ml.query_views (the fused one with the
+    """The query vector, computed here without app.ml.infer.query_views (the fused one with the
     bundle's translation weight)."""
     sketch = load_image(sketch_png(1))
     drawn = bundle.embedder.embed([sketch], modality="sketch")[0]

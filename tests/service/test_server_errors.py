@@ -10,7 +10,7 @@ import pytest
 
 from app.api.main import create_app
 from app.core.config import Settings
-from app.ml.bundle import Bundle
+from app.ml.bundle.store import Bundle
 from app.services import gallery
 
 from .conftest import Keys, running_server

@@ -21,7 +21,7 @@ from PIL import Image
 
 from app.api.main import create_app
 from app.core.config import Settings
-from app.ml.bundle import Bundle
+from app.ml.bundle.store import Bundle
 from app.services import gallery
 
 from .conftest import Keys, running_server, snapshot, upload

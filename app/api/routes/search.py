@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Up
 from app.api.deps import CtxDep, InvestigatorDep, SessionDep, single_valued
 from app.api.schemas import MarkIn, MarkOut, SearchOut, SearchRecordOut, error_responses
 from app.api.uploads import read_upload
-from app.ml.query_views import QueryView
+from app.ml.infer.query_views import QueryView
 from app.services import audit, feedback
 from app.services import search as search_service
 from app.services.blobs import content_type_for

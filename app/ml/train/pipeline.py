@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from app.errors import UserInputError
-from app.ml.bundle import Manifest, load_bundle, resave, save_bundle
+from app.ml.bundle.store import Manifest, load_bundle, resave, save_bundle
 from app.ml.data.pku import PKUSketchDataset
 from app.ml.data.splits import relabel_pids
+from app.ml.infer.precision import Precision
 from app.ml.models.cyclegan import GeneratorSpec, build_generator
 from app.ml.models.resnet_cifar import MemberSpec, ResNetCifar, build_member, count_parameters
-from app.ml.precision import Precision
 from app.ml.train.config import ModelConfig, Preset
 from app.ml.train.pretrain import (
     health_check,

@@ -4,7 +4,7 @@ The loop is plain PyTorch on tensors already in memory (:mod:`app.ml.train.tenso
 augment whole batches on the device, cross-entropy (plus an optional batch-hard triplet
 term), SGD, Adam or AdamW, step or cosine decay after an optional linear warm-up. It runs
 under bf16 autocast with channels-last tensors where the hardware has bf16 units
-(:mod:`app.ml.precision`) and never waits on the device inside an epoch: per-batch figures
+(:mod:`app.ml.infer.precision`) and never waits on the device inside an epoch: per-batch figures
 are summed on the device and read once per epoch. Each epoch appends one JSON line to the
 log and, when ``checkpoint`` is given, saves a checkpoint from which an interrupted run
 resumes with the same result. An optional ``health`` callback (e.g. held-out retrieval
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from app.ml.infer.precision import Precision, autocast_dtype
 from app.ml.models.resnet_cifar import MemberSpec, ResNetCifar, build_member
-from app.ml.precision import Precision, autocast_dtype
 from app.ml.train import augment
 from app.ml.train.checkpoint import load_checkpoint, save_checkpoint
 from app.ml.train.config import StageConfig

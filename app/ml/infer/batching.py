@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from app.errors import SketchReidError
-from app.ml.inference import BaseEmbedder, BaseTranslator, Modality
+from app.ml.infer.embedder import BaseEmbedder, BaseTranslator, Modality
 
 log = logging.getLogger(__name__)
 

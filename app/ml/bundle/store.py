@@ -5,9 +5,9 @@ sketch -> photo generator (``translator.pt``). The manifest records each file's
 architecture and sha256; :func:`load_bundle` verifies both, so a corrupt or inconsistent
 bundle fails with :class:`app.errors.BundleError` naming the file and the problem.
 
-A loaded :class:`Bundle` carries an :class:`app.ml.inference.Embedder` (the one embedding
-path) and optionally an :class:`app.ml.inference.Translator`, running at the precision asked
-for; this module only stores, verifies and loads the networks. :func:`app.ml.onnx_infer.
+A loaded :class:`Bundle` carries an :class:`app.ml.infer.embedder.Embedder` (the one embedding
+path) and optionally an :class:`app.ml.infer.embedder.Translator`, running at the precision asked
+for; this module only stores, verifies and loads the networks. :func:`app.ml.bundle.onnx_runtime.
 with_onnx` swaps them for ONNX Runtime ones checked against these.
 """
 
@@ -30,11 +30,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from app.errors import BundleError
-from app.ml.inference import BaseEmbedder, BaseTranslator, Embedder, Translator
+from app.ml.infer.embedder import BaseEmbedder, BaseTranslator, Embedder, Translator
+from app.ml.infer.precision import Precision
+from app.ml.infer.query_views import QueryView, bundle_view
 from app.ml.models.cyclegan import GeneratorSpec, build_generator
 from app.ml.models.resnet_cifar import MemberSpec, build_member, count_parameters
-from app.ml.precision import Precision
-from app.ml.query_views import QueryView, bundle_view
 from app.ml.transforms import DEFAULT_MEAN, DEFAULT_STD
 
 FORMAT_VERSION = 1
@@ -91,7 +91,7 @@ class Manifest(BaseModel):
     combine: Literal["concat-l2"] = "concat-l2"
     members: list[MemberEntry] = Field(min_length=1)
     translator: TranslatorEntry | None = None
-    # How the service embeds a query sketch by default (app.ml.query_views); None: as
+    # How the service embeds a query sketch by default (app.ml.infer.query_views); None: as
     # translated when there is a translator, as drawn when not (bundles before the field).
     query_view: Literal["sketch", "translated", "fused"] | None = None
     # The translation's weight in a fused query: fuse_views(sketch, translation, (1 - w, w)).
@@ -387,7 +387,7 @@ def _load_weights(root: Path, file_name: str, expected_sha: str) -> dict[str, to
 class Bundle:
     """A verified, loaded bundle: manifest, the PyTorch networks (``members``, ``generator``)
     and what runs them (``embedder``, ``translator``: PyTorch, or ONNX Runtime after
-    :func:`app.ml.onnx_infer.with_onnx`)."""
+    :func:`app.ml.bundle.onnx_runtime.with_onnx`)."""
 
     def __init__(
         self,
@@ -443,7 +443,7 @@ def load_bundle(
 ) -> Bundle:
     """Load and verify a bundle; any problem raises :class:`BundleError`.
 
-    ``precision`` (fp32, bf16 or auto, :mod:`app.ml.precision`) is how the embedder and the
+    ``precision`` (fp32, bf16 or auto, :mod:`app.ml.infer.precision`) is how the embedder and the
     translator run; the weights are the same either way.
     """
     root = Path(path)

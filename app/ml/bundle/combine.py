@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.ml.bundle import BundleError, Manifest, combine_bundles, load_bundle, resave
+from app.ml.bundle.store import BundleError, Manifest, combine_bundles, load_bundle, resave
 
 
 def _common(values: list[Any], what: str, paths: list[str]) -> Any:

@@ -11,7 +11,7 @@ dense ``V`` / ``V_qe`` matrices it
 * stores the k-reciprocal encodings ``V`` and their query expansion as sparse CSR arrays
   (plain numpy, float32) and computes the Jaccard distance with an inverted (CSC) index;
 * does its set operations (is a neighbour reciprocal, is it in a set, distinct entries, sums
-  by entry) with :mod:`app.ml.keysets`: a small dense table when there are few items (one
+  by entry) with :mod:`app.ml.retrieval.keysets`: a small dense table when there are few items (one
   query and ~100 candidates at query time, where numpy's per-call overhead dominates),
   sorting otherwise;
 
@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from app.errors import UserInputError
-from app.ml.keysets import PairSet, sum_by_key, unique_keys
+from app.ml.retrieval.keysets import PairSet, sum_by_key, unique_keys
 
 __all__ = ["k_reciprocal_rerank"]
 

@@ -1,12 +1,12 @@
 """ONNX Runtime behind the same interface as the PyTorch embedder and translator.
 
 :class:`OnnxEmbedder` and :class:`OnnxTranslator` subclass the shared
-:class:`app.ml.inference.BaseEmbedder` / :class:`~app.ml.inference.BaseTranslator`, so
+:class:`app.ml.infer.embedder.BaseEmbedder` / :class:`~app.ml.infer.embedder.BaseTranslator`, so
 preprocessing, flip test-time augmentation, normalisation and batching are the same code;
 only the networks run in ONNX Runtime (CPU, fp32, as many threads as PyTorch uses).
 
 :func:`with_onnx` is the way in: it verifies an export folder against the bundle
-(:func:`app.ml.onnx_export.verify_onnx_dir`: source weights and sha256 of each file) and
+(:func:`app.ml.bundle.onnx_files.verify_onnx_dir`: source weights and sha256 of each file) and
 then checks parity against the bundle's PyTorch networks on a fixed probe batch, so what is
 served computes the same function as the verified weights.
 """
@@ -14,17 +14,15 @@ served computes the same function as the verified weights.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from app.errors import BundleError, SketchReidError
-from app.ml.bundle import Bundle
-from app.ml.inference import Backend, BaseEmbedder, BaseTranslator, Embedder, Translator
-
-if TYPE_CHECKING:
-    from app.ml.onnx_export import OnnxManifest
+from app.ml.bundle.onnx_files import OnnxManifest, verify_onnx_dir
+from app.ml.bundle.store import Bundle
+from app.ml.infer.embedder import Backend, BaseEmbedder, BaseTranslator, Embedder, Translator
 
 # Parity bounds, PyTorch fp32 vs ONNX Runtime: combined unit-length embeddings (measured
 # ~1e-6 on the shipped ResNet-56) and generator outputs in [-1, 1] (1e-3 is 0.13 of a level).
@@ -182,7 +180,6 @@ def check_parity(
 def with_onnx(bundle: Bundle, onnx_dir: str | Path) -> Bundle:
     """``bundle`` with its embedder and translator run by ONNX Runtime from ``onnx_dir``,
     after checking the files against the bundle and parity against its PyTorch networks."""
-    from app.ml.onnx_export import verify_onnx_dir
 
     folder = Path(onnx_dir)
     record = verify_onnx_dir(folder, bundle)

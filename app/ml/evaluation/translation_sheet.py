@@ -3,8 +3,8 @@ photo the translator made of it (the very image the evaluation embedded) and the
 photos from the gallery. `sketchreid evaluate --translation-sheet` draws it (docs/results.md
 describes one; pictures of real people stay out of the repository).
 
-Drawn with the rank-list tiles (:mod:`app.ml.ranklist`): the sketch and its translation on the
-left, a gap, then the photos, each captioned with its camera.
+Drawn with the rank-list tiles (:mod:`app.ml.evaluation.ranklist`): the sketch and its
+translation on the left, a gap, then the photos, each captioned with its camera.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from app.ml.evaluation.ranklist import GREY, Tile, draw_ranklist
+from app.ml.evaluation.testset import Embedded
 from app.ml.images import load_image
-from app.ml.ranklist import GREY, Tile, draw_ranklist
-from app.ml.testset import Embedded
 
 __all__ = ["draw_translation_sheet", "write_translation_sheet"]
 

@@ -1,12 +1,12 @@
 """Export a bundle's networks to ONNX, with a record that ties each file to its source.
 
 ``export_onnx(bundle, OUT)`` writes ``<member>.onnx`` per ensemble member (the raw embedding:
-what :func:`app.ml.inference.member_embedding` returns), ``translator.onnx`` when the bundle
+what :func:`app.ml.infer.embedder.member_embedding` returns), ``translator.onnx`` when the bundle
 has a generator, and ``onnx.json``: each file's sha256, the sha256 of the bundle weights it
 was exported from, the opset, and the parity measured right after export against the
-PyTorch networks (:func:`app.ml.onnx_infer.check_parity`). Preprocessing, flip
+PyTorch networks (:func:`app.ml.bundle.onnx_runtime.check_parity`). Preprocessing, flip
 test-time augmentation and normalisation stay outside the graphs, in the code that both
-backends share (:class:`app.ml.inference.BaseEmbedder`).
+backends share (:class:`app.ml.infer.embedder.BaseEmbedder`).
 
 The exporter is PyTorch's TorchScript-based one (``dynamo=False``): on this project's 2-core
 CPU the torch.export-based exporter took 76-200 s for a ResNet-8 against 6.5 s, and both
@@ -16,7 +16,6 @@ export and every load is checked for parity against the verified PyTorch weights
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -25,46 +24,22 @@ from copy import deepcopy
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from app.errors import BundleError
-from app.ml.bundle import Bundle, _fsync_write, _replace_dir, _sha256
-from app.ml.inference import member_embedding
+from app.ml.bundle.onnx_files import (
+    ONNX_MANIFEST,
+    OPSET,
+    TRANSLATOR_ONNX,
+    OnnxFile,
+    OnnxManifest,
+    OnnxMember,
+    _record_json,
+)
+from app.ml.bundle.onnx_runtime import check_parity, load_sessions
+from app.ml.bundle.store import Bundle, _fsync_write, _replace_dir, _sha256
+from app.ml.infer.embedder import member_embedding
 from app.ml.models.resnet_cifar import SpatialPyramidPool
-
-ONNX_MANIFEST = "onnx.json"
-ONNX_FORMAT_VERSION = 1
-OPSET = 17
-TRANSLATOR_ONNX = "translator.onnx"
-
-
-class OnnxFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    file: str
-    sha256: str
-    source_sha256: str
-
-
-class OnnxMember(OnnxFile):
-    name: str
-    dim: int
-
-
-class OnnxManifest(BaseModel):
-    """Contents of ``onnx.json``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    format_version: int = ONNX_FORMAT_VERSION
-    bundle: str
-    version: str
-    opset: int
-    torch: str
-    members: list[OnnxMember]
-    translator: OnnxFile | None = None
-    parity: dict[str, float]
 
 
 class _Embed(nn.Module):
@@ -155,7 +130,6 @@ def export_onnx(
     """Export ``bundle``'s members (and generator) to ``out_dir``, check parity, write
     ``onnx.json``. The folder appears whole or not at all; a parity failure raises
     :class:`BundleError` and leaves nothing behind."""
-    from app.ml.onnx_infer import check_parity, load_sessions
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -201,46 +175,4 @@ def export_onnx(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return record
-
-
-def _record_json(record: OnnxManifest) -> str:
-    return json.dumps(record.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
-
-
-def read_onnx_manifest(onnx_dir: str | os.PathLike[str]) -> OnnxManifest:
-    path = Path(onnx_dir) / ONNX_MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{path}: missing (export with `sketchreid model export-onnx`)")
-    try:
-        return OnnxManifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValidationError) as exc:
-        raise BundleError(f"{path}: unreadable or invalid ({str(exc)[:300]})") from exc
-
-
-def verify_onnx_dir(onnx_dir: Path, bundle: Bundle) -> OnnxManifest:
-    """Check that ``onnx_dir`` was exported from exactly ``bundle``'s weights and that every
-    file matches its recorded sha256; returns the record or raises :class:`BundleError`."""
-    record = read_onnx_manifest(onnx_dir)
-    manifest = bundle.manifest
-    if record.format_version != ONNX_FORMAT_VERSION:
-        raise BundleError(f"{onnx_dir / ONNX_MANIFEST}: format {record.format_version} unknown")
-    want = [(m.name, m.sha256) for m in manifest.members]
-    have = [(m.name, m.source_sha256) for m in record.members]
-    want_t = manifest.translator.sha256 if manifest.translator is not None else None
-    have_t = record.translator.source_sha256 if record.translator is not None else None
-    if want != have or want_t != have_t:
-        raise BundleError(
-            f"{onnx_dir}: exported from other weights than the bundle {manifest.name} "
-            f"{manifest.version} at {bundle.path}; export it again"
-        )
-    files: list[OnnxFile] = [*record.members]
-    if record.translator is not None:
-        files.append(record.translator)
-    for item in files:
-        path = onnx_dir / item.file
-        if Path(item.file).name != item.file or not path.is_file():
-            raise BundleError(f"{path}: ONNX file missing")
-        if _sha256(path) != item.sha256:
-            raise BundleError(f"{path}: sha256 mismatch; the file is corrupt or was replaced")
     return record

@@ -1,7 +1,7 @@
 """The evaluation protocol: test sketches as queries, test photos as gallery
-(:mod:`app.ml.testset`), distances ``2 - 2 cos`` optionally re-ranked with
-:func:`app.ml.rerank.k_reciprocal_rerank`; optionally the relevance-feedback protocol
-(:mod:`app.ml.feedback_eval`) and rank-list pictures (:mod:`app.ml.ranklist`).
+(:mod:`app.ml.evaluation.testset`), distances ``2 - 2 cos`` optionally re-ranked with
+:func:`app.ml.retrieval.rerank.k_reciprocal_rerank`; optionally the relevance-feedback protocol
+(:mod:`app.ml.evaluation.feedback_eval`) and rank-list pictures (:mod:`app.ml.evaluation.ranklist`).
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ from typing import Any
 import numpy as np
 
 from app.errors import UserInputError
-from app.ml.bundle import Bundle
+from app.ml.bundle.store import Bundle
 from app.ml.data.pku import PKUSketchDataset
 from app.ml.data.splits import Split
-from app.ml.feedback import FeedbackWeights
-from app.ml.feedback_eval import FEEDBACK_PROTOCOL, evaluate_feedback
-from app.ml.metrics import mean_std, ranking_result
-from app.ml.query_views import QueryView
-from app.ml.ranklist import write_ranklists
-from app.ml.rerank import k_reciprocal_rerank
-from app.ml.testset import Embedded, distances, embed_test_set
-from app.ml.translation_sheet import write_translation_sheet
+from app.ml.evaluation.feedback_eval import FEEDBACK_PROTOCOL, evaluate_feedback
+from app.ml.evaluation.ranklist import write_ranklists
+from app.ml.evaluation.testset import Embedded, distances, embed_test_set
+from app.ml.evaluation.translation_sheet import write_translation_sheet
+from app.ml.infer.query_views import QueryView
+from app.ml.retrieval.feedback import FeedbackWeights
+from app.ml.retrieval.metrics import mean_std, ranking_result
+from app.ml.retrieval.rerank import k_reciprocal_rerank
 
 __all__ = [
     "Embedded",

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from app.ml.evaluation.testset import Embedded
 from app.ml.images import load_image
-from app.ml.testset import Embedded
 
 __all__ = ["Tile", "draw_ranklist", "ranked_items", "write_ranklists"]
 

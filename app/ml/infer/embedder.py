@@ -2,14 +2,14 @@
 translation (:class:`Translator`).
 
 Evaluation, cross-validation, pre-training health checks, the service and the command line
-all embed through these classes; bundles (:mod:`app.ml.bundle`) only store and verify the
+all embed through these classes; bundles (:mod:`app.ml.bundle.store`) only store and verify the
 networks that they run. :class:`BaseEmbedder` and :class:`BaseTranslator` hold everything
 around the networks (preprocessing, flip test-time augmentation, normalisation, combining
 members, batching, locking), so the PyTorch classes here and the ONNX Runtime ones in
-:mod:`app.ml.onnx_infer` differ only in how a network is run.
+:mod:`app.ml.bundle.onnx_runtime` differ only in how a network is run.
 
 Precision: ``fp32`` (the default everywhere) or bf16 autocast (``bf16``, or ``auto`` where
-the hardware has bf16 units, see :mod:`app.ml.precision`). Convolutions run on
+the hardware has bf16 units, see :mod:`app.ml.infer.precision`). Convolutions run on
 channels-last tensors either way. bf16 is an approximation: on the shipped ResNet-56 its
 embeddings are within cosine 0.999 of fp32 but top-10 lists change (docs/results.md,
 "Inference speed"), so nothing turns it on by default.
@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from app.ml.infer.precision import Precision, autocast_dtype
 from app.ml.models.cyclegan import from_gan_output, to_gan_input
-from app.ml.precision import Precision, autocast_dtype
 from app.ml.transforms import DEFAULT_MEAN, DEFAULT_STD, image_to_uint8, normalize, to_uint8_batch
 
 Modality = Literal["photo", "sketch"]

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import UserInputError
-from app.ml.bundle import Bundle, combine_bundles, load_bundle, read_manifest
+from app.ml.bundle.store import Bundle, combine_bundles, load_bundle, read_manifest
 from app.ml.data.splits import Split
-from app.ml.evaluate import RerankParams, embed_test_set, score
-from app.ml.inference import Embedder
-from app.ml.metrics import mean_std
-from app.ml.testset import fused_queries
+from app.ml.evaluation.evaluate import RerankParams, embed_test_set, score
+from app.ml.evaluation.testset import fused_queries
+from app.ml.infer.embedder import Embedder
+from app.ml.retrieval.metrics import mean_std
 from app.ml.train.pipeline import TrainPlan, add_translator, save_members, train_members
 
 

@@ -32,7 +32,8 @@ def plot_cmc(
 
     Args:
         curves: legend label -> CMC curve as *fractions* in [0, 1], ``curve[r - 1]`` being
-            the rank-r matching rate (what :func:`app.ml.metrics.evaluate_ranking` returns).
+            the rank-r matching rate (what
+            :func:`app.ml.retrieval.metrics.evaluate_ranking` returns).
         path: output file; missing parent folders are created. Written as PNG whatever the
             suffix.
         title: optional figure title.

@@ -6,7 +6,7 @@ ranking of the test photos is scored under the Market-1501 rules with the query'
 the confirmed photo's camera: the confirmed photo (and any other photo of the person from that
 camera) is junk, so the figures are those of the person's photos from *other* cameras, which
 is what an investigator wants found next. Variants (the query is built by
-:func:`app.ml.feedback.build_query`, as in the service):
+:func:`app.ml.retrieval.feedback.build_query`, as in the service):
 
 * ``plain``: the sketch alone (what the search showed before any feedback);
 * ``confirmed``: the sketch moved towards the confirmed photo (Rocchio);
@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from app.errors import UserInputError
-from app.ml.feedback import FeedbackWeights, build_query
-from app.ml.metrics import ranking_result
-from app.ml.testset import Embedded, distances
+from app.ml.evaluation.testset import Embedded, distances
+from app.ml.retrieval.feedback import FeedbackWeights, build_query
+from app.ml.retrieval.metrics import ranking_result
 
 __all__ = ["FEEDBACK_PROTOCOL", "MAX_REJECTED", "VARIANTS", "evaluate_feedback"]
 

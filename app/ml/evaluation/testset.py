@@ -1,6 +1,6 @@
 """One embedded test set: test sketches as queries, test photos as gallery.
 
-Queries are embedded in a view (:mod:`app.ml.query_views`: the sketch, its translation or
+Queries are embedded in a view (:mod:`app.ml.infer.query_views`: the sketch, its translation or
 both fused) exactly as the service embeds an uploaded sketch; photos are embedded as the service
 embeds ingested crops; :func:`fused_queries` fuses a sketch's own embedding with its
 translation's (the ``fused`` cross-validation variant). Distances are ``2 - 2 cos`` on the
@@ -19,8 +19,8 @@ from PIL import Image
 from app.errors import UserInputError
 from app.ml.data.pku import PKUSketchDataset, Sample
 from app.ml.images import load_image
-from app.ml.inference import BaseEmbedder, BaseTranslator, fuse_views
-from app.ml.query_views import QueryView, embed_queries
+from app.ml.infer.embedder import BaseEmbedder, BaseTranslator, fuse_views
+from app.ml.infer.query_views import QueryView, embed_queries
 
 
 @dataclass
@@ -61,9 +61,9 @@ def embed_test_set(
 ) -> Embedded:
     """The test identities' sketches embedded as queries in ``view`` (by default translated
     when ``translate`` and there is a translator, else as drawn) through
-    :func:`app.ml.query_views.embed_queries`, as the service embeds an uploaded sketch, and
+    :func:`app.ml.infer.query_views.embed_queries`, as the service embeds an uploaded sketch, and
     their photos as the gallery (``translation_weight``: the fused view's, see
-    :func:`app.ml.query_views.embed_queries`)."""
+    :func:`app.ml.infer.query_views.embed_queries`)."""
     if view is None:
         view = "translated" if translate and translator is not None else "sketch"
     test = dataset.subset(test_pids)

@@ -3,7 +3,7 @@
 * ``sketch``: the sketch itself, embedded as a sketch (grey, like the training sketches);
 * ``translated``: the translator's synthetic photo of it, embedded as a photo (the paper's
   pipeline);
-* ``fused``: both, fused into one unit vector (:func:`app.ml.inference.fuse_views`, the
+* ``fused``: both, fused into one unit vector (:func:`app.ml.infer.embedder.fuse_views`, the
   normalised weighted sum, the translation weighed by the bundle's ``translation_weight``,
   0.5 unless set). On the protocol, with the weight chosen there, it is the best of the
   three (docs/results.md, "Table VI" and "Table VI for the shipped ensemble").
@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from app.errors import UserInputError
-from app.ml.inference import fuse_views
+from app.ml.infer.embedder import fuse_views
 
 QueryView = Literal["sketch", "translated", "fused"]
 QUERY_VIEWS: tuple[str, ...] = get_args(QueryView)

@@ -39,7 +39,7 @@ from app.db import migrate
 from app.db.models import Embedding, GalleryItem
 from app.db.session import make_engine, make_session_factory, session_scope
 from app.index.store import VectorIndex
-from app.ml.evaluation.testset import distances
+from app.ml.retrieval.distances import distances
 from app.ml.retrieval.rerank import k_reciprocal_rerank
 from app.services import search as search_service
 from app.services.context import ServiceContext, load_vectors, vector_to_bytes

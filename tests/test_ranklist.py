@@ -20,7 +20,8 @@ from app.ml.evaluation.ranklist import (
     TILE,
     write_ranklists,
 )
-from app.ml.evaluation.testset import Embedded, distances
+from app.ml.evaluation.testset import Embedded
+from app.ml.retrieval.distances import distances
 
 
 def _image(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (30, 60)) -> Path:

@@ -26,8 +26,8 @@ from app.core.files import atomic_write_bytes
 from app.db.models import ApiKey, GalleryItem, Search
 from app.db.types import utcnow
 from app.errors import UserInputError
-from app.ml.evaluation.testset import distances
 from app.ml.infer.query_views import QueryView, check_choice, embed_queries, resolve_view
+from app.ml.retrieval.distances import distances
 from app.ml.retrieval.feedback import FeedbackWeights, build_query
 from app.ml.retrieval.rerank import k_reciprocal_rerank
 from app.services import audit

@@ -19,9 +19,10 @@ from app.ml.data.pku import PKUSketchDataset
 from app.ml.data.splits import Split
 from app.ml.evaluation.feedback_eval import FEEDBACK_PROTOCOL, evaluate_feedback
 from app.ml.evaluation.ranklist import write_ranklists
-from app.ml.evaluation.testset import Embedded, distances, embed_test_set
+from app.ml.evaluation.testset import Embedded, embed_test_set
 from app.ml.evaluation.translation_sheet import write_translation_sheet
 from app.ml.infer.query_views import QueryView
+from app.ml.retrieval.distances import distances
 from app.ml.retrieval.feedback import FeedbackWeights
 from app.ml.retrieval.metrics import mean_std, ranking_result
 from app.ml.retrieval.rerank import k_reciprocal_rerank

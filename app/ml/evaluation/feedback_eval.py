@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from app.errors import UserInputError
-from app.ml.evaluation.testset import Embedded, distances
+from app.ml.evaluation.testset import Embedded
+from app.ml.retrieval.distances import distances
 from app.ml.retrieval.feedback import FeedbackWeights, build_query
 from app.ml.retrieval.metrics import ranking_result
 

@@ -105,8 +105,3 @@ def fused_queries(plain: Embedded, translated: Embedded) -> Embedded:
     if not np.array_equal(plain.q_pids, translated.q_pids):
         raise ValueError("fused_queries needs the same queries in both embeddings")
     return replace(translated, query=fuse_views(plain.query, translated.query), fused=True)
-
-
-def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distance of unit vectors: 2 - 2 cos."""
-    return np.clip(2.0 - 2.0 * (a @ b.T), 0.0, 4.0).astype(np.float32)

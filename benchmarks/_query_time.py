@@ -39,11 +39,11 @@ from app.db import migrate
 from app.db.models import Embedding, GalleryItem
 from app.db.session import make_engine, make_session_factory, session_scope
 from app.index.store import VectorIndex
+from app.ml.retrieval import rerank as rerank_module
 from app.ml.retrieval.distances import distances
-from app.ml.retrieval.rerank import k_reciprocal_rerank
-from app.services import search as search_service
+from app.ml.retrieval.rerank import k_reciprocal_rerank, rerank_candidates
 from app.services.context import ServiceContext, load_vectors, vector_to_bytes
-from app.services.search import SearchParams, rerank_candidates
+from app.services.search import SearchParams
 from app.services.vectors import candidate_vectors, stored_ids
 
 KEY = "bench:1:current"
@@ -142,17 +142,23 @@ def run_query_time(
             with sessions() as session:
                 ids, rows = load_vectors(session, KEY, dim, found)
                 if previous is None:
-                    return ids, rerank_candidates(query, rows, params)
-                search_service.k_reciprocal_rerank = previous  # type: ignore[assignment]
+                    return ids, rerank_candidates(
+                        query, rows, k1=params.k1, k2=params.k2, lambda_value=params.lambda_value
+                    )
+                rerank_module.k_reciprocal_rerank = previous  # type: ignore[assignment]
                 try:
-                    return ids, rerank_candidates(query, rows, params)
+                    return ids, rerank_candidates(
+                        query, rows, k1=params.k1, k2=params.k2, lambda_value=params.lambda_value
+                    )
                 finally:
-                    search_service.k_reciprocal_rerank = k_reciprocal_rerank
+                    rerank_module.k_reciprocal_rerank = k_reciprocal_rerank
 
         def current_path() -> tuple[np.ndarray, np.ndarray]:
             with sessions() as session:
                 ids, rows = candidate_vectors(ctx, session, found)
-                return ids, rerank_candidates(query, rows, params)
+                return ids, rerank_candidates(
+                    query, rows, k1=params.k1, k2=params.k2, lambda_value=params.lambda_value
+                )
 
         with sessions() as session:
             _, rows = load_vectors(session, KEY, dim, found)

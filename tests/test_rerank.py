@@ -207,3 +207,26 @@ def test_dense_and_sorted_key_sets_give_identical_results(monkeypatch: pytest.Mo
             m.setattr(keysets, "DENSE_MAX", 0)
             by_sorting = k_reciprocal_rerank(*args, k1=k1, k2=k2)
         assert np.array_equal(dense, by_sorting)
+
+
+def test_top_candidate_reranking_reorders_the_top_n_and_keeps_the_rest_after_them() -> None:
+    from app.ml.retrieval.distances import distances
+
+    rng = np.random.default_rng(3)
+    g = rng.normal(size=(40, 16))
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    q = g[:3] + 0.3 * rng.normal(size=(3, 16))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    dist = distances(q, g)
+    out = rerank.rerank_top_candidates(q, g, dist, 10, k1=4, k2=2, lambda_value=0.3)
+    for i in range(3):
+        top = np.argsort(dist[i], kind="stable")[:10]
+        expected = rerank.rerank_candidates(q[i], g[top], k1=4, k2=2, lambda_value=0.3)
+        assert np.allclose(out[i, top], expected)
+        order = np.argsort(out[i], kind="stable")
+        assert set(order[:10]) == set(top), "the re-ranked top 10 still come first"
+        rest = order[10:]
+        assert np.all(np.diff(dist[i, rest]) >= 0), "the others keep their order"
+    assert not np.array_equal(
+        np.argsort(out[:, :], axis=1)[:, :10], np.argsort(dist, axis=1)[:, :10]
+    ), "re-ranking changes some order among the candidates"

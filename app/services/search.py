@@ -27,9 +27,8 @@ from app.db.models import ApiKey, GalleryItem, Search
 from app.db.types import utcnow
 from app.errors import UserInputError
 from app.ml.infer.query_views import QueryView, check_choice, embed_queries, resolve_view
-from app.ml.retrieval.distances import distances
 from app.ml.retrieval.feedback import FeedbackWeights, build_query
-from app.ml.retrieval.rerank import k_reciprocal_rerank
+from app.ml.retrieval.rerank import rerank_candidates
 from app.services import audit
 from app.services.blobs import sha256_hex, sniff_extension
 from app.services.context import ServiceContext
@@ -136,25 +135,6 @@ def allowed_ids(session: Session, key: str, params: SearchParams) -> list[int] |
     if not conditions:
         return None
     return [int(i) for i in session.scalars(select(GalleryItem.id).where(*conditions))]
-
-
-def rerank_candidates(
-    query: np.ndarray, candidates: np.ndarray, params: SearchParams
-) -> np.ndarray:
-    """k-reciprocal distances (1 x N) of the query to its N candidates (rows of ``candidates``).
-
-    The query set is the one query; q_g, q_q and g_g are ``2 - 2 cos`` as in the evaluation.
-    """
-    q = query.reshape(1, -1)
-    q_g = distances(q, candidates)
-    q_q = distances(q, q)
-    g_g = distances(candidates, candidates)
-    np.fill_diagonal(q_q, 0.0)
-    np.fill_diagonal(g_g, 0.0)
-    result = k_reciprocal_rerank(
-        q_g, q_q, g_g, k1=params.k1, k2=params.k2, lambda_value=params.lambda_value
-    )
-    return np.asarray(result, dtype=np.float32).reshape(-1)
 
 
 def check_sketch_count(count: int) -> None:
@@ -275,7 +255,9 @@ def run_search(
         t = time.perf_counter()
         ids, vectors = candidate_vectors(ctx, session, [h.id for h in found])
         if len(ids):
-            rr = rerank_candidates(query, vectors, params)
+            rr = rerank_candidates(
+                query, vectors, k1=params.k1, k2=params.k2, lambda_value=params.lambda_value
+            )
             cos = vectors @ query
             order = np.argsort(rr, kind="stable")
             ranked = [(int(ids[i]), float(cos[i]), float(rr[i])) for i in order]

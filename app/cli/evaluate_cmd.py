@@ -22,6 +22,7 @@ from app.ml.bundle.store import Bundle, load_bundle
 from app.ml.data.pku import PKUSketchDataset
 from app.ml.data.splits import Split
 from app.ml.evaluation.crossval import cross_validate
+from app.ml.evaluation.distractors import DistractorOptions
 from app.ml.evaluation.evaluate import Extras, RerankParams, evaluate_runs, heldout_split
 from app.ml.evaluation.plots import plot_cmc
 from app.ml.infer.precision import PRECISIONS
@@ -96,6 +97,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=8,
         help="people on the translation sheet (default 8)",
     )
+    _distractor_options(ev)
+    ev.add_argument(
+        "--distractor-cache",
+        type=Path,
+        default=Path("runs/distractor-cache"),
+        help="where distractor embeddings are cached per bundle (default runs/distractor-cache)",
+    )
     ev.add_argument("--json", type=Path, required=True, help="where to write the figures")
     ev.add_argument("--plot", type=Path, help="draw the CMC curve into this PNG")
     ev.set_defaults(func=run_evaluate)
@@ -138,6 +146,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "folder instead of training; repeat to evaluate the ensemble of several runs' members",
     )
     _rerank_options(cv)
+    _distractor_options(cv)
     cv.add_argument("--json", type=Path, required=True)
     cv.add_argument("--plot", type=Path)
     cv.set_defaults(func=run_crossval)
@@ -165,6 +174,82 @@ def _rerank_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k1", type=positive_int, default=20)
     p.add_argument("--k2", type=positive_int, default=6)
     p.add_argument("--lambda-value", type=float, default=0.3)
+
+
+def _sizes(value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected gallery sizes as numbers of distractors, e.g. 0,1000,5000, got {value!r}"
+        )
+    return sizes
+
+
+def _distractor_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "distractors (large galleries)",
+        "crops of people in no split, added to every split's gallery as non-matching "
+        "identities; figures at each size asked",
+    )
+    g.add_argument(
+        "--distractors",
+        type=existing_dir,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a Market-style or plain folder of person crops (repeatable)",
+    )
+    g.add_argument(
+        "--distractors-max", type=positive_int, metavar="N", help="at most N (seeded shuffle)"
+    )
+    g.add_argument(
+        "--distractor-sizes",
+        type=_sizes,
+        metavar="LIST",
+        help="numbers of distractors to report, e.g. 0,1000,5000,20000 (default: 0 and all)",
+    )
+    g.add_argument(
+        "--distractors-unseen",
+        action="store_true",
+        help="only crops of identities the bundle's pre-training did not train on",
+    )
+    g.add_argument(
+        "--rerank-candidates",
+        type=positive_int,
+        default=100,
+        metavar="N",
+        help="with --rerank and distractors: re-rank each query's top N, as the service does "
+        "(its SKETCHREID_RERANK_CANDIDATES, default 100)",
+    )
+
+
+def _distractors(args: argparse.Namespace) -> DistractorOptions | None:
+    if not args.distractors:
+        given = [
+            flag
+            for flag, value in (
+                ("--distractors-max", args.distractors_max),
+                ("--distractor-sizes", args.distractor_sizes),
+                ("--distractors-unseen", args.distractors_unseen),
+            )
+            if value
+        ]
+        if given:
+            raise UserInputError(f"{given[0]} needs --distractors DIR")
+        return None
+    if args.rerank_candidates < 2:
+        raise UserInputError("--rerank-candidates must be at least 2")
+    return DistractorOptions(
+        folders=tuple(args.distractors),
+        max_items=args.distractors_max,
+        sizes=args.distractor_sizes,
+        unseen_only=args.distractors_unseen,
+        cache_dir=getattr(args, "distractor_cache", None),
+        rerank_candidates=args.rerank_candidates,
+    )
 
 
 _DEFAULT_WEIGHTS = ",".join(f"{v:g}" for v in FeedbackWeights().as_json().values())
@@ -216,6 +301,21 @@ def _runs(args: argparse.Namespace, dataset: PKUSketchDataset) -> list[tuple[Bun
     return [(bundles[0], split) for split in resolve_splits(args, dataset)]
 
 
+def _print_sizes(d: dict[str, Any]) -> None:
+    print(
+        f"with distractors ({d['used']} of {d['available']}: {d['seen_by_pretraining']} of "
+        "identities the pre-training saw):"
+    )
+    for size, row in d["by_size"].items():
+        for variant in ("plain", "rerank"):
+            if variant in row:
+                figures = ", ".join(
+                    f"{k} {100 * row[variant][k]['mean']:.1f}%"
+                    for k in ("rank1", "rank10", "rank100", "mAP")
+                )
+                print(f"{size:>8} {variant:>7}: {figures}")
+
+
 def _print_feedback(feedback: dict[str, Any]) -> None:
     print("relevance feedback (the person's photos from the other camera):")
     for name, figures in feedback["variants"].items():
@@ -241,6 +341,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         view="sketch" if args.no_translate else args.view,
         rerank=_rerank(args),
         extras=extras,
+        distractors=_distractors(args),
     )
     report["command"] = command_line(args)
     overlap = sum(s["train_test_overlap"] for s in report["splits"])
@@ -255,6 +356,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         cmc = report["cmc"]["mean"] if isinstance(report["cmc"], dict) else report["cmc"]
         plot_cmc({runs[0][0].name: cmc}, args.plot)
     print(_fmt(report))
+    if "distractors" in report:
+        _print_sizes(report["distractors"])
     if "feedback" in report:
         _print_feedback(report["feedback"])
     if args.ranklist:
@@ -290,6 +393,7 @@ def run_crossval(args: argparse.Namespace) -> int:
         reuse=args.reuse,
         indices=indices,
         command=command_line(args),
+        distractors=_distractors(args),
     )
     report["command"] = command_line(args)
     _write(args.json, report)

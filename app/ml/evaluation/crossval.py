@@ -17,6 +17,7 @@ from typing import Any
 from app.errors import UserInputError
 from app.ml.bundle.store import Bundle, combine_bundles, load_bundle, read_manifest
 from app.ml.data.splits import Split
+from app.ml.evaluation.distractors import DistractorOptions, score_by_gallery_size
 from app.ml.evaluation.evaluate import RerankParams, embed_test_set, score
 from app.ml.evaluation.testset import fused_queries
 from app.ml.infer.embedder import Embedder
@@ -35,6 +36,7 @@ def cross_validate(
     reuse: Sequence[Path] = (),
     indices: Sequence[int] | None = None,
     command: str = "",
+    distractors: DistractorOptions | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one model per split. Returns per-split figures and, per variant
     (plain / rerank, and with a translator translated / fused and their +rerank: queries
@@ -48,12 +50,19 @@ def cross_validate(
 
     ``indices``: the position of each split in the full draw (default 0, 1, ...), so that a
     run over some of the splits (``--only-splits``) names its folders and rows as the full
-    run would, and runs over disjoint parts of one draw can be reused together."""
+    run would, and runs over disjoint parts of one draw can be reused together.
+
+    ``distractors``: each variant is also scored with that many distractors in the gallery
+    (variants ``NAME@SIZE``; re-ranked ones as the service re-ranks, over each query's top
+    candidates), the distractor embeddings cached per bundle in ``WORKDIR/distractor-cache``."""
     if indices is None:
         indices = range(len(splits))
     if len(indices) != len(splits):
         raise ValueError("one index per split")
     rows: dict[str, list[dict[str, Any]]] = {}
+    distractor_sets: list[dict[str, Any]] = []
+    if distractors is not None and distractors.cache_dir is None:
+        distractors = replace(distractors, cache_dir=plan.workdir / "distractor-cache")
     timings = []
     archs: list[str] = list(plan.archs)
     preset: dict[str, Any] = plan.preset.model_dump(mode="json")
@@ -104,6 +113,18 @@ def cross_validate(
                 result = score(embedded, rerank=rr)
                 result.update(split=i, seed=split.seed, train_seconds=round(train_seconds, 1))
                 rows.setdefault(name, []).append(result)
+            if distractors is not None:
+                triple = (rerank.k1, rerank.k2, rerank.lambda_value) if rerank else None
+                sized = score_by_gallery_size(bundle, embedded, distractors, rerank=triple)
+                distractor_sets.append(sized["set"])
+                for size, row in sized["by_size"].items():
+                    for variant in ("plain", "rerank"):
+                        if variant not in row:
+                            continue
+                        name = view if variant == "plain" else f"{view}+rerank"
+                        name = "rerank" if name == "plain+rerank" else name
+                        result = {**row[variant], "split": i, "seed": split.seed}
+                        rows.setdefault(f"{name}@{size}", []).append(result)
         timings.append(train_seconds)
         if not keep_bundles and not reuse:
             shutil.rmtree(bundle_dir, ignore_errors=True)
@@ -125,9 +146,25 @@ def cross_validate(
         "pretrained": str(plan.pretrained_dir) if plan.pretrained_dir else None,
         "seed": plan.seed,
         "train_seconds_mean": round(sum(timings) / len(timings), 1),
-        "variants": {name: {**mean_std(r), "splits": r} for name, r in rows.items()},
+        "variants": {name: _aggregate(r) for name, r in rows.items()},
     }
+    if distractors is not None:
+        report["distractors"] = {
+            **distractor_sets[0],
+            "rerank_candidates": distractors.rerank_candidates,
+            "sizes": sorted({int(n.rpartition("@")[2]) for n in rows if "@" in n}),
+        }
     return report
+
+
+def _aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
+    out = {**mean_std(results), "splits": results}
+    if all("rank100" in r for r in results):
+        values = [float(r["rank100"]) for r in results]
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0
+        out["rank100"] = {"mean": mean, "std": var**0.5}
+    return out
 
 
 def _train_split(

@@ -17,6 +17,11 @@ from app.errors import UserInputError
 from app.ml.bundle.store import Bundle
 from app.ml.data.pku import PKUSketchDataset
 from app.ml.data.splits import Split
+from app.ml.evaluation.distractors import (
+    DistractorOptions,
+    score_by_gallery_size,
+    summarize_sizes,
+)
 from app.ml.evaluation.feedback_eval import FEEDBACK_PROTOCOL, evaluate_feedback
 from app.ml.evaluation.ranklist import write_ranklists
 from app.ml.evaluation.testset import Embedded, embed_test_set
@@ -126,8 +131,13 @@ def evaluate_runs(
     view: QueryView | None = None,
     rerank: RerankParams | None = None,
     extras: Extras = Extras(),
+    distractors: DistractorOptions | None = None,
 ) -> dict[str, Any]:
     """Evaluate each bundle on its split's test identities; mean ± std when several.
+
+    With ``distractors``, also at each gallery size with that many distractors added
+    (:func:`app.ml.evaluation.distractors.score_by_gallery_size`; re-ranked as the service
+    re-ranks, over each query's top candidates, when ``rerank``).
 
     Queries are embedded in ``view``; by default in each bundle's own view (the service's
     default).
@@ -165,6 +175,10 @@ def evaluate_runs(
         result["seed"] = split.seed
         result["test_pids"] = list(split.test)
         result["train_test_overlap"] = len(trained_on & set(split.test))
+        if distractors is not None:
+            result["gallery_sizes"] = score_by_gallery_size(
+                bundle, embedded, distractors, rerank=_triple(rerank)
+            )
         if extras.feedback is not None:
             result["feedback"] = evaluate_feedback(embedded, extras.feedback)
             feedback_rows.append(result["feedback"])
@@ -198,6 +212,12 @@ def evaluate_runs(
         report.update({k: per_split[0][k] for k in ("n_queries", "n_gallery")})
     else:
         report.update(mean_std(per_split))
+    if distractors is not None:
+        report["distractors"] = {
+            **per_split[0]["gallery_sizes"]["set"],
+            "rerank_candidates": distractors.rerank_candidates if rerank else None,
+            "by_size": summarize_sizes([r["gallery_sizes"] for r in per_split]),
+        }
     if extras.feedback is not None:
         report["feedback"] = {
             "weights": extras.feedback.as_json(),
@@ -209,6 +229,10 @@ def evaluate_runs(
     return report
 
 
+def _triple(rerank: RerankParams | None) -> tuple[int, int, float] | None:
+    return None if rerank is None else (rerank.k1, rerank.k2, rerank.lambda_value)
+
+
 def evaluate_bundle(
     bundle: Bundle,
     dataset: PKUSketchDataset,
@@ -217,6 +241,7 @@ def evaluate_bundle(
     view: QueryView | None = None,
     rerank: RerankParams | None = None,
     extras: Extras = Extras(),
+    distractors: DistractorOptions | None = None,
 ) -> dict[str, Any]:
     """Evaluate one bundle on each of ``splits`` (see :func:`evaluate_runs`)."""
     return evaluate_runs(
@@ -225,4 +250,5 @@ def evaluate_bundle(
         view=view,
         rerank=rerank,
         extras=extras,
+        distractors=distractors,
     )

@@ -177,6 +177,9 @@ class SearchOut(BaseModel):
     translated: bool
     view: str = Field(description="How the sketches were embedded: sketch, translated or fused")
     reranked: bool
+    rerank_auto: bool = Field(
+        description="re-ranking was left to the service (on or off by the gallery's size)"
+    )
     results: list[SearchResultOut] = Field(
         description="Best first; confirmed and rejected items are left out"
     )
@@ -218,6 +221,7 @@ class SearchOut(BaseModel):
             view=record.parameters.get("view")
             or ("translated" if record.parameters.get("translated") else "sketch"),
             reranked=bool(record.parameters.get("reranked")),
+            rerank_auto=bool(record.parameters.get("rerank_auto")),
             results=results,
             feedback=FeedbackOut(
                 confirmed_ids=list(outcome.feedback.confirmed),

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     SEARCH_RETENTION_DAYS: int = Field(default=0, ge=0, le=100_000)
 
     RERANK_CANDIDATES: int = Field(default=100, ge=2, le=2000)
+    # A search that does not say whether to re-rank is re-ranked when the gallery it searches
+    # (after its filters) holds at least this many items; 0: never automatically. Chosen by the
+    # distractor protocol (docs/results.md, "Large galleries"): re-ranking the top candidates
+    # loses on ~100-photo galleries and wins once strangers fill the gallery.
+    RERANK_AUTO_MIN_ITEMS: int = Field(default=1000, ge=0)
     # numpy's BLAS threads in the service (distance matrices of re-ranking and feedback): their
     # work is tiny, and extra BLAS threads spinning for a busy CPU cost more than they save
     # (docs/results.md, "Query-time re-ranking"). Models run on their own threads regardless.

@@ -50,7 +50,7 @@ class SearchParams:
     top_k: int = 10
     translate: bool | None = None  # None: as the bundle's view says (app.ml.infer.query_views)
     view: QueryView | None = None  # sketch, translated or fused; None: the bundle's view
-    rerank: bool = False
+    rerank: bool | None = None  # None: automatic, by the searched gallery's size
     k1: int = 20
     k2: int = 6
     lambda_value: float = 0.3
@@ -135,6 +135,20 @@ def allowed_ids(session: Session, key: str, params: SearchParams) -> list[int] |
     if not conditions:
         return None
     return [int(i) for i in session.scalars(select(GalleryItem.id).where(*conditions))]
+
+
+def rerank_choice(requested: bool | None, gallery_items: int, auto_min: int) -> tuple[bool, str]:
+    """Whether a search re-ranks, and a note when it did so without being asked: on when the
+    searched gallery holds at least ``auto_min`` items (``RERANK_AUTO_MIN_ITEMS``; 0: never).
+    (A search left in cosine order says so by ``reranked: false``, without a note.)"""
+    if requested is not None:
+        return requested, ""
+    if 0 < auto_min <= gallery_items:
+        return True, (
+            f"re-ranked automatically: the searched gallery holds {gallery_items:,} items "
+            f"(from {auto_min:,} on, re-ranking the top candidates finds more of the right person)"
+        )
+    return False, ""
 
 
 def check_sketch_count(count: int) -> None:
@@ -238,9 +252,14 @@ def run_search(
 
     t = time.perf_counter()
     allowed = allowed_ids(session, ctx.embedding_key, params)
-    n_candidates = (
-        max(params.top_k, ctx.settings.RERANK_CANDIDATES) if params.rerank else params.top_k
+    do_rerank, why = rerank_choice(
+        params.rerank,
+        len(ctx.index) if allowed is None else len(allowed),
+        ctx.settings.RERANK_AUTO_MIN_ITEMS,
     )
+    if why:
+        notes.append(why)
+    n_candidates = max(params.top_k, ctx.settings.RERANK_CANDIDATES) if do_rerank else params.top_k
     judged = set(feedback.ids)
     found = [
         h
@@ -251,7 +270,7 @@ def run_search(
 
     ranked: list[tuple[int, float, float | None]] = [(h.id, h.score, None) for h in found]
     reranked = False
-    if params.rerank and len(found) >= 2:
+    if do_rerank and len(found) >= 2:
         t = time.perf_counter()
         ids, vectors = candidate_vectors(ctx, session, [h.id for h in found])
         if len(ids):
@@ -263,7 +282,7 @@ def run_search(
             ranked = [(int(ids[i]), float(cos[i]), float(rr[i])) for i in order]
             reranked = True
         timings["rerank"] = _ms(t)
-    elif params.rerank:
+    elif do_rerank:
         notes.append("re-ranking skipped: it needs at least 2 candidates")
     ranked = ranked[: params.top_k]
 
@@ -301,7 +320,8 @@ def run_search(
         "translated": bool(translated),
         "view": view,
         "reranked": reranked,
-        "rerank_candidates": len(found) if params.rerank else None,
+        "rerank_auto": params.rerank is None,
+        "rerank_candidates": len(found) if do_rerank else None,
         "index": ctx.index.kind,
         "embedding_key": ctx.embedding_key,
         "notes": notes,

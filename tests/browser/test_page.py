@@ -59,7 +59,7 @@ def search(page: Any, files: list[str], top_k: int = 6, **options: Any) -> list[
     page.set_input_files("#sketch-files", files)
     page.fill("#top-k", str(top_k))
     if options.get("rerank"):
-        page.check("#rerank")
+        page.select_option("#rerank", "true")
     if "cameras" in options:
         page.fill("#cameras", options["cameras"])
     if "view" in options:
@@ -243,7 +243,7 @@ def test_a_past_search_reopens_as_it_was(live: Live, watched: tuple[Any, Watch])
     # The form holds the search's parameters and sketch again, ready to search again.
     assert page.input_value("#top-k") == "4"
     assert page.input_value("#cameras") == "c2"
-    assert page.is_checked("#rerank")
+    assert page.input_value("#rerank") == "true"
     assert page.input_value("#view") == "fused"
     assert "sketch + translation fused" in page.inner_text("#result-summary")
     assert page.locator("#sketch-list img").count() == 1

@@ -142,6 +142,43 @@ def test_rerank_reorders_the_candidates(
         assert distances == sorted(distances)
 
 
+def test_rerank_left_out_follows_the_searched_gallerys_size(
+    make_settings: Callable[..., Settings], bundle: Bundle, keys: Keys
+) -> None:
+    settings = make_settings(RERANK_CANDIDATES=10, RERANK_AUTO_MIN_ITEMS=10)
+    with TestClient(create_app(settings, bundle=bundle)) as client:
+        _fill(client, keys, 15)
+        auto = _search(client, keys, top_k=5)
+        asked = _search(client, keys, top_k=5, rerank="true")
+        assert auto["reranked"] is True and auto["rerank_auto"] is True
+        assert asked["rerank_auto"] is False
+        assert [r["gallery_id"] for r in auto["results"]] == [
+            r["gallery_id"] for r in asked["results"]
+        ]
+        assert [r["distance"] for r in auto["results"]] == [r["distance"] for r in asked["results"]]
+        assert any("re-ranked automatically" in n and "15 items" in n for n in auto["notes"])
+        # A camera filter leaves 5 items: below the threshold, cosine order, and a note.
+        small = _search(client, keys, top_k=5, camera_id="c1")
+        assert small["reranked"] is False and small["rerank_auto"] is True
+        assert all(r["distance"] is None for r in small["results"])
+        assert not any("re-rank" in n for n in small["notes"])
+        off = _search(client, keys, top_k=5, rerank="false")
+        assert off["reranked"] is False and off["rerank_auto"] is False
+        assert not any("re-rank" in n for n in off["notes"])
+        model = client.get("/api/v1/model", headers=keys.investigator).json()
+        assert model["rerank_auto_min_items"] == 10
+
+
+def test_automatic_reranking_can_be_turned_off() -> None:
+    from app.services.search import rerank_choice
+
+    assert rerank_choice(None, 50_000, 0) == (False, "")
+    assert rerank_choice(None, 999, 1000) == (False, "")
+    assert rerank_choice(None, 1000, 1000)[0] is True
+    assert rerank_choice(True, 3, 1000) == (True, "")
+    assert rerank_choice(False, 10**6, 1000) == (False, "")
+
+
 def test_rerank_with_one_candidate_is_skipped_with_a_note(client: TestClient, keys: Keys) -> None:
     _fill(client, keys, 1)
     body = _search(client, keys, rerank="true")

@@ -21,6 +21,8 @@ def get_model(ctx: CtxDep, _key: ReaderDep) -> dict[str, Any]:
         "translator": ctx.bundle.translator is not None,
         "query_view": ctx.bundle.view,
         "translation_weight": ctx.bundle.manifest.translation_weight,
+        "rerank_auto_min_items": ctx.settings.RERANK_AUTO_MIN_ITEMS,
+        "rerank_candidates": ctx.settings.RERANK_CANDIDATES,
         "inference": ctx.bundle.inference,
         "batching": ctx.inference.describe(),
         "index": {"type": ctx.index.index_type, "kind": ctx.index.kind, "items": len(ctx.index)},

@@ -71,7 +71,15 @@ def search(
             "/model). Overrides `translate`, which must agree when also sent"
         ),
     ] = None,
-    rerank: Annotated[bool, Form(description="k-reciprocal re-ranking")] = False,
+    rerank: Annotated[
+        bool | None,
+        Form(
+            description="k-reciprocal re-ranking of the top candidates (true / false); left "
+            "out: automatic, on when the searched gallery (after the filters) holds at least "
+            "SKETCHREID_RERANK_AUTO_MIN_ITEMS items (see `rerank_auto_min_items` in /model); "
+            "the response's `reranked` and `notes` say what ran"
+        ),
+    ] = None,
     k1: Annotated[int, Form(ge=1, le=100)] = 20,
     k2: Annotated[int, Form(ge=1, le=100, description="at most k1 (422 otherwise)")] = 6,
     lambda_value: Annotated[float, Form(ge=0.0, le=1.0)] = 0.3,

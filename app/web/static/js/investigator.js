@@ -75,7 +75,7 @@ export class Investigator {
     return {
       top_k: topK,
       view: $("view").value,
-      rerank: $("rerank").checked,
+      rerank: $("rerank").value, // "" (automatic), "true" or "false"
       camera_id: splitList($("cameras").value),
       captured_after: toIso($("after").value),
       captured_before: toIso($("before").value),
@@ -87,7 +87,8 @@ export class Investigator {
     // Searches recorded before views existed carry only the translate switch.
     const older = p.translate === false ? "sketch" : p.translate === true ? "translated" : "";
     $("view").value = p.view || older;
-    $("rerank").checked = Boolean(p.rerank);
+    // Recorded as true, false or null (left to the service, by the gallery's size).
+    $("rerank").value = p.rerank === true ? "true" : p.rerank === false ? "false" : "";
     $("cameras").value = (p.camera_id || []).join(", ");
     $("after").value = fromIso(p.captured_after);
     $("before").value = fromIso(p.captured_before);
@@ -98,7 +99,7 @@ export class Investigator {
     for (const s of sketches) form.append("sketch", s.blob, s.name);
     form.append("top_k", String(params.top_k));
     if (params.view) form.append("view", params.view);
-    form.append("rerank", String(params.rerank));
+    if (params.rerank) form.append("rerank", params.rerank);
     for (const c of params.camera_id) form.append("camera_id", c);
     if (params.captured_after) form.append("captured_after", params.captured_after);
     if (params.captured_before) form.append("captured_before", params.captured_before);

@@ -22,6 +22,7 @@ export function fromSearchOut(out) {
     translated: out.translated,
     view: out.view,
     reranked: out.reranked,
+    rerankAuto: Boolean(out.rerank_auto),
     notes: out.notes || [],
     timings: out.timings_ms || {},
     sketchUrls: out.sketch_urls || [out.sketch_url],
@@ -45,6 +46,7 @@ export function fromRecord(record, items) {
     translated: Boolean(params.translated),
     view: params.view || (params.translated ? "translated" : "sketch"),
     reranked: Boolean(params.reranked),
+    rerankAuto: Boolean(params.rerank_auto),
     notes: params.notes || [],
     timings: {},
     sketchUrls: sketches ? sketches.map((s) => s.url) : [record.sketch_url],
@@ -105,7 +107,7 @@ export class ResultView {
     $("result-empty").hidden = true;
     $("result-body").hidden = false;
     const views = { sketch: "as drawn", translated: "translated", fused: "sketch + translation fused" };
-    const flags = [views[model.view] || (model.translated ? "translated" : "as drawn"), model.reranked ? "re-ranked" : null]
+    const flags = [views[model.view] || (model.translated ? "translated" : "as drawn"), model.reranked ? (model.rerankAuto ? "re-ranked (automatic)" : "re-ranked") : null]
       .filter(Boolean).join(", ");
     const ms = Object.values(model.timings).reduce((a, b) => a + b, 0);
     $("result-summary").textContent =

@@ -146,7 +146,7 @@ def cross_validate(
         "pretrained": str(plan.pretrained_dir) if plan.pretrained_dir else None,
         "seed": plan.seed,
         "train_seconds_mean": round(sum(timings) / len(timings), 1),
-        "variants": {name: _aggregate(r) for name, r in rows.items()},
+        "variants": {name: {**mean_std(r), "splits": r} for name, r in rows.items()},
     }
     if distractors is not None:
         report["distractors"] = {
@@ -155,16 +155,6 @@ def cross_validate(
             "sizes": sorted({int(n.rpartition("@")[2]) for n in rows if "@" in n}),
         }
     return report
-
-
-def _aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
-    out = {**mean_std(results), "splits": results}
-    if all("rank100" in r for r in results):
-        values = [float(r["rank100"]) for r in results]
-        mean = sum(values) / len(values)
-        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0
-        out["rank100"] = {"mean": mean, "std": var**0.5}
-    return out
 
 
 def _train_split(

@@ -295,11 +295,6 @@ def summarize_sizes(per_split: Sequence[dict[str, Any]]) -> dict[str, Any]:
         for variant in ("plain", "rerank"):
             if all(variant in r for r in rows):
                 stats = mean_std([r[variant] for r in rows])
-                values = np.array([r[variant]["rank100"] for r in rows], dtype=np.float64)
-                stats["rank100"] = {
-                    "mean": float(values.mean()),
-                    "std": float(values.std(ddof=1)) if len(rows) > 1 else 0.0,
-                }
                 entry[variant] = {k: stats[k] for k in SIZE_METRICS}
         out[size] = entry
     return out

@@ -38,6 +38,7 @@ __all__ = [
 
 # The scalar metrics aggregated over splits by mean_std (keys of summarize()).
 SUMMARY_METRICS: tuple[str, ...] = ("rank1", "rank5", "rank10", "mAP")
+OPTIONAL_METRICS: tuple[str, ...] = ("rank100",)  # large-gallery reports (distractors)
 
 # Rows of the Q x G matrix handled at once (bounds the int64 / bool temporaries).
 _BLOCK_ELEMS = 1 << 22
@@ -232,7 +233,8 @@ def mean_std(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Aggregate :func:`summarize` dicts over splits.
 
     Returns ``{"rank1": {"mean", "std"}, "rank5": ..., "rank10": ..., "mAP": ...,
-    "cmc": {"mean": [curve], "std": [curve]}, "n_splits": n}``. ``std`` is the *sample*
+    "cmc": {"mean": [curve], "std": [curve]}, "n_splits": n}``, plus ``rank100`` when every
+    result has it (the large-gallery figures). ``std`` is the *sample*
     standard deviation (``ddof=1``) when there are two or more splits, and 0.0 for a single
     split. The CMC mean and std are taken rank by rank over the common length (the shortest
     curve) of the splits. All values are Python floats (fractions).
@@ -241,7 +243,8 @@ def mean_std(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         raise UserInputError("mean_std needs at least one result")
     out: dict[str, Any] = {}
     n = len(results)
-    for key in SUMMARY_METRICS:
+    optional = [k for k in OPTIONAL_METRICS if all(k in r for r in results)]
+    for key in (*SUMMARY_METRICS, *optional):
         try:
             values = np.array([float(r[key]) for r in results], dtype=np.float64)
         except KeyError as exc:

@@ -18,7 +18,6 @@ silently served as fp32.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -31,10 +30,9 @@ log = logging.getLogger(__name__)
 
 
 def onnx_cache_dir(settings: Settings, bundle: Bundle) -> Path:
-    m = bundle.manifest
-    sources = [e.sha256 for e in m.members] + ([m.translator.sha256] if m.translator else [])
-    digest = hashlib.sha256(" ".join(sources).encode()).hexdigest()[:16]
-    return settings.onnx_dir / digest
+    from app.ml.bundle.onnx_files import onnx_digest
+
+    return settings.onnx_dir / onnx_digest(bundle)
 
 
 def int8_cache_dir(settings: Settings, bundle: Bundle) -> Path:

@@ -11,6 +11,7 @@ images) on which every load re-measures them against the PyTorch weights.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -86,6 +87,14 @@ class OnnxManifest(BaseModel):
     parity: dict[str, float]
     precision: OnnxPrecision = "fp32"
     quantization: OnnxQuantization | None = None
+
+
+def onnx_digest(bundle: Bundle) -> str:
+    """16 hex digits naming the weights (members and translator) that exports come from: the
+    name of a cache folder of ONNX files."""
+    m = bundle.manifest
+    sources = [e.sha256 for e in m.members] + ([m.translator.sha256] if m.translator else [])
+    return hashlib.sha256(" ".join(sources).encode()).hexdigest()[:16]
 
 
 def _record_json(record: OnnxManifest) -> str:

@@ -102,13 +102,13 @@ def load_model(settings: Settings) -> Bundle:
     """Load and verify ``MODEL_DIR`` and run it as ``BACKEND`` / ``PRECISION`` say."""
     from app.ml.bundle.onnx_runtime import onnxruntime_available
 
-    int8 = settings.PRECISION == "int8"
+    precision = settings.PRECISION
     bundle = load_bundle(
         settings.MODEL_DIR,
         device=settings.MODEL_DEVICE,
-        precision="fp32" if int8 else settings.PRECISION,
+        precision="fp32" if precision == "int8" else precision,  # int8: PyTorch is the reference
     )
-    if int8:
+    if precision == "int8":
         if not onnxruntime_available():
             raise SketchReidError(
                 "PRECISION=int8 needs onnx and onnxruntime: pip install 'sketch-reid[onnx]'"

@@ -169,8 +169,7 @@ def quantize_onnx(
     if reduce_range is None:
         reduce_range = not cpu_has_vnni()
     images = CalibrationImages(bundle, photos, sketches)
-    reference, _ = load_sessions(src, fp32, bundle)
-    batches = list(images.network_inputs(reference))
+    batches = list(images.network_inputs(bundle.embedder))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

@@ -19,13 +19,14 @@ from app.cli.common import (
 from app.cli.train_cmd import add_member_options, add_run_options, plan_from_args
 from app.errors import UserInputError
 from app.ml.bundle.store import Bundle, load_bundle
+from app.ml.data.calibration import DEFAULT_CALIBRATION_IMAGES
 from app.ml.data.pku import PKUSketchDataset
 from app.ml.data.splits import Split
 from app.ml.evaluation.crossval import cross_validate
 from app.ml.evaluation.distractors import DistractorOptions
 from app.ml.evaluation.evaluate import Extras, RerankParams, evaluate_runs, heldout_split
 from app.ml.evaluation.plots import plot_cmc
-from app.ml.infer.precision import PRECISIONS
+from app.ml.infer.precision import SERVING_PRECISIONS
 from app.ml.infer.query_views import QUERY_VIEWS
 from app.ml.retrieval.feedback import FeedbackWeights
 
@@ -60,10 +61,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     ev.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=SERVING_PRECISIONS,
         default="fp32",
         help="inference precision (default fp32; bf16 = autocast, auto = bf16 where the "
-        "hardware has it)",
+        "hardware has it; int8 = ONNX Runtime's statically quantised graphs, as "
+        "SKETCHREID_PRECISION=int8 serves them, made into --int8-cache when needed). int8 "
+        "calibration never uses the test identities: each bundle is calibrated on the photos "
+        "and sketches of its own training identities in --data-root (manifest "
+        "training.train_pids) less every identity it is tested on, or, when the manifest "
+        "records none, on synthetic people",
+    )
+    ev.add_argument(
+        "--int8-cache",
+        type=Path,
+        default=Path("runs/int8-cache"),
+        metavar="DIR",
+        help="where --precision int8 keeps each bundle's int8 graphs (default runs/int8-cache)",
+    )
+    ev.add_argument(
+        "--int8-images",
+        type=positive_int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        metavar="N",
+        help=f"int8 calibration: at most N photos and N sketches (default "
+        f"{DEFAULT_CALIBRATION_IMAGES})",
     )
     ev.add_argument(
         "--feedback",
@@ -289,16 +310,34 @@ def _fmt(report: dict[str, Any]) -> str:
     return ", ".join(f(k) for k in ("rank1", "rank5", "rank10", "mAP"))
 
 
-def _runs(args: argparse.Namespace, dataset: PKUSketchDataset) -> list[tuple[Bundle, Split]]:
-    bundles = [load_bundle(path, precision=args.precision) for path in args.model]
+def _runs(
+    args: argparse.Namespace, dataset: PKUSketchDataset
+) -> tuple[list[tuple[Bundle, Split]], dict[str, str]]:
+    """The (bundle, split) pairs to evaluate and, with int8, each bundle's calibration."""
+    int8 = args.precision == "int8"
+    bundles = [
+        load_bundle(path, precision="fp32" if int8 else args.precision) for path in args.model
+    ]
     if args.test_ids == "heldout":
-        return [(bundle, heldout_split(bundle, dataset)) for bundle in bundles]
-    if len(bundles) > 1:
+        runs = [(bundle, heldout_split(bundle, dataset)) for bundle in bundles]
+    elif len(bundles) > 1:
         raise UserInputError(
             "several --model folders are evaluated on their own held-out identities only: "
             "add --test-ids heldout"
         )
-    return [(bundles[0], split) for split in resolve_splits(args, dataset)]
+    else:
+        runs = [(bundles[0], split) for split in resolve_splits(args, dataset)]
+    if not int8:
+        return runs, {}
+    from app.ml.bundle.onnx_runtime import onnxruntime_available
+    from app.ml.evaluation.quantized import int8_runs
+
+    if not onnxruntime_available():
+        raise UserInputError("--precision int8 needs onnx and onnxruntime: pip install '.[onnx]'")
+    runs, sources = int8_runs(runs, dataset, args.int8_cache, args.int8_images)
+    for path, source in sources.items():
+        print(f"int8 graphs of {path} calibrated on {source}", file=sys.stderr)
+    return runs, sources
 
 
 def _print_sizes(d: dict[str, Any]) -> None:
@@ -324,7 +363,7 @@ def _print_feedback(feedback: dict[str, Any]) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data_root)
-    runs = _runs(args, dataset)
+    runs, calibration = _runs(args, dataset)
     if args.view is None and not args.no_translate and any(b.translator is None for b, _ in runs):
         print(
             "note: the bundle has no translator; evaluating untranslated sketches", file=sys.stderr
@@ -344,6 +383,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         distractors=_distractors(args),
     )
     report["command"] = command_line(args)
+    if calibration:
+        report["int8_calibration"] = calibration
     overlap = sum(s["train_test_overlap"] for s in report["splits"])
     if overlap:
         print(

@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.errors import SketchReidError
-from app.ml.infer.precision import Precision
+from app.ml.infer.precision import ServingPrecision
 
 IndexType = Literal["auto", "flat", "hnsw", "ivf"]
 InferenceBackend = Literal["torch", "onnx", "auto"]
@@ -33,13 +33,22 @@ class Settings(BaseSettings):
     MODEL_DIR: Path = Path("model_store/default")
     MODEL_DEVICE: str = "cpu"
     # Inference precision (app.ml.infer.precision): fp32; bf16 autocast; auto = bf16 where the
-    # CPU or GPU has bf16 units. fp32 by default: bf16 changes top-10 lists on the shipped
-    # model (docs/results.md, "Inference speed").
-    PRECISION: Precision = "fp32"
-    # What runs the networks: torch; onnx (ONNX Runtime, CPU, fp32: exported once into
+    # CPU or GPU has bf16 units; int8 = ONNX Runtime's statically quantised member graphs
+    # (app.ml.bundle.onnx_quantize; built into DATA_DIR/onnx/<digest>-int8 at start when absent,
+    # the translator stays fp32; needs BACKEND onnx or auto and the CPU). fp32 by default: bf16
+    # changes top-10 lists on the shipped model (docs/results.md, "Inference speed").
+    PRECISION: ServingPrecision = "fp32"
+    # What runs the networks: torch; onnx (ONNX Runtime, CPU, fp32 or int8: exported once into
     # DATA_DIR/onnx and checked against the bundle at every start); auto = onnx when
-    # onnxruntime is installed, the device is the CPU and the precision fp32, else torch.
+    # onnxruntime is installed, the device is the CPU and the precision fp32 (or int8), else
+    # torch.
     BACKEND: InferenceBackend = "auto"
+    # PRECISION=int8: the PKU-Sketch-layout folder whose photos and sketches calibrate the
+    # int8 graphs (identities the model will not be judged on); empty: synthetic people from
+    # the generator. At most INT8_CALIBRATION_IMAGES photos and as many sketches. Used only
+    # when the int8 folder is (re)built: delete DATA_DIR/onnx/<digest>-int8 to recalibrate.
+    INT8_CALIBRATION_DIR: Path | None = None
+    INT8_CALIBRATION_IMAGES: int = Field(default=64, ge=1, le=100_000)
 
     MAX_UPLOAD_MB: float = Field(default=20.0, gt=0, le=1024)
     MAX_IMAGE_PIXELS: int = Field(default=40_000_000, gt=0)
@@ -101,9 +110,21 @@ class Settings(BaseSettings):
         if not self.DATABASE_URL:
             self.DATABASE_URL = f"sqlite:///{self.DATA_DIR / 'sketchreid.db'}"
         if self.BACKEND == "onnx" and self.PRECISION == "bf16":
-            raise ValueError("BACKEND=onnx runs in fp32; use BACKEND=torch for PRECISION=bf16")
+            raise ValueError(
+                "BACKEND=onnx runs in fp32 or int8; use BACKEND=torch for PRECISION=bf16"
+            )
         if self.BACKEND == "onnx" and not self.MODEL_DEVICE.startswith("cpu"):
             raise ValueError(f"BACKEND=onnx runs on the CPU, not MODEL_DEVICE={self.MODEL_DEVICE}")
+        if self.PRECISION == "int8" and self.BACKEND == "torch":
+            raise ValueError(
+                "PRECISION=int8 runs ONNX Runtime's quantised graphs, which BACKEND=torch does "
+                "not: set BACKEND=onnx (or auto), or choose PRECISION fp32, bf16 or auto"
+            )
+        if self.PRECISION == "int8" and not self.MODEL_DEVICE.startswith("cpu"):
+            raise ValueError(
+                "PRECISION=int8 runs on the CPU (ONNX Runtime), "
+                f"not MODEL_DEVICE={self.MODEL_DEVICE}"
+            )
         if self.ENV == "production":
             problems = []
             if self.DATABASE_URL.startswith("sqlite"):

@@ -7,27 +7,37 @@ match its own sha256 and the outputs must match the PyTorch networks on a probe 
 (:func:`app.ml.bundle.onnx_runtime.with_onnx`). The bundle's weights themselves are verified by
 :func:`app.ml.bundle.store.load_bundle` first, so every check ends at the manifest. A missing,
 stale or altered export is made again from the verified weights.
+
+``PRECISION=int8`` serves the int8 graphs of ``DATA_DIR/onnx/<digest>-int8``
+(:mod:`app.ml.bundle.onnx_quantize`), quantised from that fp32 export and calibrated on
+``INT8_CALIBRATION_DIR`` (or synthetic people) when the folder is absent, stale or altered,
+and checked at every start by :func:`~app.ml.bundle.onnx_runtime.with_onnx` (QDQ graphs, cosine
+to PyTorch fp32 on its probe). A failure there stops the start: int8 asked for is never
+silently served as fp32.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
 
 from app.core.config import Settings
-from app.errors import BundleError
+from app.errors import BundleError, SketchReidError
 from app.ml.bundle.store import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
 
 
 def onnx_cache_dir(settings: Settings, bundle: Bundle) -> Path:
-    m = bundle.manifest
-    sources = [e.sha256 for e in m.members] + ([m.translator.sha256] if m.translator else [])
-    digest = hashlib.sha256(" ".join(sources).encode()).hexdigest()[:16]
-    return settings.onnx_dir / digest
+    from app.ml.bundle.onnx_files import onnx_digest
+
+    return settings.onnx_dir / onnx_digest(bundle)
+
+
+def int8_cache_dir(settings: Settings, bundle: Bundle) -> Path:
+    folder = onnx_cache_dir(settings, bundle)
+    return folder.with_name(f"{folder.name}-int8")
 
 
 def _onnx_bundle(settings: Settings, bundle: Bundle) -> Bundle:
@@ -37,7 +47,7 @@ def _onnx_bundle(settings: Settings, bundle: Bundle) -> Bundle:
     folder = onnx_cache_dir(settings, bundle)
     if folder.exists():
         try:
-            return with_onnx(bundle, folder)
+            return with_onnx(bundle, folder, "fp32")
         except BundleError as exc:
             log.warning("exporting the model to ONNX again: %s", exc)
     start = time.perf_counter()
@@ -48,16 +58,62 @@ def _onnx_bundle(settings: Settings, bundle: Bundle) -> Bundle:
         folder,
         record.parity,
     )
-    return with_onnx(bundle, folder)
+    return with_onnx(bundle, folder, "fp32")
+
+
+def _int8_bundle(settings: Settings, bundle: Bundle) -> Bundle:
+    from app.ml.bundle.onnx_quantize import quantize_onnx
+    from app.ml.bundle.onnx_runtime import with_onnx
+    from app.ml.data.calibration import folder_calibration, synthetic_calibration
+
+    folder = int8_cache_dir(settings, bundle)
+    if folder.exists():
+        try:
+            return with_onnx(bundle, folder, "int8")
+        except BundleError as exc:
+            log.warning("quantising the model to int8 again: %s", exc)
+    _onnx_bundle(settings, bundle)  # a verified fp32 export to quantise
+    n = settings.INT8_CALIBRATION_IMAGES
+    if settings.INT8_CALIBRATION_DIR is not None:
+        images = folder_calibration(settings.INT8_CALIBRATION_DIR, n)
+    else:
+        images = synthetic_calibration(n)
+    start = time.perf_counter()
+    record = quantize_onnx(
+        bundle,
+        onnx_cache_dir(settings, bundle),
+        folder,
+        images.photos,
+        images.sketches,
+        source=images.source,
+        overwrite=True,
+    )
+    log.info(
+        "quantised the model to int8 in %.1f s into %s, calibrated on %s (parity %s)",
+        time.perf_counter() - start,
+        folder,
+        images.source,
+        record.parity,
+    )
+    return with_onnx(bundle, folder, "int8")
 
 
 def load_model(settings: Settings) -> Bundle:
     """Load and verify ``MODEL_DIR`` and run it as ``BACKEND`` / ``PRECISION`` say."""
     from app.ml.bundle.onnx_runtime import onnxruntime_available
 
+    precision = settings.PRECISION
     bundle = load_bundle(
-        settings.MODEL_DIR, device=settings.MODEL_DEVICE, precision=settings.PRECISION
+        settings.MODEL_DIR,
+        device=settings.MODEL_DEVICE,
+        precision="fp32" if precision == "int8" else precision,  # int8: PyTorch is the reference
     )
+    if precision == "int8":
+        if not onnxruntime_available():
+            raise SketchReidError(
+                "PRECISION=int8 needs onnx and onnxruntime: pip install 'sketch-reid[onnx]'"
+            )
+        return _int8_bundle(settings, bundle)
     if settings.BACKEND == "torch":
         return bundle
     if settings.BACKEND == "onnx":

@@ -1,6 +1,7 @@
 """The served backend (SKETCHREID_BACKEND) and precision (SKETCHREID_PRECISION): ONNX
 exported once into DATA_DIR/onnx, checked against the bundle at every start, re-made when
-altered; auto picks ONNX Runtime for fp32 on the CPU."""
+altered; auto picks ONNX Runtime for fp32 on the CPU; int8 quantised once into
+DATA_DIR/onnx/<digest>-int8, calibrated on synthetic people or a configured folder."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.api.main import create_app
-from app.core.config import Settings
-from app.ml.bundle.onnx_files import ONNX_MANIFEST
+from app.core.config import Settings, load_settings
+from app.errors import SketchReidError
+from app.ml.bundle.onnx_files import ONNX_MANIFEST, read_onnx_manifest
+from app.ml.bundle.onnx_int8 import INT8_MIN_COSINE, INT8_MIN_DIFFERENCE
 from app.ml.bundle.onnx_runtime import OnnxEmbedder
-from app.ml.bundle.store import Bundle
-from app.services.model import load_model, onnx_cache_dir
+from app.ml.bundle.store import Bundle, load_bundle
+from app.ml.data.synth import generate_synthetic
+from app.services.model import int8_cache_dir, load_model, onnx_cache_dir
 
 from .conftest import create_keys
 from .helpers import sketch_png
@@ -86,3 +90,79 @@ def test_the_model_route_says_how_it_runs_and_search_works(
             headers=keys.investigator,
         )
         assert r.status_code == 200, r.text
+
+
+def test_int8_is_built_once_calibrated_and_serves_a_search(
+    make_settings: Callable[..., Settings], random_bundle_dir: Path
+) -> None:
+    """On tests/conftest.py's random bundle: the service's tiny bundle centres its embeddings
+    by a bias that cancels the mean feature, and int8 (lowest cosine ~0.977 to fp32) is
+    rightly refused for it."""
+    settings = make_settings(
+        MODEL_DIR=random_bundle_dir, BACKEND="onnx", PRECISION="int8", INT8_CALIBRATION_IMAGES=6
+    )
+    served = load_model(settings)
+    assert served.inference == {"backend": "onnx", "precision": "int8"}
+    folder = int8_cache_dir(settings, served)
+    assert folder.name == onnx_cache_dir(settings, served).name + "-int8"
+    record = read_onnx_manifest(folder)
+    assert record.precision == "int8" and record.quantization is not None
+    assert record.quantization.calibration.source.startswith("synthetic generator, 6 people")
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    keys = create_keys(settings)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        model = client.get("/api/v1/model", headers=keys.investigator)
+        assert model.json()["inference"] == {"backend": "onnx", "precision": "int8"}
+        r = client.post(
+            "/api/v1/search",
+            files={"sketch": ("s.png", sketch_png(0), "image/png")},
+            data={"top_k": "5"},
+            headers=keys.investigator,
+        )
+        assert r.status_code == 200, r.text
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps  # reused
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (64, 32, 3), np.uint8)) for _ in range(4)]
+    have = served.embedder.embed(images)
+    want = load_bundle(random_bundle_dir).embedder.embed(images)
+    assert float((have * want).sum(1).min()) >= INT8_MIN_COSINE
+    assert float(np.abs(have - want).max()) > INT8_MIN_DIFFERENCE
+
+
+def test_int8_calibrates_on_the_configured_folder_and_refuses_a_bad_one(
+    make_settings: Callable[..., Settings], tmp_path: Path, random_bundle_dir: Path
+) -> None:
+    root = tmp_path / "calibration"
+    generate_synthetic(root, 4, seed=9)
+    settings = make_settings(
+        MODEL_DIR=random_bundle_dir,
+        BACKEND="auto",
+        PRECISION="int8",
+        INT8_CALIBRATION_DIR=root,
+        INT8_CALIBRATION_IMAGES=3,
+    )
+    served = load_model(settings)
+    record = read_onnx_manifest(int8_cache_dir(settings, served))
+    assert record.quantization is not None
+    assert record.quantization.calibration.source.startswith(str(root))
+    assert (record.quantization.calibration.photos, record.quantization.calibration.sketches) == (
+        3,
+        3,
+    )
+    (root / "photo").rename(tmp_path / "elsewhere")
+    fresh = make_settings(
+        MODEL_DIR=random_bundle_dir,
+        DATA_DIR=tmp_path / "fresh",
+        BACKEND="onnx",
+        PRECISION="int8",
+        INT8_CALIBRATION_DIR=root,
+    )
+    with pytest.raises(SketchReidError, match="no photo/ folder"):
+        load_model(fresh)
+
+
+def test_int8_with_the_torch_backend_is_refused_with_a_reason() -> None:
+    with pytest.raises(SketchReidError, match="PRECISION=int8 runs ONNX Runtime's quantised"):
+        load_settings(BACKEND="torch", PRECISION="int8")
+    with pytest.raises(SketchReidError, match="PRECISION=int8 runs on the CPU"):
+        load_settings(BACKEND="auto", PRECISION="int8", MODEL_DEVICE="cuda")

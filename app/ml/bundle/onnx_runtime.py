@@ -3,12 +3,15 @@
 :class:`OnnxEmbedder` and :class:`OnnxTranslator` subclass the shared
 :class:`app.ml.infer.embedder.BaseEmbedder` / :class:`~app.ml.infer.embedder.BaseTranslator`, so
 preprocessing, flip test-time augmentation, normalisation and batching are the same code;
-only the networks run in ONNX Runtime (CPU, fp32, as many threads as PyTorch uses).
+only the networks run in ONNX Runtime (CPU, fp32 or int8 graphs, as many threads as PyTorch
+uses).
 
 :func:`with_onnx` is the way in: it verifies an export folder against the bundle
 (:func:`app.ml.bundle.onnx_files.verify_onnx_dir`: source weights and sha256 of each file) and
 then checks parity against the bundle's PyTorch networks on a fixed probe batch, so what is
-served computes the same function as the verified weights.
+served computes the same function as the verified weights. An int8 folder
+(:mod:`app.ml.bundle.onnx_quantize`) cannot meet fp32 parity; it is held to the int8 checks of
+:mod:`app.ml.bundle.onnx_int8` instead (quantised graphs, cosine to fp32 on its probe).
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import numpy as np
 import torch
 
 from app.errors import BundleError, SketchReidError
-from app.ml.bundle.onnx_files import OnnxManifest, verify_onnx_dir
-from app.ml.bundle.store import Bundle
+from app.ml.bundle.onnx_files import PROBE_FILE, OnnxManifest, OnnxPrecision, verify_onnx_dir
+from app.ml.bundle.onnx_int8 import check_int8_parity, check_quantized_graph
+from app.ml.bundle.store import Bundle, manifest_embedder
 from app.ml.infer.embedder import Backend, BaseEmbedder, BaseTranslator, Embedder, Translator
+from app.ml.infer.precision import RunPrecision
 
 # Parity bounds, PyTorch fp32 vs ONNX Runtime: combined unit-length embeddings (measured
 # ~1e-6 on the shipped ResNet-56) and generator outputs in [-1, 1] (1e-3 is 0.13 of a level).
@@ -64,7 +69,6 @@ class OnnxEmbedder(BaseEmbedder):
     """:class:`BaseEmbedder` running each member's ONNX graph (one session per member)."""
 
     backend: Backend = "onnx"
-    precision: Literal["bf16", "fp32"] = "fp32"
 
     def __init__(
         self,
@@ -76,6 +80,7 @@ class OnnxEmbedder(BaseEmbedder):
         *,
         sketch_grey: bool = True,
         tta_flip: bool = True,
+        precision: RunPrecision = "fp32",
     ) -> None:
         if not sessions or len(sessions) != len(member_dims):
             raise ValueError("OnnxEmbedder needs one session and one dimension per member")
@@ -87,6 +92,7 @@ class OnnxEmbedder(BaseEmbedder):
             tta_flip=tta_flip,
             device=torch.device("cpu"),
         )
+        self.precision = precision
         self.sessions = sessions
         self.member_dims = list(member_dims)
         self.dim = sum(self.member_dims)
@@ -112,7 +118,8 @@ class OnnxTranslator(BaseTranslator):
 def load_sessions(
     onnx_dir: Path, record: OnnxManifest, bundle: Bundle
 ) -> tuple[OnnxEmbedder, OnnxTranslator | None]:
-    """ONNX Runtime embedder and translator for the files ``record`` lists (no checks)."""
+    """ONNX Runtime embedder and translator for the files ``record`` lists (no checks); the
+    embedder's precision is the record's."""
     m = bundle.manifest
     embedder = OnnxEmbedder(
         [_session(onnx_dir / member.file) for member in record.members],
@@ -122,6 +129,7 @@ def load_sessions(
         m.std,
         sketch_grey=m.sketch_grey,
         tta_flip=m.tta_flip,
+        precision=record.precision,
     )
     translator = None
     if record.translator is not None and m.translator is not None:
@@ -139,52 +147,82 @@ def _probe(size: tuple[int, int]) -> torch.Tensor:
     return torch.cat([noise, smooth])
 
 
+def _reference(bundle: Bundle) -> Embedder:
+    """The bundle's PyTorch networks on the CPU in fp32: what every ONNX file answers to."""
+    return manifest_embedder(bundle.manifest, bundle.members, "cpu", "fp32")
+
+
+def check_translator_parity(bundle: Bundle, translator: OnnxTranslator) -> dict[str, float]:
+    """Max abs difference between the ONNX translator and the bundle's PyTorch generator on
+    the probe batch; raises :class:`BundleError` beyond :data:`TRANSLATOR_ATOL`."""
+    m = bundle.manifest
+    if bundle.generator is None or m.translator is None:
+        return {}
+    size = m.translator.spec.input_size
+    x = _probe(size).float().div(127.5).sub(1.0)
+    torch_out = Translator(bundle.generator, size, device="cpu").generate(x)
+    tdiff = float((translator.generate(x) - torch_out).abs().max())
+    if tdiff > TRANSLATOR_ATOL:
+        raise BundleError(
+            f"ONNX translator output differs from PyTorch by {tdiff:.2e} (> {TRANSLATOR_ATOL:.0e})"
+        )
+    return {"translator_max_abs": tdiff}
+
+
 def check_parity(
     bundle: Bundle, embedder: OnnxEmbedder, translator: OnnxTranslator | None
 ) -> dict[str, float]:
-    """Max abs differences between ONNX Runtime and the bundle's PyTorch fp32 networks on
-    the probe batch; raises :class:`BundleError` beyond :data:`EMBEDDING_ATOL` /
+    """Max abs differences between ONNX Runtime (fp32) and the bundle's PyTorch fp32
+    networks on the probe batch; raises :class:`BundleError` beyond :data:`EMBEDDING_ATOL` /
     :data:`TRANSLATOR_ATOL`."""
-    m = bundle.manifest
-    reference = Embedder(
-        bundle.members,
-        m.input_size,
-        m.mean,
-        m.std,
-        sketch_grey=m.sketch_grey,
-        tta_flip=m.tta_flip,
-        device="cpu",
-        precision="fp32",
-    )
-    probe = _probe(m.input_size)
-    diff = float((embedder.embed_tensor(probe) - reference.embed_tensor(probe)).abs().max())
+    probe = _probe(bundle.manifest.input_size)
+    want = _reference(bundle).embed_tensor(probe)
+    diff = float((embedder.embed_tensor(probe) - want).abs().max())
     result = {"embedding_max_abs": diff}
     if diff > EMBEDDING_ATOL:
         raise BundleError(
             f"ONNX embeddings differ from PyTorch by {diff:.2e} (> {EMBEDDING_ATOL:.0e})"
         )
-    if translator is not None and bundle.generator is not None and m.translator is not None:
-        size = m.translator.spec.input_size
-        x = _probe(size).float().div(127.5).sub(1.0)
-        torch_out = Translator(bundle.generator, size, device="cpu").generate(x)
-        tdiff = float((translator.generate(x) - torch_out).abs().max())
-        result["translator_max_abs"] = tdiff
-        if tdiff > TRANSLATOR_ATOL:
-            raise BundleError(
-                f"ONNX translator output differs from PyTorch by {tdiff:.2e} "
-                f"(> {TRANSLATOR_ATOL:.0e})"
-            )
+    if translator is not None:
+        result.update(check_translator_parity(bundle, translator))
     return result
 
 
-def with_onnx(bundle: Bundle, onnx_dir: str | Path) -> Bundle:
+def check_int8(
+    bundle: Bundle, folder: Path, record: OnnxManifest, embedder: OnnxEmbedder
+) -> dict[str, float]:
+    """The int8 checks of :mod:`app.ml.bundle.onnx_int8` on a verified int8 folder: every
+    member graph quantised, the folder's probe within the int8 bounds of PyTorch fp32."""
+    for member in record.members:
+        check_quantized_graph(folder / member.file)
+    try:
+        probe = torch.from_numpy(np.load(folder / PROBE_FILE, allow_pickle=False))
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{folder / PROBE_FILE}: unreadable ({exc})") from exc
+    size = bundle.manifest.input_size
+    if probe.dtype != torch.uint8 or probe.dim() != 4 or tuple(probe.shape[1:]) != (3, *size):
+        raise BundleError(f"{folder / PROBE_FILE}: not uint8 [N,3,{size[0]},{size[1]}] images")
+    return check_int8_parity(bundle, embedder, probe)
+
+
+def with_onnx(
+    bundle: Bundle, onnx_dir: str | Path, precision: OnnxPrecision | None = None
+) -> Bundle:
     """``bundle`` with its embedder and translator run by ONNX Runtime from ``onnx_dir``,
-    after checking the files against the bundle and parity against its PyTorch networks."""
+    after checking the files against the bundle and the outputs against its PyTorch
+    networks: fp32 folders to :data:`EMBEDDING_ATOL`, int8 folders (``precision`` in their
+    record, ``inference`` then says int8) by :func:`check_int8`. ``precision`` given: the
+    folder must hold that precision."""
 
     folder = Path(onnx_dir)
-    record = verify_onnx_dir(folder, bundle)
+    record = verify_onnx_dir(folder, bundle, precision)
     embedder, translator = load_sessions(folder, record, bundle)
-    check_parity(bundle, embedder, translator)
+    if record.precision == "int8":
+        check_int8(bundle, folder, record, embedder)
+        if translator is not None:
+            check_translator_parity(bundle, translator)
+    else:
+        check_parity(bundle, embedder, translator)
     if bundle.translator is not None and translator is None:
         raise BundleError(f"{folder}: the bundle has a translator but the export does not")
     return Bundle(

@@ -544,7 +544,10 @@ def combine_bundles(bundles: Sequence[Bundle], device: str | torch.device = "cpu
             ),
         }
     )
-    embedder = manifest_embedder(first, members, device, bundles[0].embedder.precision)
+    precision = bundles[0].embedder.precision  # int8 graphs are per bundle: combine in fp32
+    embedder = manifest_embedder(
+        first, members, device, "fp32" if precision == "int8" else precision
+    )
     return Bundle(bundles[0].path, manifest, members, embedder, translator, generator)
 
 

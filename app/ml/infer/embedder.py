@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from app.ml.infer.precision import Precision, autocast_dtype
+from app.ml.infer.precision import Precision, RunPrecision, autocast_dtype
 from app.ml.models.cyclegan import from_gan_output, to_gan_input
 from app.ml.transforms import DEFAULT_MEAN, DEFAULT_STD, image_to_uint8, normalize, to_uint8_batch
 
@@ -120,7 +120,7 @@ class BaseEmbedder(ABC):
     """
 
     backend: Backend
-    precision: Literal["bf16", "fp32"]
+    precision: RunPrecision
 
     def __init__(
         self,
@@ -146,11 +146,18 @@ class BaseEmbedder(ABC):
     def _raw_members(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Normalised float32 ``[M, 3, H, W]`` -> one raw ``[M, d_i]`` embedding per member."""
 
-    def _forward(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+    def network_input(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        """What the member networks receive for uint8 ``[N, 3, H, W]`` images: normalised
+        float32, followed by the N mirror images when flip TTA is on (``[2N, 3, H, W]``).
+        Int8 calibration (:mod:`app.ml.bundle.onnx_quantize`) feeds exactly this."""
         x = normalize(batch_uint8.to(self.device), self.mean, self.std)
-        n = x.shape[0]
         if self.tta_flip:
             x = torch.cat([x, torch.flip(x, dims=[3])], 0)
+        return x
+
+    def _forward(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        n = batch_uint8.shape[0]
+        x = self.network_input(batch_uint8)
         with self._lock:
             raw = self._raw_members(x)
         parts = []

@@ -1,0 +1,92 @@
+"""What an int8 ONNX folder must show before it serves: quantised graphs and embeddings close
+to the bundle's PyTorch fp32 ones, but not identical to them.
+
+int8 cannot meet the fp32 export's parity bound (``EMBEDDING_ATOL``, 1e-4), so an int8 folder
+is held to three checks instead, at quantisation and at every load:
+
+* :func:`check_quantized_graph`: every convolution and fully connected layer of each member
+  reads int8 weights through ``DequantizeLinear`` and a quantised activation, so a folder of
+  fp32 graphs (a copy, or a quantiser that silently did nothing) is refused;
+* :func:`check_int8_parity` on the folder's probe (``probe.npy``: preprocessed calibration
+  photos, grey sketches and translations as uint8): the lowest cosine between an image's int8
+  and PyTorch fp32 embeddings must reach :data:`INT8_MIN_COSINE` (wrong preprocessing at
+  calibration, or graphs of other weights, make it collapse), and the largest difference must
+  exceed :data:`INT8_MIN_DIFFERENCE` (fp32 arithmetic behind an int8 label would not).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from app.errors import BundleError
+from app.ml.bundle.store import Bundle, manifest_embedder
+from app.ml.infer.embedder import BaseEmbedder
+
+INT8_MIN_COSINE = 0.98
+"""Lowest cosine allowed between an image's int8 and fp32 embeddings on the probe. Measured
+(per-channel QInt8 weights, QUInt8 activations, MinMax calibration on 12 synthetic people):
+on the random-weight 32x16 bundle of tests/test_onnx_int8.py 0.9960 on the probe and 0.9942
+at worst on 50 unseen people's photos and sketches; on the 64x32 two-member bundle of
+tests/test_onnx.py 0.9997 and 0.9996. The same graphs calibrated on inputs without the
+mean/std normalisation reach only -0.22 and 0.94: 0.98 lies between."""
+INT8_MIN_DIFFERENCE = 1e-4
+"""int8 embeddings must differ from fp32 by more than the fp32 export's parity bound."""
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+_INT8 = 3  # onnx.TensorProto.INT8
+
+
+def check_quantized_graph(path: Path) -> int:
+    """Raise :class:`BundleError` unless every Conv/Gemm/MatMul of the graph in ``path``
+    takes a dequantised activation and dequantised int8 weights; returns how many it has."""
+    try:
+        import onnx
+    except ImportError as exc:  # pragma: no cover - the onnx extra installs both
+        raise BundleError("int8 ONNX checks need onnx: pip install 'sketch-reid[onnx]'") from exc
+    graph = onnx.load(str(path)).graph
+    int8_weights = {t.name for t in graph.initializer if t.data_type == _INT8}
+    dequantised = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    weighted = [n for n in graph.node if n.op_type in WEIGHTED_OPS]
+    plain = [
+        n.name or n.op_type
+        for n in weighted
+        if len(n.input) < 2
+        or n.input[0] not in dequantised
+        or dequantised.get(n.input[1]) not in int8_weights
+    ]
+    if not weighted or plain:
+        raise BundleError(
+            f"{path}: not an int8 graph ({len(plain)} of {len(weighted)} convolution/linear "
+            f"layers run in float, e.g. {plain[:3]}); quantise it with `sketchreid model quantize`"
+        )
+    return len(weighted)
+
+
+def cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine of two batches of embeddings."""
+    return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=1)
+
+
+def check_int8_parity(
+    bundle: Bundle, embedder: BaseEmbedder, probe: torch.Tensor
+) -> dict[str, float]:
+    """Lowest cosine and largest difference between ``embedder`` (int8) and the bundle's
+    PyTorch fp32 embeddings of the uint8 ``probe``; raises :class:`BundleError` below
+    :data:`INT8_MIN_COSINE` or at most :data:`INT8_MIN_DIFFERENCE`."""
+    reference = manifest_embedder(bundle.manifest, bundle.members, "cpu", "fp32")
+    want = reference.embed_tensor(probe)
+    have = embedder.embed_tensor(probe)
+    low = float(cosines(have, want).min())
+    diff = float((have - want).abs().max())
+    if low < INT8_MIN_COSINE:
+        raise BundleError(
+            f"int8 embeddings are too far from PyTorch fp32: lowest cosine {low:.4f} on "
+            f"{len(probe)} probe images (< {INT8_MIN_COSINE}); calibrate again"
+        )
+    if diff <= INT8_MIN_DIFFERENCE:
+        raise BundleError(
+            f"int8 embeddings equal PyTorch fp32 (largest difference {diff:.1e}): the graphs "
+            "do not run in int8"
+        )
+    return {"embedding_min_cosine": low, "embedding_max_abs": diff}

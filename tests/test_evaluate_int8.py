@@ -1,0 +1,62 @@
+"""`sketchreid evaluate --precision int8`: the evaluation runs ONNX Runtime's int8 graphs,
+calibrated never on the identities it tests (the bundle's training identities less those, else
+synthetic people), cached and reused.
+
+A random-weight bundle (tests/conftest.py) on the session's 12-identity synthetic set."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from app.cli.main import main
+from app.ml.bundle.onnx_files import read_onnx_manifest
+from app.ml.bundle.store import load_bundle, resave
+
+
+def _evaluate(root: Path, model: Path, out: Path, *extra: str) -> dict[str, Any]:
+    argv = ["evaluate", "--data-root", str(root), "--model", str(model), "--no-translate"]
+    assert main([*argv, *extra, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert isinstance(report, dict)
+    return report
+
+
+def _pids_digest(pids: list[int]) -> str:
+    return hashlib.sha256(" ".join(map(str, pids)).encode()).hexdigest()[:12]
+
+
+def test_int8_is_calibrated_on_training_identities_and_the_cache_reused(
+    random_bundle_dir: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "a"
+    resave(load_bundle(random_bundle_dir), model, training={"train_pids": list(range(1, 9))})
+    cache = tmp_path / "cache"
+    int8 = ("--precision", "int8", "--int8-cache", str(cache), "--int8-images", "4")
+    report = _evaluate(synth_root, model, tmp_path / "r.json", "--test-ids", "heldout", *int8)
+    assert report["inference"] == {"backend": "onnx", "precision": "int8"}
+    assert report["splits"][0]["test_pids"] == [9, 10, 11, 12]
+    source = report["int8_calibration"][str(model)]
+    assert source.startswith(str(synth_root)) and "8 identities" in source
+    assert _pids_digest(list(range(1, 9))) in source
+    (folder,) = cache.iterdir()
+    record = read_onnx_manifest(folder)
+    assert record.precision == "int8" and record.quantization is not None
+    assert record.quantization.calibration.source == source
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    again = _evaluate(synth_root, model, tmp_path / "s.json", "--test-ids", "heldout", *int8)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
+    assert again["mAP"] == report["mAP"]
+
+
+def test_int8_falls_back_to_synthetic_people_when_every_trained_identity_is_tested(
+    random_bundle_dir: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "all"
+    resave(load_bundle(random_bundle_dir), model, training={"train_pids": list(range(1, 13))})
+    int8 = ("--precision", "int8", "--int8-cache", str(tmp_path / "c"), "--int8-images", "4")
+    report = _evaluate(synth_root, model, tmp_path / "r.json", "--test-ids", "all", *int8)
+    assert report["int8_calibration"][str(model)].startswith("synthetic generator, 4 people")
+    assert report["inference"]["precision"] == "int8"

@@ -200,7 +200,7 @@ def embed_distractors(
     """Photo embeddings of every distractor of ``dset`` (float32, one row each), from the
     cache in ``cache_dir`` when an earlier run embedded the same files with the same bundle."""
     if not dset.items:
-        return np.zeros((0, embedder.embedding_dim), dtype=np.float32)
+        return np.zeros((0, embedder.dim), dtype=np.float32)
     cache = cache_dir / f"distractors-{key}-{_list_key(dset.items)}.npy" if cache_dir else None
     if cache is not None and cache.is_file():
         cached = np.load(cache)

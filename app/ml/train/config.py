@@ -13,6 +13,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+SketchStyle = Literal["grey", "pencil", "edge", "xdog"]
+DEFAULT_SKETCH_STYLES: tuple[SketchStyle, ...] = ("grey", "pencil", "edge")
+
 
 class StageConfig(BaseModel):
     """One training stage of one ensemble member (pre-training or fine-tuning)."""
@@ -35,8 +38,8 @@ class StageConfig(BaseModel):
     crop_pad: int | None = Field(None, ge=0, description="default: input height / 16")
     flip: bool = True
     pseudo_sketch: float = Field(0.0, ge=0, le=1)
-    sketch_styles: list[Literal["grey", "pencil", "edge", "xdog"]] = Field(
-        default_factory=lambda: ["grey", "pencil", "edge"],
+    sketch_styles: list[SketchStyle] = Field(
+        default_factory=lambda: list(DEFAULT_SKETCH_STYLES),
         min_length=1,
         description="pseudo-sketch styles, drawn uniformly",
     )

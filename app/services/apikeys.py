@@ -13,6 +13,7 @@ from app.db.models import ROLES, ApiKey
 from app.db.types import is_valid_id, utcnow
 from app.errors import UserInputError
 from app.services.errors import AuthenticationError, ConflictError, NotFoundError
+from app.services.text import check_text
 
 KEY_PREFIX = "skr_"
 # last_used_at is refreshed at most this often, so reads do not each write to the database.
@@ -33,7 +34,7 @@ def create_key(
 
     ``expires_in_days``: the key stops working that many days from now (None: never; it
     works until revoked)."""
-    name = (name or "").strip()
+    name = check_text((name or "").strip(), "name")
     if not name or len(name) > 200:
         raise UserInputError("a key needs a name of 1 to 200 characters")
     if role not in ROLES:

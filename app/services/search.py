@@ -34,7 +34,7 @@ from app.services.blobs import sha256_hex, sniff_extension
 from app.services.context import ServiceContext
 from app.services.errors import NotFoundError, OutOfRangeError
 from app.services.feedback import Feedback, combine, feedback_vectors
-from app.services.gallery import check_range, check_upload, filter_conditions
+from app.services.gallery import camera_filter, check_range, check_upload, filter_conditions
 from app.services.vectors import candidate_vectors
 
 MAX_TOP_K = 100
@@ -75,6 +75,7 @@ class SearchParams:
                 field="lambda_value",
             )
         check_range(self.captured_after, self.captured_before)
+        camera_filter(self.camera_ids)  # before any sketch is decoded
         try:
             check_choice(self.view, self.translate)
         except UserInputError as exc:

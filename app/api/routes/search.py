@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 
 from app.api.deps import CtxDep, InvestigatorDep, SessionDep, single_valued
+from app.api.forms import TRUE_OR_FALSE
 from app.api.schemas import MarkIn, MarkOut, SearchOut, SearchRecordOut, error_responses
 from app.api.uploads import read_upload
 from app.ml.infer.query_views import QueryView
@@ -57,9 +58,12 @@ def search(
     top_k: Annotated[int, Form(ge=1, le=search_service.MAX_TOP_K)] = 10,
     translate: Annotated[
         bool | None,
+        TRUE_OR_FALSE,
         Form(
             description="sketch -> photo before embedding (false: view `sketch`; true: the "
-            "model's view when it translates, else `translated`); left out: the model's choice"
+            "model's view when it translates, else `translated`); left out: the model's "
+            "choice. With `view` also sent it must agree: false with `translated` or `fused`, "
+            "or true with `sketch`, is 422"
         ),
     ] = None,
     view: Annotated[
@@ -68,14 +72,32 @@ def search(
             description="how the sketch becomes a query: `sketch` (as drawn), `translated` "
             "(its sketch -> photo translation) or `fused` (both embeddings fused, the most "
             "accurate on the protocol); left out: the model's choice (`query_view` in "
-            "/model). Overrides `translate`, which must agree when also sent"
+            "/model). Overrides `translate`, which must agree when also sent (422 otherwise)"
         ),
     ] = None,
-    rerank: Annotated[bool, Form(description="k-reciprocal re-ranking")] = False,
-    k1: Annotated[int, Form(ge=1, le=100)] = 20,
-    k2: Annotated[int, Form(ge=1, le=100, description="at most k1 (422 otherwise)")] = 6,
+    rerank: Annotated[bool, TRUE_OR_FALSE, Form(description="k-reciprocal re-ranking")] = False,
+    k1: Annotated[
+        int,
+        Form(
+            ge=1,
+            le=100,
+            description="re-ranking's k1 (neighbours); `k2` must not be larger (422 otherwise)",
+        ),
+    ] = 20,
+    k2: Annotated[
+        int,
+        Form(
+            ge=1,
+            le=100,
+            description="re-ranking's k2, at most `k1` (its default 20 when left out): "
+            "`k2` > `k1` is 422",
+        ),
+    ] = 6,
     lambda_value: Annotated[float, Form(ge=0.0, le=1.0)] = 0.3,
-    camera_id: Annotated[list[str] | None, Form(description="repeatable")] = None,
+    camera_id: Annotated[
+        list[str] | None,
+        Form(description="repeatable; text without NUL or lone surrogates (400 otherwise)"),
+    ] = None,
     captured_after: Annotated[str | None, Form(description="inclusive, ISO 8601")] = None,
     captured_before: Annotated[str | None, Form(description="exclusive, ISO 8601")] = None,
     confirmed_id: Annotated[

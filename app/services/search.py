@@ -331,11 +331,36 @@ def run_search(
     return SearchOutcome(record, hits, timings, feedback, notes)
 
 
-def get_search(session: Session, search_id: uuid.UUID, key: ApiKey) -> Search:
-    """A stored search. Admins see every search, others only the ones made with their key."""
+# What of a search a key reads: the record, a sketch or its translation, or the search itself
+# to mark its results or refine it.
+SearchUse = Literal["record", "sketch", "translated", "mark", "refine"]
+
+
+def get_search(
+    session: Session,
+    search_id: uuid.UUID,
+    key: ApiKey,
+    *,
+    use: SearchUse,
+    index: int | None = None,
+) -> Search:
+    """A stored search. Admins see every search, others only the ones made with their key.
+
+    An admin opening a search made with another key is audited (``search.open``: the search,
+    its owner, ``use`` and the sketch ``index``), committed before the search is returned."""
     record = session.get(Search, search_id)
     if record is None or (key.role != "admin" and record.api_key_id != key.id):
         raise NotFoundError(f"search {search_id} does not exist")
+    if record.api_key_id != key.id:
+        details: dict[str, Any] = {
+            "search_id": str(record.id),
+            "owner": record.api_key_id,
+            "what": use,
+        }
+        if index is not None:
+            details["index"] = index
+        audit.record(session, audit.SEARCH_OPEN, api_key_id=key.id, actor="api", details=details)
+        session.commit()
     return record
 
 

@@ -135,7 +135,11 @@ def search(
         search_service.SketchUpload(read_upload(u, ctx.settings.max_upload_bytes), u.filename)
         for u in uploads
     ]
-    earlier = search_service.get_search(session, refine, key) if refine is not None else None
+    earlier = (
+        search_service.get_search(session, refine, key, use="refine")
+        if refine is not None
+        else None
+    )
     outcome = search_service.run_search(
         ctx,
         session,
@@ -156,7 +160,8 @@ def search(
     responses=error_responses(404, 422),
 )
 def get_search(search_id: uuid.UUID, session: SessionDep, key: InvestigatorDep) -> SearchRecordOut:
-    record = search_service.get_search(session, search_id, key)
+    """The audit record of a search (an admin reading another key's search is audited)."""
+    record = search_service.get_search(session, search_id, key, use="record")
     deleted = audit.deletions(session, (r["gallery_id"] for r in record.results))
     return SearchRecordOut.of(record, deleted, feedback.mark_history(session, record.id))
 
@@ -172,7 +177,7 @@ def add_mark(
 ) -> MarkOut:
     """Mark one of the search's results as the suspect (`confirmed`), someone else
     (`rejected`), or withdraw the mark (`none`). Marks are kept with who and when."""
-    record = search_service.get_search(session, search_id, key)
+    record = search_service.get_search(session, search_id, key, use="mark")
     row = feedback.add_mark(session, record, body.gallery_id, body.mark, api_key_id=key.id)
     return MarkOut.of(row)
 
@@ -189,7 +194,7 @@ def get_translated(
     key: InvestigatorDep,
     index: Annotated[int, _INDEX] = 0,
 ) -> Response:
-    record = search_service.get_search(session, search_id, key)
+    record = search_service.get_search(session, search_id, key, use="translated", index=index)
     data = search_service.read_search_file(ctx, record, "translated", index)
     return Response(data, media_type="image/png")
 
@@ -206,6 +211,6 @@ def get_sketch(
     key: InvestigatorDep,
     index: Annotated[int, _INDEX] = 0,
 ) -> Response:
-    record = search_service.get_search(session, search_id, key)
+    record = search_service.get_search(session, search_id, key, use="sketch", index=index)
     data = search_service.read_search_file(ctx, record, "sketch", index)
     return Response(data, media_type=content_type_for(record.sketches[index]["path"]))

@@ -227,3 +227,129 @@ def test_errors_are_user_input_errors_and_one_line() -> None:
 def test_bad_arguments_are_programming_errors() -> None:
     with pytest.raises(ValueError, match="max_side"):
         load_image(b"x", max_side=0)
+
+
+# --- JPEGs cut short with their end marker put back (Pillow decodes them without a word) ---
+
+EOI = b"\xff\xd9"
+
+
+def photo(size: tuple[int, int] = (64, 128), seed: int = 1) -> Image.Image:
+    """Smooth colours with a little noise: what a person crop compresses like."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (8, 4, 3), dtype=np.uint8), mode="RGB")
+    base = np.asarray(coarse.resize(size, Image.Resampling.BILINEAR), dtype=np.int16)
+    grain = rng.integers(-20, 20, base.shape)
+    return Image.fromarray(np.clip(base + grain, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def cut_with_eoi(data: bytes, fraction: float) -> bytes:
+    return data[: int(len(data) * fraction)] + EOI
+
+
+def pillow_accepts(data: bytes) -> bool:
+    """What Pillow alone says: the cut files below decode 'successfully' (grey filled in)."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+    return True
+
+
+JPEG_KINDS = {
+    "baseline": {"quality": 90},
+    "progressive": {"quality": 90, "progressive": True},
+    "optimized-444": {"quality": 95, "optimize": True, "subsampling": 0},
+    "restart-markers": {"quality": 90, "restart_marker_blocks": 4},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(JPEG_KINDS))
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+@pytest.mark.parametrize("max_side", [None, 1024, 32])
+def test_complete_jpegs_are_accepted_with_their_pixels(
+    kind: str, mode: str, max_side: int | None
+) -> None:
+    data = encode(photo((96, 200)).convert(mode), "JPEG", **JPEG_KINDS[kind])
+    out = load_image(data, max_side=max_side)
+    if max_side is None:
+        with Image.open(io.BytesIO(data)) as im:
+            assert np.array_equal(np.asarray(out), np.asarray(im.convert("RGB")))
+
+
+@pytest.mark.parametrize("kind", sorted(JPEG_KINDS))
+@pytest.mark.parametrize("fraction", [0.2, 0.45, 0.8, 0.95])
+@pytest.mark.parametrize("max_side", [None, 32])
+def test_a_jpeg_cut_short_with_its_end_marker_put_back_is_refused(
+    kind: str, fraction: float, max_side: int | None
+) -> None:
+    cut = cut_with_eoi(encode(photo((96, 200)), "JPEG", **JPEG_KINDS[kind]), fraction)
+    assert pillow_accepts(cut)
+    with pytest.raises(ImageError, match=r"^truncated JPEG: ") as err:
+        load_image(cut, max_side=max_side)
+    assert "the file ends early" in str(err.value) or "ends before the 96×200 image" in str(
+        err.value
+    )
+
+
+def test_a_jpeg_header_larger_than_its_data_is_refused(tmp_path: Path) -> None:
+    """A 16×16 JPEG whose frame header says 6000×6000: libjpeg fills 36 Mpx with grey."""
+    data = bytearray(encode(photo((16, 16)), "JPEG", quality=90))
+    sof = data.index(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, 6000, 6000)  # after marker, length, precision
+    assert pillow_accepts(bytes(data))
+    message = "truncated JPEG: its scan data ends before the 6000×6000 image its header declares"
+    with pytest.raises(ImageError, match=f"^{message} is complete$"):
+        load_image(bytes(data))
+    path = tmp_path / "big.jpg"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=rf"^{message} is complete: .*big\.jpg$"):
+        load_image(path, max_side=None)
+
+
+def _cut_before_marker(data: bytes, marker: bytes, occurrence: int) -> bytes:
+    """``data`` up to the ``occurrence``-th (1-based) ``marker``, then EOI: complete segments,
+    the rest missing."""
+    pos = -1
+    for _ in range(occurrence):
+        pos = data.index(marker, pos + 1)
+    return data[:pos] + EOI
+
+
+def test_a_progressive_jpeg_cut_between_two_scans_is_refused() -> None:
+    """No scan is short, so the decoder has nothing to run out of: the scans that are there
+    do not bring every coefficient to its last bit."""
+    data = encode(photo((96, 200)), "JPEG", quality=90, progressive=True)
+    scans = data.count(b"\xff\xda")
+    assert scans >= 6
+    for kept in (1, scans // 2, scans - 1):
+        cut = _cut_before_marker(data, b"\xff\xda", kept + 1)
+        assert pillow_accepts(cut)
+        with pytest.raises(ImageError, match=rf"^truncated JPEG: its {kept} progressive scans"):
+            load_image(cut)
+
+
+def test_a_jpeg_cut_at_a_restart_marker_is_refused() -> None:
+    data = encode(photo((96, 200)), "JPEG", quality=90, restart_marker_blocks=4)
+    intervals = 1 + sum(data.count(bytes([0xFF, 0xD0 + i])) for i in range(8))
+    cut = _cut_before_marker(data, b"\xff\xd3", 2)  # RST3 closes interval 4, then 12
+    assert pillow_accepts(cut)
+    with pytest.raises(ImageError) as err:
+        load_image(cut)
+    assert str(err.value) == (
+        f"truncated JPEG: a scan ends after 12 of its {intervals} restart intervals "
+        "(the file ends early)"
+    )
+
+
+def test_a_sequential_jpeg_without_the_scans_of_some_components_is_refused() -> None:
+    """A frame of three components whose only scan codes the first (as a non-interleaved
+    JPEG cut after its first scan): libjpeg leaves the other two empty."""
+    grey = encode(photo((64, 64)).convert("L"), "JPEG", quality=90)
+    sof = grey.index(b"\xff\xc0")
+    length = struct.unpack_from(">H", grey, sof + 2)[0]
+    precision_size = grey[sof + 4 : sof + 9]  # precision, height, width
+    components = b"\x01\x11\x00" + b"\x02\x11\x00" + b"\x03\x11\x00"
+    frame = struct.pack(">H", 8 + len(components)) + precision_size + b"\x03" + components
+    data = grey[: sof + 2] + frame + grey[sof + 2 + length :]
+    assert pillow_accepts(data)
+    with pytest.raises(ImageError, match=r"^truncated JPEG: it has no scan for 2 of its 3 "):
+        load_image(data)

@@ -19,7 +19,13 @@ from threadpoolctl import threadpool_limits
 
 from app.api import errors, openapi
 from app.api.metrics import Metrics
-from app.api.middleware import BodySizeLimit, ConcurrencyLimit, RequestMetrics, UnexpectedErrors
+from app.api.middleware import (
+    BodySizeLimit,
+    ConcurrencyLimit,
+    NoStore,
+    RequestMetrics,
+    UnexpectedErrors,
+)
 from app.api.routes import apikeys, audit, gallery, health, history, model, search, whoami
 from app.api.schemas import API_PREFIX, COMMON_ERRORS, error_responses
 from app.core.config import Settings, get_settings
@@ -154,4 +160,5 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
     app.add_middleware(UnexpectedErrors)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(NoStore)
     return app

@@ -1,5 +1,5 @@
 """Pure ASGI middleware: request-body size cap (413 while streaming), unexpected errors as a
-JSON 500, and request metrics."""
+JSON 500, request metrics, and no caching of API answers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import HTTPException
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.metrics import Metrics
@@ -225,3 +226,28 @@ class RequestMetrics:
             self.metrics.observe_request(
                 scope.get("method", "?"), template, status["code"], time.perf_counter() - start
             )
+
+
+class NoStore:
+    """``Cache-Control: no-store`` on every answer under the API prefix that sets no cache
+    policy of its own: they carry personal data (crop metadata, search records and their
+    sketches, key names, the audit trail), which no browser or proxy cache should keep on disk
+    or hand to the next user of a shared machine. Errors made by the middleware (413, 429, 500)
+    get it too when this wraps them. A gallery image keeps its own ``private`` policy: its
+    bytes never change (its URL names its sha256) and only the signed-in browser caches it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope.get("path", "").startswith(API_PREFIX + "/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)

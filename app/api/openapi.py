@@ -6,6 +6,9 @@
   which the server rightly refuses (``translate=null`` is not a boolean).
 * A file part says which images it takes (``encoding.contentType``), the formats the
   service decodes, instead of "any bytes".
+* A search body states the one rule between two of its fields that JSON Schema can: a
+  ``translate`` that contradicts ``view`` (``not``). ``k2`` at most ``k1`` it cannot state (it
+  compares two values): the fields' descriptions say it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from app.ml.infer.query_views import QUERY_VIEWS
 from app.services.blobs import CONTENT_TYPES
 
 _FORM = "multipart/form-data"
@@ -39,11 +43,15 @@ def _is_file(schema: dict[str, Any]) -> bool:
     return bool(item.get("contentMediaType") == _BINARY or item.get("format") == "binary")
 
 
-def _adjust_form(media: dict[str, Any], schemas: dict[str, Any]) -> None:
+def _body(media: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    """The schema of a form body (followed through its ``$ref``); {} when there is none."""
     ref = media.get("schema", {}).get("$ref", "")
     body = schemas.get(ref.rsplit("/", 1)[-1]) if ref else media.get("schema")
-    if not body:
-        return
+    return body or {}
+
+
+def _adjust_form(media: dict[str, Any], schemas: dict[str, Any]) -> None:
+    body = _body(media, schemas)
     properties = body.get("properties", {})
     for name, prop in list(properties.items()):
         properties[name] = without_null(prop)
@@ -51,13 +59,34 @@ def _adjust_form(media: dict[str, Any], schemas: dict[str, Any]) -> None:
             media.setdefault("encoding", {})[name] = {"contentType": IMAGE_TYPES}
 
 
+def _view_contradictions() -> dict[str, Any]:
+    """The search bodies whose ``translate`` contradicts their ``view`` (refused, 422): false
+    with a view that translates, true with ``sketch``."""
+    translating = [v for v in QUERY_VIEWS if v != "sketch"]
+    both = ["translate", "view"]
+    return {
+        "anyOf": [
+            {
+                "required": both,
+                "properties": {"translate": {"const": False}, "view": {"enum": translating}},
+            },
+            {
+                "required": both,
+                "properties": {"translate": {"const": True}, "view": {"const": "sketch"}},
+            },
+        ]
+    }
+
+
+# Values of a body that contradict each other: the body schema says ``not`` this.
+CONTRADICTIONS: dict[str, dict[str, Any]] = {"/api/v1/search": _view_contradictions()}
+
 # Bodies that need one of several parts (a search needs sketches, or an earlier search to refine).
 ONE_OF_REQUIRED: dict[str, list[str]] = {"/api/v1/search": ["sketch", "refine"]}
 
 
 def _require_one_of(media: dict[str, Any], schemas: dict[str, Any], names: list[str]) -> None:
-    ref = media.get("schema", {}).get("$ref", "")
-    body = schemas.get(ref.rsplit("/", 1)[-1]) if ref else media.get("schema")
+    body = _body(media, schemas)
     if not body:
         return
     body["anyOf"] = [{"required": [name]} for name in names]
@@ -80,6 +109,9 @@ def adjust(document: dict[str, Any]) -> dict[str, Any]:
                 _adjust_form(media, schemas)
                 if path in ONE_OF_REQUIRED:
                     _require_one_of(media, schemas, ONE_OF_REQUIRED[path])
+                body = _body(media, schemas)
+                if path in CONTRADICTIONS and body:
+                    body["not"] = CONTRADICTIONS[path]
     return document
 
 

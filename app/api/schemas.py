@@ -371,6 +371,12 @@ class ApiKeyOut(BaseModel):
         description="when the key stops working (null: it works until revoked)"
     )
     status: Literal["active", "revoked", "expired"]
+    created_by: int | None = Field(
+        description="the admin key that created it (null: the server's command line)"
+    )
+    revoked_by: int | None = Field(
+        description="the admin key that revoked it (null: not revoked, or on the command line)"
+    )
 
     @classmethod
     def of(cls, row: ApiKey) -> ApiKeyOut:
@@ -384,6 +390,8 @@ class ApiKeyOut(BaseModel):
             last_used_at=row.last_used_at,
             expires_at=row.expires_at,
             status=key_status(row),
+            created_by=row.created_by,
+            revoked_by=row.revoked_by,
         )
 
 

@@ -64,6 +64,14 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     # The key stops working at this time (None: it works until revoked).
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # The admin key that created / revoked this one (None: done on the server's command line,
+    # or before this was recorded); the audit trail keeps the same with when.
+    created_by: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL"), default=None
+    )
+    revoked_by: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL"), default=None
+    )
 
 
 class GalleryItem(Base):

@@ -3,7 +3,8 @@
 Every image that enters training, evaluation or the service goes through :func:`load_image`.
 It applies the EXIF orientation, converts every colour mode to RGB (transparency composited on
 white), decodes huge JPEG scans at reduced scale, refuses decompression bombs from the header
-alone, and turns every decoding problem into a one-line :class:`app.errors.ImageError`.
+alone, refuses truncated JPEGs that Pillow would decode silently (:func:`jpeg_incomplete`), and
+turns every decoding problem into a one-line :class:`app.errors.ImageError`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import os
 import struct
 import warnings
 import zlib
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, JpegImagePlugin
 
 from app.errors import ImageError
 
@@ -93,11 +95,18 @@ def _decode(fp: BinaryIO, label: str | None, max_side: int | None, max_pixels: i
             f"image is {width}×{height} pixels, more than the limit of {max_pixels:,}{where}"
         )
     try:
+        draft: tuple[int, int] | None = None
         if max_side is not None and im.format in _JPEG_FAMILY:
             scale = max_side / max(width, height)
             if scale < 1:  # decode at 1/2, 1/4 or 1/8 scale, never below the target size
-                im.draft(im.mode, (math.ceil(width * scale), math.ceil(height * scale)))
+                draft = (math.ceil(width * scale), math.ceil(height * scale))
+                im.draft(im.mode, draft)
         im.load()  # force the full decode here: truncated data raises now, not later
+        if im.format in _JPEG_FAMILY:  # libjpeg fills scans that end early with grey: refuse
+            fp.seek(0)
+            problem = jpeg_incomplete(fp.read(), im, draft)
+            if problem is not None:
+                raise ImageError(f"truncated JPEG: {problem}")
         out = _exif_transpose(im)
         if max_side is not None and out.mode in ("L", "LA", "RGB", "RGBA"):
             out = _shrink(out, max_side)  # shrink first: converting a huge scan costs more
@@ -114,6 +123,231 @@ def _decode(fp: BinaryIO, label: str | None, max_side: int | None, max_pixels: i
         raise ImageError(f"truncated or corrupt image data{where}") from exc
     # No im.close(): it would close a file object the caller owns (paths: closed by the with).
     return out
+
+
+# --- Truncated JPEGs -----------------------------------------------------------------------
+#
+# libjpeg does not stop at a premature end of the scan data: when the entropy-coded data meets a
+# marker (the EOI put back after a cut, or any later segment) before every block of the image is
+# decoded, it warns ("Corrupt JPEG data: premature end of data segment"), fills the remaining
+# blocks with grey and carries on. Pillow drops the warning, so a JPEG cut in half with its EOI
+# put back, or a header of 6000×6000 over 16×16 of data, decodes "successfully" (and
+# ``LOAD_TRUNCATED_IMAGES`` does not enter: the data does end with EOI). Two checks catch it:
+#
+# * the markers (no pixel decoded): every colour component has a scan; a progressive image's
+#   scans bring every coefficient of every component to its last bit; a scan with a restart
+#   interval has every one of its restart markers. A cut between two scans or two intervals
+#   leaves the decoder nothing to run short of, so only the markers can tell.
+# * the scan data: the image is decoded a second time with filler bytes between the scan data
+#   and the EOI marker. Where the scans were complete the decoder never reads the filler (it
+#   skips it as junk before the EOI) and both decodes are the same, pixel for pixel; where they
+#   ended early, it decodes the filler as more blocks instead of grey and the pixels differ
+#   (or the filler makes it fail). The cost: a JPEG is decoded twice, at the same scale.
+#
+# What neither can see: a cut that removes only the last few bits of the final scan, when the
+# filler happens to decode to the same values as libjpeg's grey.
+
+# Markers without a length field: TEM, RST0-7, SOI, EOI.
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})
+# Frame headers (SOF), by how their scans make the image: sequential (baseline, extended;
+# Huffman or arithmetic coding), progressive; lossless and hierarchical ones only get the
+# decoding check.
+_SOF_SEQUENTIAL = frozenset({0xC0, 0xC1, 0xC9})
+_SOF_PROGRESSIVE = frozenset({0xC2, 0xCA})
+_SOF_ANY = frozenset({*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC})  # not DHT, JPG, DAC
+# Between the scan data and the EOI: no 0xFF (so no marker), varied bits (so no run of one
+# symbol), long enough for several blocks. Complete scans never reach it.
+_SCAN_FILLER = bytes((i * 73 + 41) % 255 for i in range(256))
+
+
+@dataclass(frozen=True)
+class JpegScan:
+    """One scan (SOS) of a JPEG: its components, spectral selection and successive
+    approximation, and the restart interval in force with the restart markers it holds."""
+
+    components: tuple[int, ...]
+    ss: int
+    se: int
+    ah: int
+    al: int
+    restart_interval: int
+    restarts: int
+
+
+@dataclass
+class JpegLayout:
+    """What the markers of a JPEG say, read without decoding any pixel."""
+
+    end: int | None = None  # offset just past the EOI marker (None: not found where expected)
+    sof: int | None = None  # the frame header's marker (0xC0 baseline, 0xC2 progressive, ...)
+    width: int = 0
+    height: int = 0
+    sampling: dict[int, tuple[int, int]] = field(default_factory=dict)  # component id -> H, V
+    scans: list[JpegScan] = field(default_factory=list)
+
+
+def jpeg_layout(data: bytes) -> JpegLayout:
+    """Walk the markers of the JPEG at the start of ``data`` up to its EOI (the end of the
+    first image of a multi-picture file). A structure it cannot follow (cut short, corrupt)
+    ends the walk with ``end`` None, leaving the decoder to say what is wrong."""
+    layout = JpegLayout()
+    n = len(data)
+    pos = 2  # after SOI
+    interval = 0
+    while pos < n:
+        if data[pos] != 0xFF:
+            return layout
+        while pos < n and data[pos] == 0xFF:  # fill bytes before a marker
+            pos += 1
+        if pos >= n:
+            return layout
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:
+            layout.end = pos
+            return layout
+        if marker in _JPEG_STANDALONE:
+            continue
+        if pos + 2 > n:
+            return layout
+        (length,) = struct.unpack_from(">H", data, pos)
+        if length < 2 or pos + length > n:
+            return layout
+        start, pos = pos + 2, pos + length
+        if marker in _SOF_ANY and length >= 8:
+            _read_frame(layout, marker, data[start:pos])
+        elif marker == 0xDD and length >= 4:  # DRI
+            (interval,) = struct.unpack_from(">H", data, start)
+        elif marker == 0xDA:  # SOS, then entropy-coded data up to the next marker but RSTn
+            restarts = 0
+            while True:
+                pos = data.find(b"\xff", pos)
+                if pos < 0 or pos + 1 >= n:
+                    return layout
+                following = data[pos + 1]
+                if following == 0x00 or following == 0xFF:  # a stuffed 0xFF, fill bytes
+                    pos += 2 if following == 0x00 else 1
+                    continue
+                if 0xD0 <= following <= 0xD7:
+                    restarts += 1
+                    pos += 2
+                    continue
+                break
+            scan = _read_scan(data[start : start + length - 2], interval, restarts)
+            if scan is not None:
+                layout.scans.append(scan)
+    return layout
+
+
+def _read_frame(layout: JpegLayout, marker: int, segment: bytes) -> None:
+    _precision, height, width, count = struct.unpack_from(">BHHB", segment)
+    layout.sof, layout.width, layout.height = marker, width, height
+    for i in range(count):
+        if 6 + 3 * i + 2 < len(segment):
+            ident, factors = segment[6 + 3 * i], segment[7 + 3 * i]
+            layout.sampling[ident] = (factors >> 4, factors & 0x0F)
+
+
+def _read_scan(segment: bytes, interval: int, restarts: int) -> JpegScan | None:
+    if not segment:
+        return None
+    count = segment[0]
+    if len(segment) < 1 + 2 * count + 3:
+        return None
+    components = tuple(segment[1 + 2 * i] for i in range(count))
+    ss, se, approx = segment[1 + 2 * count : 4 + 2 * count]
+    return JpegScan(components, ss, se, approx >> 4, approx & 0x0F, interval, restarts)
+
+
+def _scan_mcus(layout: JpegLayout, scan: JpegScan) -> int | None:
+    """How many MCUs (blocks, for a scan of one component) a scan codes; None if unknown."""
+    if not layout.sampling or any(c not in layout.sampling for c in scan.components):
+        return None
+    hmax = max(h for h, _ in layout.sampling.values())
+    vmax = max(v for _, v in layout.sampling.values())
+    if hmax < 1 or vmax < 1:
+        return None
+    if len(scan.components) > 1:
+        return math.ceil(layout.width / (8 * hmax)) * math.ceil(layout.height / (8 * vmax))
+    h, v = layout.sampling[scan.components[0]]
+    columns = math.ceil(math.ceil(layout.width * h / hmax) / 8)
+    rows = math.ceil(math.ceil(layout.height * v / vmax) / 8)
+    return columns * rows
+
+
+def _missing_scans(layout: JpegLayout) -> str | None:
+    """Why the scans the markers list cannot make the whole image, or None."""
+    if layout.end is None or layout.sof is None or not layout.scans or layout.height == 0:
+        return None  # not followed to its end, or its height comes later (DNL): no judgement
+    components = list(layout.sampling)
+    if layout.sof in _SOF_SEQUENTIAL:
+        covered = {c for scan in layout.scans for c in scan.components}
+        missing = [c for c in components if c not in covered]
+        if missing:
+            return (
+                f"it has no scan for {len(missing)} of its {len(components)} colour "
+                "components (the file ends early)"
+            )
+    elif layout.sof in _SOF_PROGRESSIVE:
+        lowest: dict[tuple[int, int], int] = {}  # (component, coefficient) -> lowest Al sent
+        for scan in layout.scans:
+            for c in scan.components:
+                for k in range(scan.ss, min(scan.se, 63) + 1):
+                    lowest[c, k] = min(lowest.get((c, k), scan.al), scan.al)
+        if any(lowest.get((c, k)) != 0 for c in components for k in range(64)):
+            return (
+                f"its {len(layout.scans)} progressive scans stop before the image is complete "
+                "(the file ends early)"
+            )
+    for scan in layout.scans:
+        mcus = _scan_mcus(layout, scan)
+        if scan.restart_interval and mcus is not None:
+            intervals = math.ceil(mcus / scan.restart_interval)
+            if scan.restarts + 1 < intervals:
+                return (
+                    f"a scan ends after {scan.restarts + 1} of its {intervals} restart "
+                    "intervals (the file ends early)"
+                )
+    return None
+
+
+def jpeg_incomplete(
+    data: bytes, decoded: Image.Image, draft: tuple[int, int] | None = None
+) -> str | None:
+    """Why the JPEG ``data``, which Pillow decoded into ``decoded`` (drafted to ``draft``),
+    is not the whole image its header declares; None when it is (see the notes above)."""
+    layout = jpeg_layout(data)
+    if layout.end is None:  # the decoder followed what this walk could not: leave it be
+        return None
+    missing = _missing_scans(layout)
+    if missing is not None:
+        return missing
+    padded = data[: layout.end - 2] + _SCAN_FILLER + b"\xff\xd9"
+    size = f"{layout.width}×{layout.height}"
+    short = f"its scan data ends before the {size} image its header declares is complete"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            probe = JpegImagePlugin.JpegImageFile(io.BytesIO(padded))
+            if draft is not None:
+                probe.draft(probe.mode, draft)
+            probe.load()
+    except _DECODE_ERRORS:
+        return short
+    return None if _same_pixels(probe, decoded) else short
+
+
+def _same_pixels(a: Image.Image, b: Image.Image, band: int = 256) -> bool:
+    """Whether two images have the same mode, size and pixels (compared a band of rows at a
+    time, so that no copy of either whole image is made)."""
+    if a.mode != b.mode or a.size != b.size:
+        return False
+    width, height = a.size
+    for top in range(0, height, band):
+        box = (0, top, width, min(top + band, height))
+        if a.crop(box).tobytes() != b.crop(box).tobytes():
+            return False
+    return True
 
 
 def _open_header(fp: BinaryIO, prefix: bytes, label: str | None) -> ImageFile.ImageFile:

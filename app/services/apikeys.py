@@ -12,7 +12,9 @@ from sqlalchemy.orm import Session
 from app.db.models import ROLES, ApiKey
 from app.db.types import is_valid_id, utcnow
 from app.errors import UserInputError
+from app.services import audit
 from app.services.errors import AuthenticationError, ConflictError, NotFoundError
+from app.services.text import check_text
 
 KEY_PREFIX = "skr_"
 # last_used_at is refreshed at most this often, so reads do not each write to the database.
@@ -27,13 +29,21 @@ MAX_EXPIRY_DAYS = 3650
 
 
 def create_key(
-    session: Session, name: str, role: str, *, expires_in_days: int | None = None
+    session: Session,
+    name: str,
+    role: str,
+    *,
+    expires_in_days: int | None = None,
+    created_by: int | None = None,
+    actor: audit.Actor = "cli",
 ) -> tuple[ApiKey, str]:
     """Create a key; returns the row and the key itself (shown once, never stored).
 
     ``expires_in_days``: the key stops working that many days from now (None: never; it
-    works until revoked)."""
-    name = (name or "").strip()
+    works until revoked). ``created_by``: the admin key that asked (None: the server's
+    command line, ``actor`` "cli"). The creation is audited (``apikey.create``) in the same
+    transaction."""
+    name = check_text((name or "").strip(), "name")
     if not name or len(name) > 200:
         raise UserInputError("a key needs a name of 1 to 200 characters")
     if role not in ROLES:
@@ -47,9 +57,27 @@ def create_key(
         expires_at = utcnow() + timedelta(days=expires_in_days)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(
-        name=name, role=role, key_hash=hash_key(key), key_prefix=key[:10], expires_at=expires_at
+        name=name,
+        role=role,
+        key_hash=hash_key(key),
+        key_prefix=key[:10],
+        expires_at=expires_at,
+        created_by=created_by,
     )
     session.add(row)
+    session.flush()
+    audit.record(
+        session,
+        audit.APIKEY_CREATE,
+        api_key_id=created_by,
+        actor=actor,
+        details={
+            "key_id": row.id,
+            "name": name,
+            "role": role,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        },
+    )
     session.commit()
     return row, key
 
@@ -58,11 +86,20 @@ def list_keys(session: Session) -> list[ApiKey]:
     return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
 
 
-def revoke_key(session: Session, key_id: int, *, allow_last_admin: bool = False) -> ApiKey:
-    """Revoke a key (revoking a revoked key changes nothing).
+def revoke_key(
+    session: Session,
+    key_id: int,
+    *,
+    allow_last_admin: bool = False,
+    revoked_by: int | None = None,
+    actor: audit.Actor = "cli",
+) -> ApiKey:
+    """Revoke a key (revoking a revoked key changes nothing and records nothing).
 
     The last active admin key is kept unless ``allow_last_admin``: without one, keys can only
     be managed from the command line of the server. ``ConflictError`` says so.
+    ``revoked_by``: the admin key that asked (None: the server's command line, ``actor``
+    "cli"). The revocation is audited (``apikey.revoke``) in the same transaction.
     """
     row = session.get(ApiKey, key_id) if is_valid_id(key_id) else None
     if row is None:
@@ -89,6 +126,14 @@ def revoke_key(session: Session, key_id: int, *, allow_last_admin: bool = False)
                 "first (POST /api/v1/apikeys with role admin), then revoke this one"
             )
     row.revoked_at = utcnow()
+    row.revoked_by = revoked_by
+    audit.record(
+        session,
+        audit.APIKEY_REVOKE,
+        api_key_id=revoked_by,
+        actor=actor,
+        details={"key_id": row.id, "name": row.name, "role": row.role},
+    )
     session.commit()
     return row
 

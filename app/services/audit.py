@@ -1,7 +1,10 @@
-"""The audit trail of what happened to the evidence after the fact: deletions and purges.
+"""The audit trail: what happened to the evidence after the fact (deletions and purges), who
+was given and who lost access (API keys created and revoked), and an admin opening a search
+made with another key.
 
 Searches are audited by their own records (``searches``); this table keeps what would
-otherwise vanish with the thing it concerns. Events are only ever added.
+otherwise vanish with the thing it concerns, and who looked at a search besides the one who
+made it. Events are only ever added.
 """
 
 from __future__ import annotations
@@ -18,7 +21,14 @@ from app.services.errors import OutOfRangeError
 
 GALLERY_DELETE = "gallery.delete"
 SEARCHES_PURGE = "searches.purge"
-ACTIONS = (GALLERY_DELETE, SEARCHES_PURGE)
+# details: key_id, name, role (and expires_at) of the key created or revoked; the event's
+# api_key_id is the admin key that did it (None: the server's command line).
+APIKEY_CREATE = "apikey.create"
+APIKEY_REVOKE = "apikey.revoke"
+# An admin read a search made with another key. details: search_id, owner (the key that made
+# it), what (record, sketch, translated, mark, refine) and, for a file, index.
+SEARCH_OPEN = "search.open"
+ACTIONS = (GALLERY_DELETE, SEARCHES_PURGE, APIKEY_CREATE, APIKEY_REVOKE, SEARCH_OPEN)
 MAX_LIST_LIMIT = 500
 
 Actor = Literal["api", "cli"]

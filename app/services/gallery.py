@@ -9,6 +9,7 @@ committed item uses it, so a rejected upload leaves no row, file or index entry 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import threading
@@ -39,12 +40,13 @@ from app.services.errors import (
     input_error_status,
 )
 from app.services.imagecheck import trailing_bytes
+from app.services.text import check_text
 from app.services.timeparse import parse_timestamp
 
 log = logging.getLogger(__name__)
 
 MAX_LIST_LIMIT = 500
-_TEXT_LIMITS = {"camera_id": 100, "location": 500, "external_id": 200}
+TEXT_LIMITS = {"camera_id": 100, "location": 500, "external_id": 200}
 # Market-1501 style names: 0001_c1s1_001051_00.jpg -> camera "c1".
 _MARKET_CAMERA = re.compile(r"^-?\d+_c(\d+)(?:s\d+)?_", re.IGNORECASE)
 
@@ -81,10 +83,12 @@ def make_metadata(
         if value is not None and not isinstance(value, str):
             raise UserInputError(f"{name} must be a string, got {type(value).__name__}")
         text = value.strip() if value else None
-        if text and len(text) > _TEXT_LIMITS[name]:
-            raise UserInputError(f"{name} is longer than {_TEXT_LIMITS[name]} characters")
+        if text and len(text) > TEXT_LIMITS[name]:
+            raise UserInputError(f"{name} is longer than {TEXT_LIMITS[name]} characters")
         if text and any(ord(c) < 32 for c in text):
             raise UserInputError(f"{name} contains control characters")
+        if text:
+            check_text(text, name)  # lone surrogates (NUL is a control character above)
         values[name] = text or None
     when = parse_timestamp(captured_at, "captured_at")
     return ItemMetadata(
@@ -414,6 +418,50 @@ def ingest_many(
     return outcomes
 
 
+# How deep a batch's ``metadata`` JSON may nest arrays and objects. A valid one needs 2 (a list
+# of objects); the limit refuses deeper input before it is parsed, so that no nesting can
+# exhaust the parser's recursion (a 1,000-deep list was a 500).
+MAX_METADATA_DEPTH = 32
+# A JSON string (skipped whole: brackets inside it do not nest) or a bracket.
+_JSON_NESTING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+
+
+def json_nesting_over(text: str, limit: int) -> bool:
+    """Whether the JSON ``text`` nests arrays and objects more than ``limit`` levels deep
+    (a scan of brackets outside strings; the text need not be valid JSON)."""
+    depth = 0
+    for match in _JSON_NESTING.finditer(text):
+        char = match.group()[0]
+        if char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
+def parse_batch_metadata(text: str | None, count: int) -> list[object]:
+    """A batch's ``metadata`` field: a JSON list with one entry (an object or null) per file;
+    left out or blank, no metadata for any file. ``UserInputError`` (400) otherwise."""
+    if text is None or not text.strip():
+        return [None] * count
+    if json_nesting_over(text, MAX_METADATA_DEPTH):
+        raise UserInputError(
+            f"metadata nests more than {MAX_METADATA_DEPTH} levels deep; it must be a JSON list "
+            "of objects (or null), one per file"
+        )
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise UserInputError(f"metadata is not valid JSON: {exc}") from None
+    if not isinstance(parsed, list) or len(parsed) != count:
+        raise UserInputError(
+            f"metadata must be a JSON list with one entry per file ({count} files)"
+        )
+    return parsed
+
+
 @dataclass
 class BatchEntry:
     """One file of a batch upload: its bytes or a reader of them, and its metadata."""
@@ -433,9 +481,10 @@ def _entry_metadata(entry: BatchEntry, camera_from_name: bool) -> ItemMetadata:
     if not isinstance(raw, dict):
         raise UserInputError(f"metadata must be a JSON object, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(_META_FIELDS))
-    if unknown:
+    if unknown:  # quoted as Python writes them: a NUL or a lone surrogate shows as an escape
         raise UserInputError(
-            f"unknown metadata field(s) {', '.join(unknown)} (allowed: {', '.join(_META_FIELDS)})"
+            f"unknown metadata field(s) {', '.join(map(repr, unknown))} "
+            f"(allowed: {', '.join(_META_FIELDS)})"
         )
     values = {k: raw.get(k) for k in _META_FIELDS}
     for key in ("camera_id", "location", "external_id", "captured_at"):
@@ -532,11 +581,17 @@ def check_range(after: datetime | None, before: datetime | None) -> None:
         )
 
 
+def camera_filter(camera_ids: Sequence[str]) -> list[str]:
+    """The camera ids of a filter: trimmed, blanks dropped, each one text the database can
+    compare (``UnstorableTextError`` for a NUL or a lone surrogate, field ``camera_id``)."""
+    return [check_text(c.strip(), "camera_id") for c in camera_ids if c and c.strip()]
+
+
 def filter_conditions(
     camera_ids: Sequence[str], after: datetime | None, before: datetime | None
 ) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
-    cams = [c.strip() for c in camera_ids if c and c.strip()]
+    cams = camera_filter(camera_ids)
     if cams:
         conditions.append(GalleryItem.camera_id.in_(cams))
     if after is not None:
@@ -570,6 +625,8 @@ def delete_item(
         )
     if reason is not None and any(ord(c) < 32 for c in reason):
         raise UserInputError("reason contains control characters")
+    if reason is not None:
+        check_text(reason, "reason")
     item = get_item(session, item_id)
     sha, relative = item.sha256, item.blob_path
     with _sha_lock(sha):

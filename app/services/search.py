@@ -34,7 +34,7 @@ from app.services.blobs import sha256_hex, sniff_extension
 from app.services.context import ServiceContext
 from app.services.errors import NotFoundError, OutOfRangeError
 from app.services.feedback import Feedback, combine, feedback_vectors
-from app.services.gallery import check_range, check_upload, filter_conditions
+from app.services.gallery import camera_filter, check_range, check_upload, filter_conditions
 from app.services.vectors import candidate_vectors
 
 MAX_TOP_K = 100
@@ -75,6 +75,7 @@ class SearchParams:
                 field="lambda_value",
             )
         check_range(self.captured_after, self.captured_before)
+        camera_filter(self.camera_ids)  # before any sketch is decoded
         try:
             check_choice(self.view, self.translate)
         except UserInputError as exc:
@@ -350,11 +351,36 @@ def run_search(
     return SearchOutcome(record, hits, timings, feedback, notes)
 
 
-def get_search(session: Session, search_id: uuid.UUID, key: ApiKey) -> Search:
-    """A stored search. Admins see every search, others only the ones made with their key."""
+# What of a search a key reads: the record, a sketch or its translation, or the search itself
+# to mark its results or refine it.
+SearchUse = Literal["record", "sketch", "translated", "mark", "refine"]
+
+
+def get_search(
+    session: Session,
+    search_id: uuid.UUID,
+    key: ApiKey,
+    *,
+    use: SearchUse,
+    index: int | None = None,
+) -> Search:
+    """A stored search. Admins see every search, others only the ones made with their key.
+
+    An admin opening a search made with another key is audited (``search.open``: the search,
+    its owner, ``use`` and the sketch ``index``), committed before the search is returned."""
     record = session.get(Search, search_id)
     if record is None or (key.role != "admin" and record.api_key_id != key.id):
         raise NotFoundError(f"search {search_id} does not exist")
+    if record.api_key_id != key.id:
+        details: dict[str, Any] = {
+            "search_id": str(record.id),
+            "owner": record.api_key_id,
+            "what": use,
+        }
+        if index is not None:
+            details["index"] = index
+        audit.record(session, audit.SEARCH_OPEN, api_key_id=key.id, actor="api", details=details)
+        session.commit()
     return record
 
 

@@ -33,10 +33,29 @@ def _truncated_jpeg() -> bytes:
     return data[: len(data) * 2 // 3]
 
 
+def _jpeg_cut_with_its_end_marker() -> bytes:
+    """Half a JPEG with its EOI put back: Pillow decodes it, the lower half grey."""
+    data = encode(person_image(6, (64, 128)), "JPEG", quality=95)
+    return data[: len(data) // 2] + b"\xff\xd9"
+
+
+def _jpeg_header_larger_than_its_data() -> bytes:
+    """16×16 of JPEG data under a frame header that says 6000×6000."""
+    data = bytearray(encode(person_image(7, (16, 16)), "JPEG", quality=90))
+    sof = data.index(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, 6000, 6000)
+    return bytes(data)
+
+
 BAD_FILES: dict[str, tuple[Callable[[], bytes], str]] = {
     "zero-bytes": (lambda: b"", "empty"),
     "not-an-image": (lambda: b"just some text, not a picture\n" * 10, "not an image"),
     "truncated-jpeg": (_truncated_jpeg, "truncated"),
+    "jpeg-cut-with-its-end-marker": (_jpeg_cut_with_its_end_marker, "truncated JPEG: its scan"),
+    "jpeg-header-larger-than-its-data": (
+        _jpeg_header_larger_than_its_data,
+        "truncated JPEG: its scan data ends before the 6000×6000 image",
+    ),
     "unsupported-format": (
         lambda: encode(person_image(1), "PPM"),
         "unsupported image format PPM",
@@ -73,6 +92,27 @@ def test_bad_sketch_is_rejected_and_leaves_nothing(
     assert r.status_code == 400, r.text
     assert needle in r.json()["detail"]
     assert snapshot(client) == before
+
+
+def test_broken_jpegs_in_a_batch_fail_alone(client: TestClient, keys: Keys) -> None:
+    before = snapshot(client)
+    r = client.post(
+        "/api/v1/gallery/batch",
+        files=[
+            ("images", ("cut.jpg", _jpeg_cut_with_its_end_marker(), "image/jpeg")),
+            ("images", ("ok.jpg", jpeg(1), "image/jpeg")),
+            ("images", ("big.jpg", _jpeg_header_larger_than_its_data(), "image/jpeg")),
+        ],
+        headers=keys.operator,
+    )
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["http_status"] for x in results] == [400, 201, 400]
+    assert results[0]["error"].startswith("cut.jpg: truncated JPEG: its scan data ends")
+    assert "6000×6000" in results[2]["error"]
+    after = snapshot(client)
+    assert after["items"] == before["items"] + 1 and after["index"] == [results[1]["item"]["id"]]
+    assert len(after["blobs"]) == 1
 
 
 def _small_limit_client(

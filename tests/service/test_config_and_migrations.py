@@ -3,10 +3,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from app.core.config import Settings, load_settings
+from app.db import migrate
 from app.db.models import Base
 from app.db.session import make_engine
 from app.errors import SketchReidError
@@ -52,3 +55,44 @@ def test_migrations_match_the_models(database_url: str) -> None:
     finally:
         engine.dispose()
     assert diff == []
+
+
+def test_existing_keys_survive_0005_and_its_downgrade(database_url: str) -> None:
+    """0005 adds api_keys.created_by / revoked_by (SQLite recreates the table): the keys, their
+    role check and the columns' links to api_keys stay; downgrading takes the columns away."""
+    config = migrate.alembic_config(database_url)
+    command.downgrade(config, "0004")
+    engine = make_engine(database_url)
+    insert = sa.text(
+        "INSERT INTO api_keys (id, name, role, key_hash, key_prefix, created_at) "
+        "VALUES (:id, :name, :role, :hash, 'skr_x', '2025-01-01 00:00:00')"
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert, {"id": 7, "name": "old desk", "role": "operator", "hash": "a"})
+        command.upgrade(config, "0005")
+        with engine.begin() as conn:
+            row = conn.execute(
+                sa.text("SELECT id, name, role, created_by, revoked_by FROM api_keys")
+            ).one()
+            assert tuple(row) == (7, "old desk", "operator", None, None)
+            conn.execute(sa.text("UPDATE api_keys SET revoked_by = 7, created_by = 7"))
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+            conn.execute(insert, {"id": 8, "name": "x", "role": "root", "hash": "b"})
+        links = {
+            (tuple(fk["constrained_columns"]), fk["referred_table"], fk["options"].get("ondelete"))
+            for fk in sa.inspect(engine).get_foreign_keys("api_keys")
+        }
+        assert links == {
+            (("created_by",), "api_keys", "SET NULL"),
+            (("revoked_by",), "api_keys", "SET NULL"),
+        }
+        command.downgrade(config, "0004")
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("api_keys")}
+        assert {"created_by", "revoked_by"}.isdisjoint(columns) and "expires_at" in columns
+        with engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT name FROM api_keys")).scalar_one() == "old desk"
+            conn.execute(sa.text("DELETE FROM api_keys"))
+    finally:
+        command.upgrade(config, "head")
+        engine.dispose()

@@ -1,17 +1,23 @@
 """HTTP details a generated client or a fuzzer relies on (each found by schemathesis):
 the Allow header of a 405, 405 rather than 422 for a method a path does not have, malformed
-ids, the media type of /metrics, and request schemas that say what a form can carry."""
+ids, the media type of /metrics, and request schemas that say what a form can carry; and no
+API answer kept in a cache."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from app.api.main import create_app
+from app.core.config import Settings
+from app.ml.bundle.store import Bundle
 from app.services.blobs import CONTENT_TYPES
 
 from .conftest import Keys
+from .helpers import jpeg, sketch_png
 
 PATHS_AND_METHODS = [
     ("/api/v1/gallery", {"GET", "POST"}),
@@ -97,3 +103,51 @@ def test_file_parts_declare_the_image_types_and_a_batch_needs_one(client: TestCl
             assert part in schema["required"]
     batch, _ = _body_schema(openapi, "/api/v1/gallery/batch")
     assert batch["properties"]["images"]["minItems"] == 1
+
+
+def test_api_answers_are_kept_out_of_caches(
+    client: TestClient, keys: Keys, make_settings: Callable[..., Settings], bundle: Bundle
+) -> None:
+    """Every answer under /api/v1 carries personal data (or says who asked for what):
+    ``Cache-Control: no-store``, errors included; a crop keeps its own private policy."""
+    item = client.post(
+        "/api/v1/gallery",
+        files={"image": ("a.jpg", jpeg(1), "image/jpeg")},
+        data={"camera_id": "c1"},
+        headers=keys.operator,
+    )
+    found = client.post(
+        "/api/v1/search",
+        files={"sketch": ("s.png", sketch_png(1), "image/png")},
+        headers=keys.investigator,
+    )
+    answers = {
+        "upload": item,
+        "search": found,
+        "listing": client.get("/api/v1/gallery", headers=keys.investigator),
+        "item": client.get(f"/api/v1/gallery/{item.json()['id']}", headers=keys.investigator),
+        "record": client.get(
+            f"/api/v1/searches/{found.json()['search_id']}", headers=keys.investigator
+        ),
+        "history": client.get("/api/v1/searches", headers=keys.investigator),
+        "sketch": client.get(found.json()["sketch_url"], headers=keys.investigator),
+        "keys": client.get("/api/v1/apikeys", headers=keys.admin),
+        "audit": client.get("/api/v1/audit", headers=keys.admin),
+        "whoami": client.get("/api/v1/whoami", headers=keys.investigator),
+        "401": client.get("/api/v1/gallery"),
+        "404": client.get("/api/v1/gallery/999", headers=keys.investigator),
+        "422": client.get("/api/v1/gallery?limit=0", headers=keys.investigator),
+    }
+    for name, r in answers.items():
+        assert r.headers.get("cache-control") == "no-store", (name, r.status_code, r.headers)
+    crop = client.get(item.json()["image_url"], headers=keys.investigator)
+    assert crop.headers["cache-control"] == "private, max-age=86400"
+    assert "no-store" not in client.get("/healthz").headers.get("cache-control", "")
+    # An error made by the middleware before any route runs: the body cap's 413.
+    with TestClient(create_app(make_settings(MAX_UPLOAD_MB=0.05), bundle=bundle)) as small:
+        r = small.post(
+            "/api/v1/gallery",
+            files={"image": ("a.jpg", b"x" * 2_000_000, "image/jpeg")},
+            headers=keys.operator,
+        )
+        assert r.status_code == 413 and r.headers.get("cache-control") == "no-store"

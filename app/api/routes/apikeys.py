@@ -17,9 +17,15 @@ router = APIRouter(prefix="/apikeys", tags=["apikeys"])
     response_model=ApiKeyCreated,
     responses=error_responses(400, 413, 422),
 )
-def create(body: ApiKeyCreate, session: SessionDep, _key: AdminDep) -> ApiKeyCreated:
+def create(body: ApiKeyCreate, session: SessionDep, admin: AdminDep) -> ApiKeyCreated:
+    """Create a key (audited: `apikey.create`, by this admin key)."""
     row, key = apikeys.create_key(
-        session, body.name, body.role, expires_in_days=body.expires_in_days
+        session,
+        body.name,
+        body.role,
+        expires_in_days=body.expires_in_days,
+        created_by=admin.id,
+        actor="api",
     )
     return ApiKeyCreated(**ApiKeyOut.of(row).model_dump(), key=key)
 
@@ -32,5 +38,6 @@ def list_keys(session: SessionDep, _key: AdminDep) -> list[ApiKeyOut]:
 @router.post(
     "/{key_id:id}/revoke", response_model=ApiKeyOut, responses=error_responses(404, 409, 422)
 )
-def revoke(key_id: int, session: SessionDep, _key: AdminDep) -> ApiKeyOut:
-    return ApiKeyOut.of(apikeys.revoke_key(session, key_id))
+def revoke(key_id: int, session: SessionDep, admin: AdminDep) -> ApiKeyOut:
+    """Revoke a key (audited: `apikey.revoke`, by this admin key); a revoked key again: as is."""
+    return ApiKeyOut.of(apikeys.revoke_key(session, key_id, revoked_by=admin.id, actor="api"))

@@ -1,4 +1,5 @@
-"""/api/v1/audit: the audit trail of deletions and purges (admin only)."""
+"""/api/v1/audit: the audit trail of deletions, purges, key changes and admins' reads of other
+keys' searches (admin only)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,11 @@ def list_events(
     session: SessionDep,
     _key: AdminDep,
     _once: Annotated[None, _ONE_EACH],
-    action: Annotated[Literal["gallery.delete", "searches.purge"] | None, Query()] = None,
+    action: Annotated[
+        Literal["gallery.delete", "searches.purge", "apikey.create", "apikey.revoke", "search.open"]
+        | None,
+        Query(),
+    ] = None,
     gallery_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=audit.MAX_LIST_LIMIT)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import time
 from datetime import datetime
 from typing import Annotated
@@ -12,6 +11,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Up
 from fastapi.responses import JSONResponse
 
 from app.api.deps import CtxDep, OperatorDep, ReaderDep, SessionDep, single_valued
+from app.api.forms import TRUE_OR_FALSE
 from app.api.schemas import (
     BatchItemResult,
     BatchResult,
@@ -21,7 +21,6 @@ from app.api.schemas import (
 )
 from app.api.uploads import read_upload
 from app.db.types import MAX_ID
-from app.errors import UserInputError
 from app.services import gallery
 from app.services.timeparse import parse_timestamp
 
@@ -34,6 +33,13 @@ _ONE_BATCH = Depends(single_valued(form=("metadata", "camera_from_filename")))
 _ONE_LISTING = Depends(
     single_valued(query=("limit", "offset", "captured_after", "captured_before"))
 )
+
+
+def _text_rule(name: str) -> str:
+    return (
+        f"at most {gallery.TEXT_LIMITS[name]} characters (trimmed), no control characters "
+        "and no lone surrogates (400 otherwise)"
+    )
 
 
 @router.post(
@@ -52,12 +58,12 @@ def ingest(
     key: OperatorDep,
     _once: Annotated[None, _ONE_IMAGE],
     image: Annotated[UploadFile, File(description="A person crop (JPEG, PNG, WEBP, ...)")],
-    camera_id: Annotated[str | None, Form()] = None,
+    camera_id: Annotated[str | None, Form(description=_text_rule("camera_id"))] = None,
     captured_at: Annotated[
         str | None, Form(description="ISO 8601 with a zone, e.g. 2024-05-01T13:45:00Z")
     ] = None,
-    location: Annotated[str | None, Form()] = None,
-    external_id: Annotated[str | None, Form()] = None,
+    location: Annotated[str | None, Form(description=_text_rule("location"))] = None,
+    external_id: Annotated[str | None, Form(description=_text_rule("external_id"))] = None,
 ) -> JSONResponse:
     start = time.perf_counter()
     meta = gallery.make_metadata(camera_id, captured_at, location, external_id)
@@ -86,25 +92,18 @@ def ingest_batch(
         str | None,
         Form(
             description="JSON list aligned with the files: one object (or null) per file with "
-            "camera_id, captured_at, location, external_id"
+            "camera_id, captured_at, location, external_id (strings, rules as for a single "
+            f"upload); nested at most {gallery.MAX_METADATA_DEPTH} levels deep (400 beyond)"
         ),
     ] = None,
     camera_from_filename: Annotated[
-        bool, Form(description="Take camera_id from Market-1501 style names (0001_c3s1_...)")
+        bool,
+        TRUE_OR_FALSE,
+        Form(description="Take camera_id from Market-1501 style names (0001_c3s1_...)"),
     ] = False,
 ) -> BatchResult:
     start = time.perf_counter()
-    per_file: list[object] = [None] * len(images)
-    if metadata is not None and metadata.strip():
-        try:
-            parsed = json.loads(metadata)
-        except ValueError as exc:
-            raise UserInputError(f"metadata is not valid JSON: {exc}") from None
-        if not isinstance(parsed, list) or len(parsed) != len(images):
-            raise UserInputError(
-                f"metadata must be a JSON list with one entry per file ({len(images)} files)"
-            )
-        per_file = parsed
+    per_file = gallery.parse_batch_metadata(metadata, len(images))
     # Each file stays where the multipart parser put it (a temporary file once over 1 MB) and
     # is read when its turn comes, so one batch holds one file in memory, not all of them.
     limit = ctx.settings.max_upload_bytes
@@ -133,7 +132,10 @@ def list_items(
     _once: Annotated[None, _ONE_LISTING],
     limit: Annotated[int, Query(ge=1, le=gallery.MAX_LIST_LIMIT)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
-    camera_id: Annotated[list[str] | None, Query()] = None,
+    camera_id: Annotated[
+        list[str] | None,
+        Query(description="repeatable; text without NUL or lone surrogates (400 otherwise)"),
+    ] = None,
     captured_after: Annotated[str | None, Query(description="inclusive, ISO 8601")] = None,
     captured_before: Annotated[str | None, Query(description="exclusive, ISO 8601")] = None,
 ) -> GalleryPage:

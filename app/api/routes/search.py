@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 
 from app.api.deps import CtxDep, InvestigatorDep, SessionDep, single_valued
+from app.api.forms import TRUE_OR_FALSE
 from app.api.schemas import MarkIn, MarkOut, SearchOut, SearchRecordOut, error_responses
 from app.api.uploads import read_upload
 from app.ml.infer.query_views import QueryView
@@ -57,9 +58,12 @@ def search(
     top_k: Annotated[int, Form(ge=1, le=search_service.MAX_TOP_K)] = 10,
     translate: Annotated[
         bool | None,
+        TRUE_OR_FALSE,
         Form(
             description="sketch -> photo before embedding (false: view `sketch`; true: the "
-            "model's view when it translates, else `translated`); left out: the model's choice"
+            "model's view when it translates, else `translated`); left out: the model's "
+            "choice. With `view` also sent it must agree: false with `translated` or `fused`, "
+            "or true with `sketch`, is 422"
         ),
     ] = None,
     view: Annotated[
@@ -68,11 +72,12 @@ def search(
             description="how the sketch becomes a query: `sketch` (as drawn), `translated` "
             "(its sketch -> photo translation) or `fused` (both embeddings fused, the most "
             "accurate on the protocol); left out: the model's choice (`query_view` in "
-            "/model). Overrides `translate`, which must agree when also sent"
+            "/model). Overrides `translate`, which must agree when also sent (422 otherwise)"
         ),
     ] = None,
     rerank: Annotated[
         bool | None,
+        TRUE_OR_FALSE,
         Form(
             description="k-reciprocal re-ranking of the top candidates (true / false); left "
             "out: automatic, on when the searched gallery (after the filters) holds at least "
@@ -80,10 +85,28 @@ def search(
             "the response's `reranked` and `notes` say what ran"
         ),
     ] = None,
-    k1: Annotated[int, Form(ge=1, le=100)] = 20,
-    k2: Annotated[int, Form(ge=1, le=100, description="at most k1 (422 otherwise)")] = 6,
+    k1: Annotated[
+        int,
+        Form(
+            ge=1,
+            le=100,
+            description="re-ranking's k1 (neighbours); `k2` must not be larger (422 otherwise)",
+        ),
+    ] = 20,
+    k2: Annotated[
+        int,
+        Form(
+            ge=1,
+            le=100,
+            description="re-ranking's k2, at most `k1` (its default 20 when left out): "
+            "`k2` > `k1` is 422",
+        ),
+    ] = 6,
     lambda_value: Annotated[float, Form(ge=0.0, le=1.0)] = 0.3,
-    camera_id: Annotated[list[str] | None, Form(description="repeatable")] = None,
+    camera_id: Annotated[
+        list[str] | None,
+        Form(description="repeatable; text without NUL or lone surrogates (400 otherwise)"),
+    ] = None,
     captured_after: Annotated[str | None, Form(description="inclusive, ISO 8601")] = None,
     captured_before: Annotated[str | None, Form(description="exclusive, ISO 8601")] = None,
     confirmed_id: Annotated[
@@ -121,7 +144,11 @@ def search(
         search_service.SketchUpload(read_upload(u, ctx.settings.max_upload_bytes), u.filename)
         for u in uploads
     ]
-    earlier = search_service.get_search(session, refine, key) if refine is not None else None
+    earlier = (
+        search_service.get_search(session, refine, key, use="refine")
+        if refine is not None
+        else None
+    )
     outcome = search_service.run_search(
         ctx,
         session,
@@ -142,7 +169,8 @@ def search(
     responses=error_responses(404, 422),
 )
 def get_search(search_id: uuid.UUID, session: SessionDep, key: InvestigatorDep) -> SearchRecordOut:
-    record = search_service.get_search(session, search_id, key)
+    """The audit record of a search (an admin reading another key's search is audited)."""
+    record = search_service.get_search(session, search_id, key, use="record")
     deleted = audit.deletions(session, (r["gallery_id"] for r in record.results))
     return SearchRecordOut.of(record, deleted, feedback.mark_history(session, record.id))
 
@@ -158,7 +186,7 @@ def add_mark(
 ) -> MarkOut:
     """Mark one of the search's results as the suspect (`confirmed`), someone else
     (`rejected`), or withdraw the mark (`none`). Marks are kept with who and when."""
-    record = search_service.get_search(session, search_id, key)
+    record = search_service.get_search(session, search_id, key, use="mark")
     row = feedback.add_mark(session, record, body.gallery_id, body.mark, api_key_id=key.id)
     return MarkOut.of(row)
 
@@ -175,7 +203,7 @@ def get_translated(
     key: InvestigatorDep,
     index: Annotated[int, _INDEX] = 0,
 ) -> Response:
-    record = search_service.get_search(session, search_id, key)
+    record = search_service.get_search(session, search_id, key, use="translated", index=index)
     data = search_service.read_search_file(ctx, record, "translated", index)
     return Response(data, media_type="image/png")
 
@@ -192,6 +220,6 @@ def get_sketch(
     key: InvestigatorDep,
     index: Annotated[int, _INDEX] = 0,
 ) -> Response:
-    record = search_service.get_search(session, search_id, key)
+    record = search_service.get_search(session, search_id, key, use="sketch", index=index)
     data = search_service.read_search_file(ctx, record, "sketch", index)
     return Response(data, media_type=content_type_for(record.sketches[index]["path"]))

@@ -24,7 +24,7 @@ from app.ml.bundle.store import Bundle, load_bundle
 from app.ml.data.synth import generate_synthetic
 from app.services.model import int8_cache_dir, load_model, onnx_cache_dir
 
-from .conftest import create_keys
+from .conftest import Keys, create_keys
 from .helpers import sketch_png
 
 
@@ -34,6 +34,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template
     path = tmp_path / "sketchreid.db"
     shutil.copy(sqlite_template, path)
     return f"sqlite:///{path}"
+
+
+def _search_once(client: TestClient, keys: Keys) -> None:
+    r = client.post(
+        "/api/v1/search",
+        files={"sketch": ("s.png", sketch_png(0), "image/png")},
+        data={"top_k": "5"},
+        headers=keys.investigator,
+    )
+    assert r.status_code == 200, r.text
 
 
 def test_onnx_backend_exports_once_and_serves_the_same_vectors(
@@ -83,13 +93,7 @@ def test_the_model_route_says_how_it_runs_and_search_works(
         model = client.get("/api/v1/model", headers=keys.investigator)
         assert model.status_code == 200
         assert model.json()["inference"] == {"backend": "onnx", "precision": "fp32"}
-        r = client.post(
-            "/api/v1/search",
-            files={"sketch": ("s.png", sketch_png(0), "image/png")},
-            data={"top_k": "5"},
-            headers=keys.investigator,
-        )
-        assert r.status_code == 200, r.text
+        _search_once(client, keys)
 
 
 def test_int8_is_built_once_calibrated_and_serves_a_search(
@@ -113,13 +117,7 @@ def test_int8_is_built_once_calibrated_and_serves_a_search(
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         model = client.get("/api/v1/model", headers=keys.investigator)
         assert model.json()["inference"] == {"backend": "onnx", "precision": "int8"}
-        r = client.post(
-            "/api/v1/search",
-            files={"sketch": ("s.png", sketch_png(0), "image/png")},
-            data={"top_k": "5"},
-            headers=keys.investigator,
-        )
-        assert r.status_code == 200, r.text
+        _search_once(client, keys)
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps  # reused
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (64, 32, 3), np.uint8)) for _ in range(4)]

@@ -10,11 +10,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
+from app.api.throttle import AuthThrottle
+from app.core.net import client_address
 from app.db.models import ApiKey
 from app.db.session import session_scope
 from app.services.apikeys import authenticate
 from app.services.context import ServiceContext
-from app.services.errors import NotReadyError, PermissionDeniedError
+from app.services.errors import (
+    AuthenticationError,
+    NotReadyError,
+    PermissionDeniedError,
+    TooManyAuthFailuresError,
+)
 
 API_KEY_HEADER = "X-API-Key"
 _api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
@@ -38,10 +45,39 @@ def get_session(ctx: CtxDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
+def request_address(request: Request) -> str:
+    """The client's address: the peer's, or from X-Forwarded-For when the peer is one of the
+    trusted proxies (``TRUSTED_PROXIES``)."""
+    settings = request.app.state.settings
+    peer = request.client.host if request.client else None
+    return client_address(
+        peer, request.headers.getlist("x-forwarded-for"), settings.trusted_proxies
+    )
+
+
 def get_api_key(
-    session: SessionDep, key: Annotated[str | None, Security(_api_key_header)]
+    request: Request,
+    session: SessionDep,
+    key: Annotated[str | None, Security(_api_key_header)],
 ) -> ApiKey:
-    return authenticate(session, key)
+    """The one place keys are checked, and failed keys counted per client address
+    (``app.api.throttle``): a locked-out address that presents a key gets 429, unchecked."""
+    throttle: AuthThrottle | None = getattr(request.app.state, "auth_throttle", None)
+    if throttle is None or not key:  # no key: nothing to guess, a plain 401
+        return authenticate(session, key)
+    address = request_address(request)
+    retry_after = throttle.refuse(address)
+    if retry_after is not None:
+        raise TooManyAuthFailuresError(
+            f"too many failed API keys from your address: keys are not checked for "
+            f"{retry_after} s (Retry-After); try again then with a valid key",
+            retry_after,
+        )
+    try:
+        return authenticate(session, key)
+    except AuthenticationError:
+        throttle.failed(address)
+        raise
 
 
 ApiKeyDep = Annotated[ApiKey, Depends(get_api_key)]

@@ -21,6 +21,7 @@ from app.services.errors import (
     OutOfRangeError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    TooManyAuthFailuresError,
 )
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ STATUS_BY_ERROR: tuple[tuple[type[SketchReidError], int], ...] = (
     (PermissionDeniedError, 403),
     (NotFoundError, 404),
     (ConflictError, 409),
+    (TooManyAuthFailuresError, 429),
     (PayloadTooLargeError, 413),
     (OutOfRangeError, 422),
     (UserInputError, 400),

@@ -28,6 +28,7 @@ from app.api.middleware import (
 )
 from app.api.routes import apikeys, audit, gallery, health, history, model, search, whoami
 from app.api.schemas import API_PREFIX, COMMON_ERRORS, error_responses
+from app.api.throttle import AuthThrottle
 from app.core.config import Settings, get_settings
 from app.ml.bundle.store import Bundle
 from app.services.context import ServiceContext, close_context, open_context, sync_index
@@ -128,6 +129,13 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.auth_throttle = AuthThrottle(
+        limit=settings.AUTH_FAILURE_LIMIT,
+        window=settings.AUTH_FAILURE_WINDOW_SECONDS,
+        lockout=settings.AUTH_LOCKOUT_SECONDS,
+        max_addresses=settings.AUTH_THROTTLE_MAX_ADDRESSES,
+        metrics=metrics,
+    )
     app.state.ctx = None
     errors.install(app)
     app.include_router(health.router)

@@ -32,6 +32,16 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.auth_lockouts = Counter(
+            "sketchreid_auth_lockouts",
+            "Client addresses locked out after too many failed API keys",
+            registry=self.registry,
+        )
+        self.auth_refused = Counter(
+            "sketchreid_auth_throttled_requests",
+            "Requests refused (429, key unchecked) because their address was locked out",
+            registry=self.registry,
+        )
         self.gallery_size = Gauge(
             "sketchreid_index_items", "Items in the vector index", registry=self.registry
         )

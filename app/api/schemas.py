@@ -45,13 +45,16 @@ _ERROR_DESCRIPTIONS = {
     409: "Refused in the current state",
     413: "A file or the request body is over its size limit",
     422: "A missing, repeated, mistyped or out-of-range field (`errors` lists them)",
-    429: "Too many batch uploads running at once; retry after `Retry-After` seconds",
+    429: "Too many failed API keys from this address (keys are not checked until "
+    "`Retry-After` seconds have passed), or, for batch uploads, too many running at once; "
+    "retry after `Retry-After` seconds",
     500: "A fault of the server (logged); nothing was changed by this request's failure",
     503: "The service is starting, shutting down or too busy (the model's queue is full: "
     "retry after `Retry-After` seconds); nothing was changed",
 }
-# Every route under /api/v1 can answer these (key checks, server faults, not started yet).
-COMMON_ERRORS = (401, 403, 500, 503)
+# Every route under /api/v1 can answer these (key checks, key guessing, server faults, not
+# started yet).
+COMMON_ERRORS = (401, 403, 429, 500, 503)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

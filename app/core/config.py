@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.core.net import IPNetwork, parse_networks
 from app.errors import SketchReidError
 from app.ml.infer.precision import ServingPrecision
 
@@ -105,10 +106,28 @@ class Settings(BaseSettings):
     INFERENCE_MAX_WAIT_MS: float = Field(default=2.0, ge=0, le=1000)
     INFERENCE_QUEUE_SIZE: int = Field(default=256, ge=1, le=100_000)
 
+    # Key guessing (app.api.throttle): after AUTH_FAILURE_LIMIT failed keys (unknown, revoked,
+    # expired) from one client address within AUTH_FAILURE_WINDOW_SECONDS, requests from it that
+    # present a key get 429 with Retry-After for AUTH_LOCKOUT_SECONDS, the key unchecked (a
+    # valid one too). 0: no limit. At most AUTH_THROTTLE_MAX_ADDRESSES addresses are remembered
+    # (the least recently failed is forgotten first).
+    AUTH_FAILURE_LIMIT: int = Field(default=20, ge=0, le=1_000_000)
+    AUTH_FAILURE_WINDOW_SECONDS: float = Field(default=60.0, gt=0, le=86_400)
+    AUTH_LOCKOUT_SECONDS: float = Field(default=60.0, gt=0, le=86_400)
+    AUTH_THROTTLE_MAX_ADDRESSES: int = Field(default=10_000, ge=1, le=10_000_000)
+    # Reverse proxies (comma-separated addresses or networks, e.g. "10.0.0.5, 172.16.0.0/12")
+    # whose X-Forwarded-For names the client; empty: the peer address is the client, the header
+    # is ignored.
+    TRUSTED_PROXIES: str = ""
+
     @model_validator(mode="after")
     def _defaults_and_safety(self) -> Settings:
         if not self.DATABASE_URL:
             self.DATABASE_URL = f"sqlite:///{self.DATA_DIR / 'sketchreid.db'}"
+        try:
+            parse_networks(self.TRUSTED_PROXIES)
+        except ValueError as exc:
+            raise ValueError(f"TRUSTED_PROXIES: {exc}") from None
         if self.BACKEND == "onnx" and self.PRECISION == "bf16":
             raise ValueError(
                 "BACKEND=onnx runs in fp32 or int8; use BACKEND=torch for PRECISION=bf16"
@@ -147,6 +166,10 @@ class Settings(BaseSettings):
     @property
     def max_batch_bytes(self) -> int:
         return int(self.MAX_BATCH_MB * 1024 * 1024)
+
+    @property
+    def trusted_proxies(self) -> tuple[IPNetwork, ...]:
+        return parse_networks(self.TRUSTED_PROXIES)
 
     @property
     def blob_dir(self) -> Path:

@@ -29,6 +29,14 @@ class AuthenticationError(SketchReidError):
     """No API key, an unknown key or a revoked key: HTTP 401."""
 
 
+class TooManyAuthFailuresError(SketchReidError):
+    """Too many failed API keys from this address: HTTP 429 with ``Retry-After``."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class PermissionDeniedError(SketchReidError):
     """A valid key whose role may not do this: HTTP 403."""
 

@@ -224,17 +224,14 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from app.ml.bundle.onnx_quantize import quantize_bundle
     from app.ml.bundle.onnx_runtime import onnxruntime_available
-    from app.ml.data.calibration import folder_calibration, synthetic_calibration
+    from app.ml.data.calibration import calibration_images
 
     if not onnxruntime_available():
         raise UserInputError("quantize needs onnx and onnxruntime: pip install 'sketch-reid[onnx]'")
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         raise UserInputError(f"{args.out} already exists; choose another folder")
     bundle = load_bundle(args.bundle)
-    if args.calibration_root is not None:
-        images = folder_calibration(args.calibration_root, args.images)
-    else:
-        images = synthetic_calibration(args.images)
+    images = calibration_images(args.calibration_root, args.images)
     record = quantize_bundle(
         bundle,
         args.out,

@@ -40,16 +40,11 @@ def int8_cache_dir(settings: Settings, bundle: Bundle) -> Path:
     return folder.with_name(f"{folder.name}-int8")
 
 
-def _onnx_bundle(settings: Settings, bundle: Bundle) -> Bundle:
+def _export(settings: Settings, bundle: Bundle) -> Path:
+    """Export ``bundle`` to ONNX into its cache folder (replacing what was there)."""
     from app.ml.bundle.onnx_export import export_onnx
-    from app.ml.bundle.onnx_runtime import with_onnx
 
     folder = onnx_cache_dir(settings, bundle)
-    if folder.exists():
-        try:
-            return with_onnx(bundle, folder, "fp32")
-        except BundleError as exc:
-            log.warning("exporting the model to ONNX again: %s", exc)
     start = time.perf_counter()
     record = export_onnx(bundle, folder, overwrite=True)
     log.info(
@@ -58,13 +53,40 @@ def _onnx_bundle(settings: Settings, bundle: Bundle) -> Bundle:
         folder,
         record.parity,
     )
-    return with_onnx(bundle, folder, "fp32")
+    return folder
+
+
+def _onnx_bundle(settings: Settings, bundle: Bundle) -> Bundle:
+    from app.ml.bundle.onnx_runtime import with_onnx
+
+    folder = onnx_cache_dir(settings, bundle)
+    if folder.exists():
+        try:
+            return with_onnx(bundle, folder, "fp32")
+        except BundleError as exc:
+            log.warning("exporting the model to ONNX again: %s", exc)
+    return with_onnx(bundle, _export(settings, bundle), "fp32")
+
+
+def _fp32_export(settings: Settings, bundle: Bundle) -> Path:
+    """The bundle's verified fp32 export to quantise (files and sources checked; no sessions
+    opened, no parity run: the quantiser checks the int8 graphs against PyTorch itself)."""
+    from app.ml.bundle.onnx_files import verify_onnx_dir
+
+    folder = onnx_cache_dir(settings, bundle)
+    if folder.exists():
+        try:
+            verify_onnx_dir(folder, bundle, "fp32")
+            return folder
+        except BundleError as exc:
+            log.warning("exporting the model to ONNX again: %s", exc)
+    return _export(settings, bundle)
 
 
 def _int8_bundle(settings: Settings, bundle: Bundle) -> Bundle:
     from app.ml.bundle.onnx_quantize import quantize_onnx
     from app.ml.bundle.onnx_runtime import with_onnx
-    from app.ml.data.calibration import folder_calibration, synthetic_calibration
+    from app.ml.data.calibration import calibration_images
 
     folder = int8_cache_dir(settings, bundle)
     if folder.exists():
@@ -72,16 +94,12 @@ def _int8_bundle(settings: Settings, bundle: Bundle) -> Bundle:
             return with_onnx(bundle, folder, "int8")
         except BundleError as exc:
             log.warning("quantising the model to int8 again: %s", exc)
-    _onnx_bundle(settings, bundle)  # a verified fp32 export to quantise
-    n = settings.INT8_CALIBRATION_IMAGES
-    if settings.INT8_CALIBRATION_DIR is not None:
-        images = folder_calibration(settings.INT8_CALIBRATION_DIR, n)
-    else:
-        images = synthetic_calibration(n)
+    fp32_dir = _fp32_export(settings, bundle)
+    images = calibration_images(settings.INT8_CALIBRATION_DIR, settings.INT8_CALIBRATION_IMAGES)
     start = time.perf_counter()
     record = quantize_onnx(
         bundle,
-        onnx_cache_dir(settings, bundle),
+        fp32_dir,
         folder,
         images.photos,
         images.sketches,

@@ -86,3 +86,12 @@ def synthetic_calibration(images: int, seed: int = SYNTHETIC_SEED) -> Calibratio
         f"and {len(drawn.sketches)} sketches"
     )
     return drawn
+
+
+def calibration_images(root: str | Path | None, images: int) -> CalibrationSet:
+    """The photos and sketches of ``root`` when given (:func:`folder_calibration`), else
+    synthetic people (:func:`synthetic_calibration`): the service's and `model quantize`'s
+    rule."""
+    if root is not None:
+        return folder_calibration(root, images)
+    return synthetic_calibration(images)

@@ -17,7 +17,11 @@ from typing import Any
 from app.errors import UserInputError
 from app.ml.bundle.store import Bundle, combine_bundles, load_bundle, read_manifest
 from app.ml.data.splits import Split
-from app.ml.evaluation.distractors import DistractorOptions, score_by_gallery_size
+from app.ml.evaluation.distractors import (
+    DistractorOptions,
+    distractors_for,
+    score_by_gallery_size,
+)
 from app.ml.evaluation.evaluate import RerankParams, embed_test_set, score
 from app.ml.evaluation.testset import fused_queries
 from app.ml.infer.embedder import Embedder
@@ -107,6 +111,7 @@ def cross_validate(
                 bundle.embedder, bundle.translator, plan.dataset, split.test
             )
             views["fused"] = fused_queries(views["plain"], views["translated"])
+        loaded = distractors_for(bundle, distractors) if distractors is not None else None
         for view, embedded in views.items():
             for rr in (None, rerank) if rerank else (None,):
                 name = "rerank" if view == "plain" and rr else view + ("+rerank" if rr else "")
@@ -115,7 +120,9 @@ def cross_validate(
                 rows.setdefault(name, []).append(result)
             if distractors is not None:
                 triple = (rerank.k1, rerank.k2, rerank.lambda_value) if rerank else None
-                sized = score_by_gallery_size(bundle, embedded, distractors, rerank=triple)
+                sized = score_by_gallery_size(
+                    bundle, embedded, distractors, rerank=triple, loaded=loaded
+                )
                 distractor_sets.append(sized["set"])
                 for size, row in sized["by_size"].items():
                     for variant in ("plain", "rerank"):

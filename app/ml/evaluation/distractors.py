@@ -112,17 +112,18 @@ def _folder_items(folder: Path) -> list[Distractor]:
     return [Distractor(p, folder, None) for p in paths]
 
 
-def _pretraining_record(bundle: Bundle) -> list[tuple[Path, set[int], Path | None]]:
-    """(folder, held-out pids of it, ...) for each folder any member was pre-trained on."""
-    seen: list[tuple[Path, set[int], Path | None]] = []
+def _pretraining_record(bundle: Bundle) -> list[tuple[Path, set[int]]]:
+    """(folder, its pids held out of pre-training) for each folder any member was pre-trained
+    on."""
+    seen: list[tuple[Path, set[int]]] = []
     for entry in bundle.manifest.members:
         data = (entry.training.get("pretrain") or {}).get("data") or {}
         holdout = data.get("holdout") or {}
         held_folder = Path(holdout["folder"]).resolve() if holdout.get("folder") else None
-        held = set(int(p) for p in holdout.get("identities") or [])
+        held = {int(p) for p in holdout.get("identities") or []}
         for folder in data.get("folders") or []:
             path = Path(folder["path"]).resolve()
-            seen.append((path, held if held_folder == path else set(), held_folder))
+            seen.append((path, held if held_folder == path else set()))
     return seen
 
 
@@ -132,7 +133,7 @@ def seen_by_pretraining(items: Sequence[Distractor], bundle: Bundle) -> np.ndarr
     out = np.zeros(len(items), dtype=bool)
     for i, item in enumerate(items):
         folder = item.folder.resolve()
-        for path, held, _ in record:
+        for path, held in record:
             if folder == path and (item.pid is None or item.pid not in held):
                 out[i] = True
                 break
@@ -244,16 +245,8 @@ def _figures(dist: np.ndarray, e: Embedded) -> dict[str, Any]:
     return result
 
 
-def score_by_gallery_size(
-    bundle: Bundle,
-    e: Embedded,
-    opts: DistractorOptions,
-    *,
-    rerank: tuple[int, int, float] | None = None,
-) -> dict[str, Any]:
-    """Figures of one embedded test set with 0..N distractors added to its gallery, at each
-    size of ``opts.sizes``: ``plain`` (cosine) and, with ``rerank`` (k1, k2, lambda), the
-    service's query-time re-ranking of each query's top ``opts.rerank_candidates``."""
+def distractors_for(bundle: Bundle, opts: DistractorOptions) -> tuple[DistractorSet, np.ndarray]:
+    """The distractors ``opts`` asks for, marked for ``bundle``, and their embeddings."""
     dset = load_distractors(
         opts.folders,
         bundle,
@@ -261,7 +254,23 @@ def score_by_gallery_size(
         unseen_only=opts.unseen_only,
         seed=opts.seed,
     )
-    vectors = embed_distractors(bundle.embedder, bundle_key(bundle), dset, opts.cache_dir)
+    return dset, embed_distractors(bundle.embedder, bundle_key(bundle), dset, opts.cache_dir)
+
+
+def score_by_gallery_size(
+    bundle: Bundle,
+    e: Embedded,
+    opts: DistractorOptions,
+    *,
+    rerank: tuple[int, int, float] | None = None,
+    loaded: tuple[DistractorSet, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Figures of one embedded test set with 0..N distractors added to its gallery, at each
+    size of ``opts.sizes``: ``plain`` (cosine) and, with ``rerank`` (k1, k2, lambda), the
+    service's query-time re-ranking of each query's top ``opts.rerank_candidates``.
+    ``loaded``: :func:`distractors_for` of this bundle, when the caller scores several views
+    of one bundle (listed and embedded once)."""
+    dset, vectors = loaded if loaded is not None else distractors_for(bundle, opts)
     sizes = sorted({min(n, len(dset)) for n in (opts.sizes or (0, len(dset)))})
     by_size: dict[str, Any] = {}
     for n in sizes:

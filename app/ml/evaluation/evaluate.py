@@ -19,6 +19,8 @@ from app.ml.data.pku import PKUSketchDataset
 from app.ml.data.splits import Split
 from app.ml.evaluation.distractors import (
     DistractorOptions,
+    DistractorSet,
+    distractors_for,
     score_by_gallery_size,
     summarize_sizes,
 )
@@ -158,6 +160,7 @@ def evaluate_runs(
             )
         )
     per_split = []
+    loaded: dict[Path, tuple[DistractorSet, np.ndarray]] = {}
     feedback_rows: list[dict[str, dict[str, Any]]] = []
     for i, (bundle, split) in enumerate(runs):
         trained_on = set(bundle.manifest.training.get("train_pids") or [])
@@ -176,8 +179,10 @@ def evaluate_runs(
         result["test_pids"] = list(split.test)
         result["train_test_overlap"] = len(trained_on & set(split.test))
         if distractors is not None:
+            if bundle.path not in loaded:  # one bundle over several splits: listed once
+                loaded[bundle.path] = distractors_for(bundle, distractors)
             result["gallery_sizes"] = score_by_gallery_size(
-                bundle, embedded, distractors, rerank=_triple(rerank)
+                bundle, embedded, distractors, rerank=_triple(rerank), loaded=loaded[bundle.path]
             )
         if extras.feedback is not None:
             result["feedback"] = evaluate_feedback(embedded, extras.feedback)

@@ -13,6 +13,7 @@ from starlette.routing import Match
 
 from app.errors import BundleError, SketchReidError, UserInputError
 from app.ml.infer.batching import QueueClosedError, QueueFullError
+from app.queue.producer import BrokerUnavailableError
 from app.services.errors import (
     AuthenticationError,
     ConflictError,
@@ -40,6 +41,7 @@ STATUS_BY_ERROR: tuple[tuple[type[SketchReidError], int], ...] = (
     (BundleError, 503),
     (QueueFullError, 503),
     (QueueClosedError, 503),
+    (BrokerUnavailableError, 503),
 )
 
 

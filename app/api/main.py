@@ -31,7 +31,13 @@ from app.api.schemas import API_PREFIX, COMMON_ERRORS, error_responses
 from app.api.throttle import AuthThrottle
 from app.core.config import Settings, get_settings
 from app.ml.bundle.store import Bundle
-from app.services.context import ServiceContext, close_context, open_context, sync_index
+from app.services.context import (
+    ServiceContext,
+    close_context,
+    index_size,
+    open_context,
+    sync_index,
+)
 from app.services.orphans import sweep_orphans
 from app.services.search import MAX_SKETCHES
 from app.web import install as install_web
@@ -96,7 +102,7 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
             ctx.embedding_key,
             ctx.bundle.inference,
             ctx.index_status,
-            len(ctx.index),
+            index_size(ctx),
         )
         try:
             await anyio.to_thread.run_sync(_sweep, ctx)

@@ -81,6 +81,10 @@ class GalleryItemOut(BaseModel):
     external_id: str | None
     created_at: datetime
     image_url: str
+    # pending: queued for a worker (cluster profile), not searchable yet; indexed: searchable;
+    # failed: a worker could not embed it (status_reason says why).
+    status: Literal["pending", "indexed", "failed"]
+    status_reason: str | None
 
     @classmethod
     def of(cls, item: GalleryItem) -> GalleryItemOut:
@@ -96,6 +100,8 @@ class GalleryItemOut(BaseModel):
             external_id=item.external_id,
             created_at=item.created_at,
             image_url=image_url(item.id),
+            status=item.status,  # type: ignore[arg-type]
+            status_reason=item.status_reason,
         )
 
 

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "app.cli.evaluate_cmd",
     "app.cli.model_cmd",
     "app.cli.service_cmd",
+    "app.cli.worker_cmd",
 )
 
 

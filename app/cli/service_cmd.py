@@ -168,6 +168,13 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     migrate.upgrade(settings.DATABASE_URL)
     engine = make_engine(settings.DATABASE_URL)
     try:
+        if settings.INDEX_BACKEND == "pgvector":
+            # A database migrated before the server had pgvector gets the column now (the
+            # step of revision 0006, idempotent).
+            from app.db import pgvector
+
+            with engine.begin() as conn:
+                pgvector.install(conn, required=True)
         print(f"database at revision {migrate.current_revision(engine)} (head)")
     finally:
         engine.dispose()

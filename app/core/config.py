@@ -19,6 +19,7 @@ from app.errors import SketchReidError
 from app.ml.infer.precision import ServingPrecision
 
 IndexType = Literal["auto", "flat", "hnsw", "ivf"]
+IndexBackend = Literal["faiss", "pgvector"]
 InferenceBackend = Literal["torch", "onnx", "auto"]
 
 
@@ -72,6 +73,24 @@ class Settings(BaseSettings):
     INDEX_IVF_NPROBE: int = Field(default=16, ge=1)
     # Filters leaving at most this many items are searched exactly on HNSW / IVF.
     INDEX_EXACT_FILTER_MAX: int = Field(default=20_000, ge=0)
+    # Where the vectors are searched: faiss (an in-memory index in each API process, rebuilt from
+    # the database) or pgvector (a halfvec column with an HNSW index in PostgreSQL: the one
+    # shared index of the cluster profile, so API replicas hold no index state; docs/scaling.md).
+    INDEX_BACKEND: IndexBackend = "faiss"
+    # pgvector: hnsw.ef_search of unfiltered searches (filtered ones scan on iteratively up to
+    # PGVECTOR_MAX_SCAN_TUPLES); at most 1000. Filters leaving at most INDEX_EXACT_FILTER_MAX
+    # items are searched exactly, as on FAISS.
+    PGVECTOR_EF_SEARCH: int = Field(default=100, ge=1, le=1000)
+    PGVECTOR_MAX_SCAN_TUPLES: int = Field(default=50_000, ge=1)
+    # Cluster profile: a Celery broker (RabbitMQ: amqp://user:password@host:5672/vhost; Redis
+    # works too). Set: uploads are stored and queued (202, status pending) and `sketchreid
+    # worker` processes embed them. Empty: uploads are embedded in the API process (today's).
+    BROKER_URL: str = ""
+    # Seconds an upload waits for the broker before it is refused with 503.
+    BROKER_TIMEOUT_SECONDS: float = Field(default=3.0, gt=0, le=300)
+    # `sketchreid worker` queues again items left pending (or embedded under another model)
+    # for longer than this at its start: a crash between the upload's commit and its message.
+    REQUEUE_PENDING_SECONDS: float = Field(default=300.0, ge=0)
     # Seconds between checks that the in-memory index matches the database (picks up items
     # ingested by `sketchreid ingest` while the server runs). 0 disables the check.
     INDEX_SYNC_SECONDS: float = Field(default=30.0, ge=0)
@@ -143,6 +162,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "PRECISION=int8 runs on the CPU (ONNX Runtime), "
                 f"not MODEL_DEVICE={self.MODEL_DEVICE}"
+            )
+        if self.INDEX_BACKEND == "pgvector" and not self.DATABASE_URL.startswith("postgresql"):
+            raise ValueError(
+                "INDEX_BACKEND=pgvector keeps the vectors in PostgreSQL: set "
+                "SKETCHREID_DATABASE_URL to a PostgreSQL server with the pgvector extension "
+                f"(postgresql+psycopg://...), not {self.DATABASE_URL.split(':', 1)[0]}"
             )
         if self.ENV == "production":
             problems = []

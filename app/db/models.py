@@ -28,6 +28,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from app.db.types import UTCDateTime, utcnow
 
 ROLES = ("admin", "operator", "investigator")
+# An item's place in ingestion: queued (cluster profile: a worker has yet to embed it), in the
+# index under the served model, or given up on (status_reason says why).
+STATUSES = ("pending", "indexed", "failed")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -78,7 +81,11 @@ class GalleryItem(Base):
     __tablename__ = "gallery_items"
     # Ids are never reused (SQLite would otherwise hand out a deleted maximum id again), so a
     # gallery id in an old search record never points at a different crop.
-    __table_args__ = (Index(None, "camera_id", "captured_at"), {"sqlite_autoincrement": True})
+    __table_args__ = (
+        Index(None, "camera_id", "captured_at"),
+        CheckConstraint(f"status IN {STATUSES!r}", name="status"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
@@ -95,6 +102,10 @@ class GalleryItem(Base):
     created_by: Mapped[int | None] = mapped_column(
         ForeignKey("api_keys.id", ondelete="SET NULL"), default=None
     )
+    status: Mapped[str] = mapped_column(
+        String(20), default="indexed", server_default="indexed", index=True
+    )
+    status_reason: Mapped[str | None] = mapped_column(String(500), default=None)
 
     embeddings: Mapped[list[Embedding]] = relationship(
         back_populates="item", cascade="all, delete-orphan", passive_deletes=True
@@ -111,6 +122,8 @@ class Embedding(Base):
     dim: Mapped[int] = mapped_column(Integer)
     # float32 little-endian, L2-normalised, `dim` values.
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+    # PostgreSQL with pgvector also has `vec halfvec` (app.db.pgvector), written with raw SQL
+    # by the pgvector backend: it is not mapped, so SQLite and plain PostgreSQL work the same.
 
     item: Mapped[GalleryItem] = relationship(back_populates="embeddings")
 

@@ -50,6 +50,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    if parsed.get_driver_name() == "psycopg":
+        # psycopg prepares a statement after 5 runs and the server may then keep a generic
+        # plan that ignores later SET LOCALs (pgvector's hnsw.ef_search, iterative_scan) and
+        # the partial HNSW index's predicate: plan every query with its values.
+        kwargs["connect_args"] = {"prepare_threshold": None, **kwargs.get("connect_args", {})}
     engine = create_engine(parsed, pool_pre_ping=True, **kwargs)
     if parsed.get_backend_name() == "postgresql":
         event.listen(engine, "connect", _postgres_utc)

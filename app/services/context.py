@@ -7,6 +7,12 @@
 3. embed gallery items that have no embedding for this model yet (a new bundle);
 4. load the saved FAISS index, or rebuild it from the stored embeddings when the saved copy is
    missing or disagrees with the database (the source of truth).
+
+With ``INDEX_BACKEND=pgvector`` step 4 checks the halfvec column and creates the model's HNSW
+index in PostgreSQL instead (:class:`app.index.pgvector.PgVectorIndex`): nothing is held in
+memory. With a broker (``BROKER_URL``, the cluster profile) step 3 is left to the workers
+(``sketchreid worker`` queues the items again at its start), and a worker's context
+(``worker=True``) skips step 4.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ from app.db.migrate import ensure_up_to_date
 from app.db.models import Embedding, GalleryItem
 from app.db.session import make_engine, make_session_factory, session_scope
 from app.errors import SketchReidError
+from app.index.pgvector import PgVectorIndex
 from app.index.store import VectorIndex
 from app.ml.bundle.store import Bundle, Manifest
 from app.ml.images import load_image
 from app.ml.infer.batching import InferenceQueue
+from app.queue.producer import IngestQueue
 from app.services.blobs import BlobStore
 from app.services.model import load_model
 
@@ -60,11 +68,13 @@ class ServiceContext:
     engine: Engine
     sessions: sessionmaker[Session]
     bundle: Bundle
-    index: VectorIndex
+    index: VectorIndex | PgVectorIndex
     blobs: BlobStore
     embedding_key: str
     inference: InferenceQueue
     index_status: dict[str, Any] = field(default_factory=dict)
+    # The ingestion queue (cluster profile, BROKER_URL set): uploads are queued for workers.
+    queue: IngestQueue | None = None
 
     @property
     def dim(self) -> int:
@@ -78,6 +88,11 @@ class ServiceContext:
             max_pixels=self.settings.MAX_IMAGE_PIXELS,
         )
 
+    @property
+    def faiss(self) -> VectorIndex | None:
+        """The in-memory index of this process (None with the pgvector backend)."""
+        return self.index if isinstance(self.index, VectorIndex) else None
+
     def embedding_row(self, item_id: int, vector: np.ndarray) -> Embedding:
         """The stored embedding of one gallery item under the active model."""
         return Embedding(
@@ -86,6 +101,15 @@ class ServiceContext:
             dim=self.dim,
             vector=vector_to_bytes(vector),
         )
+
+    def add_embedding(self, session: Session, item_id: int, vector: np.ndarray) -> None:
+        """Write (flush, not commit) the embedding row of ``item_id``; with pgvector its halfvec
+        too, in the same transaction. The in-memory index is the caller's business."""
+        row = self.embedding_row(item_id, vector)
+        session.add(row)
+        session.flush()
+        if isinstance(self.index, PgVectorIndex):
+            self.index.write(session, int(row.id), vector)
 
 
 def make_queue(settings: Settings) -> InferenceQueue:
@@ -148,36 +172,51 @@ def index_fingerprint(index: VectorIndex) -> tuple[int, int, int, int]:
     return int(ids.size), int(ids.sum()), int(ids.min()), int(ids.max())
 
 
+def index_size(ctx: ServiceContext) -> int:
+    """Items the searches see: the in-memory index's, or the model's rows in PostgreSQL."""
+    if isinstance(ctx.index, PgVectorIndex):
+        with session_scope(ctx.sessions) as session:
+            return ctx.index.total(session)
+    return len(ctx.index)
+
+
 def index_consistent(ctx: ServiceContext) -> bool:
+    """Whether the in-memory index holds the database's ids (always: pgvector is the database)."""
+    if ctx.faiss is None:
+        return True
     with session_scope(ctx.sessions) as session:
-        return db_fingerprint(session, ctx.embedding_key) == index_fingerprint(ctx.index)
+        return db_fingerprint(session, ctx.embedding_key) == index_fingerprint(ctx.faiss)
 
 
 def sync_index(ctx: ServiceContext) -> tuple[int, int]:
     """Make the index hold exactly the database's embedded ids; returns (added, removed).
 
     Picks up items written by another process (e.g. ``sketchreid ingest`` while the server
-    runs). Cheap when nothing changed: one aggregate query.
+    runs, or by `sketchreid worker`). Cheap when nothing changed: one aggregate query. Nothing to
+    do with pgvector.
     """
+    index = ctx.faiss
+    if index is None:
+        return 0, 0
     with session_scope(ctx.sessions) as session:
-        if db_fingerprint(session, ctx.embedding_key) == index_fingerprint(ctx.index):
+        if db_fingerprint(session, ctx.embedding_key) == index_fingerprint(index):
             return 0, 0
         db_ids = set(
             session.scalars(
                 select(Embedding.item_id).where(Embedding.model_version == ctx.embedding_key)
             )
         )
-        present = set(ctx.index.ids().tolist())
+        present = set(index.ids().tolist())
         missing = sorted(db_ids - present)
         extra = sorted(present - db_ids)
-        removed = ctx.index.remove(extra) if extra else 0
+        removed = index.remove(extra) if extra else 0
         added = 0
         if missing:
             ids, vectors = load_vectors(session, ctx.embedding_key, ctx.dim, missing)
-            ids_now = set(ctx.index.ids().tolist())  # a request may have added some meanwhile
+            ids_now = set(index.ids().tolist())  # a request may have added some meanwhile
             keep = np.asarray([i not in ids_now for i in ids.tolist()], dtype=bool)
             if keep.any():
-                ctx.index.add(ids[keep], vectors[keep])
+                index.add(ids[keep], vectors[keep])
                 added = int(keep.sum())
     if added or removed:
         log.info("index synchronised with the database: +%d -%d", added, removed)
@@ -223,15 +262,25 @@ def backfill_embeddings(ctx: ServiceContext, batch_size: int = 64) -> tuple[int,
                 continue
             vectors = ctx.bundle.embedder.embed(images, modality="photo", batch_size=batch_size)
             for item_id, vector in zip(ids, vectors, strict=True):
-                session.add(ctx.embedding_row(item_id, vector))
+                ctx.add_embedding(session, item_id, vector)
             session.commit()
             done += len(ids)
     return done, failed
 
 
 def prepare_index(ctx: ServiceContext) -> dict[str, Any]:
-    """Load the saved index when it matches the database, else rebuild it from the database."""
+    """Load the saved index when it matches the database, else rebuild it from the database;
+    pgvector: check the column and create the model's HNSW index."""
     settings = ctx.settings
+    if isinstance(ctx.index, PgVectorIndex):
+        with ctx.engine.begin() as conn:
+            status: dict[str, Any] = dict(ctx.index.prepare(conn))
+        with session_scope(ctx.sessions) as session:
+            status["count"] = ctx.index.total(session)
+        status.update(type=ctx.index.index_type, kind=ctx.index.kind)
+        ctx.index_status = status
+        return status
+    index = ctx.index
     with session_scope(ctx.sessions) as session:
         db_ids = np.asarray(
             sorted(
@@ -241,52 +290,76 @@ def prepare_index(ctx: ServiceContext) -> dict[str, Any]:
             ),
             dtype=np.int64,
         )
-        problem = ctx.index.load(settings.index_dir, ctx.embedding_key, db_ids)
+        problem = index.load(settings.index_dir, ctx.embedding_key, db_ids)
         if problem is None:
-            status = {"source": "file", "count": len(ctx.index)}
+            status = {"source": "file", "count": len(index)}
         else:
             log.warning("rebuilding the index from the database: %s", problem)
             ids, vectors = load_vectors(session, ctx.embedding_key, ctx.dim)
-            ctx.index.build(ids, vectors)
-            ctx.index.save(settings.index_dir, ctx.embedding_key)
-            status = {"source": "rebuilt", "reason": problem, "count": len(ctx.index)}
-    status.update(type=ctx.index.index_type, kind=ctx.index.kind)
+            index.build(ids, vectors)
+            index.save(settings.index_dir, ctx.embedding_key)
+            status = {"source": "rebuilt", "reason": problem, "count": len(index)}
+    status.update(type=index.index_type, kind=index.kind)
     ctx.index_status = status
     return status
 
 
-def open_context(settings: Settings, bundle: Bundle | None = None) -> ServiceContext:
+def make_index(settings: Settings, key: str, dim: int) -> VectorIndex | PgVectorIndex:
+    if settings.INDEX_BACKEND == "pgvector":
+        return PgVectorIndex(
+            key,
+            dim,
+            ef_search=settings.PGVECTOR_EF_SEARCH,
+            max_scan_tuples=settings.PGVECTOR_MAX_SCAN_TUPLES,
+            exact_max=settings.INDEX_EXACT_FILTER_MAX,
+        )
+    return VectorIndex(
+        dim,
+        settings.INDEX_TYPE,
+        hnsw_m=settings.INDEX_HNSW_M,
+        hnsw_ef_construction=settings.INDEX_HNSW_EF_CONSTRUCTION,
+        hnsw_ef_search=settings.INDEX_HNSW_EF_SEARCH,
+        ivf_nprobe=settings.INDEX_IVF_NPROBE,
+        auto_approx_min=settings.INDEX_AUTO_APPROX_FROM,
+        exact_filter_max=settings.INDEX_EXACT_FILTER_MAX,
+        hnsw_filter_ef_max=settings.INDEX_HNSW_FILTER_EF_MAX,
+    )
+
+
+def open_context(
+    settings: Settings, bundle: Bundle | None = None, *, worker: bool = False
+) -> ServiceContext:
     """Open the database, load the model and the index (see the module docstring)."""
     engine = make_engine(settings.DATABASE_URL)
     try:
         ensure_up_to_date(engine)
         if bundle is None:
             bundle = load_model(settings)
-        dim = int(bundle.embedder.dim)
+        key = embedding_key(bundle.manifest)
         ctx = ServiceContext(
             settings=settings,
             engine=engine,
             sessions=make_session_factory(engine),
             bundle=bundle,
-            index=VectorIndex(
-                dim,
-                settings.INDEX_TYPE,
-                hnsw_m=settings.INDEX_HNSW_M,
-                hnsw_ef_construction=settings.INDEX_HNSW_EF_CONSTRUCTION,
-                hnsw_ef_search=settings.INDEX_HNSW_EF_SEARCH,
-                ivf_nprobe=settings.INDEX_IVF_NPROBE,
-                auto_approx_min=settings.INDEX_AUTO_APPROX_FROM,
-                exact_filter_max=settings.INDEX_EXACT_FILTER_MAX,
-                hnsw_filter_ef_max=settings.INDEX_HNSW_FILTER_EF_MAX,
-            ),
+            index=make_index(settings, key, int(bundle.embedder.dim)),
             blobs=BlobStore(settings.blob_dir),
-            embedding_key=embedding_key(bundle.manifest),
+            embedding_key=key,
             inference=make_queue(settings),
+            queue=(
+                IngestQueue(settings.BROKER_URL, settings.BROKER_TIMEOUT_SECONDS)
+                if settings.BROKER_URL and not worker
+                else None
+            ),
         )
         try:
             settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
-            backfill_embeddings(ctx, batch_size=settings.EMBED_BATCH_SIZE)
-            prepare_index(ctx)
+            pgvector = isinstance(ctx.index, PgVectorIndex)
+            if pgvector:  # the column and the model's HNSW index, before any vector is written
+                prepare_index(ctx)
+            if not settings.BROKER_URL:
+                backfill_embeddings(ctx, batch_size=settings.EMBED_BATCH_SIZE)
+            if not worker and not pgvector:
+                prepare_index(ctx)
         except BaseException:
             ctx.inference.close()
             raise
@@ -300,8 +373,10 @@ def close_context(ctx: ServiceContext, save_index: bool = True) -> None:
     """Finish the model work that waits in the queue, save the index, close the database."""
     try:
         ctx.inference.close()
-        if save_index:
+        if ctx.queue is not None:
+            ctx.queue.close()
+        if save_index and ctx.faiss is not None:
             sync_index(ctx)
-            ctx.index.save(ctx.settings.index_dir, ctx.embedding_key)
+            ctx.faiss.save(ctx.settings.index_dir, ctx.embedding_key)
     finally:
         ctx.engine.dispose()

@@ -4,6 +4,12 @@ An item is acknowledged only once it is in the database *and* the index: the blo
 the rows are inserted in a transaction, the vector is added to the index, then the transaction
 commits. Any failure rolls back, takes the vector out of the index and removes the blob if no
 committed item uses it, so a rejected upload leaves no row, file or index entry behind.
+
+With a broker (``BROKER_URL``, the cluster profile) an upload is checked and decoded as above
+but not embedded: the blob and the row (``status = 'pending'``) are committed, then the item is
+published to the ingestion queue and acknowledged (202); `sketchreid worker` embeds it
+(:mod:`app.services.indexing`). When the broker does not take the message, the items just
+committed are removed again (row and blob) and the upload is refused with 503.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from app.db.models import GalleryItem
 from app.db.types import MAX_ID, is_valid_id
 from app.errors import ImageError, SketchReidError, UserInputError
 from app.ml.infer.batching import QueueClosedError, QueueFullError
+from app.queue.producer import BrokerUnavailableError
 from app.services import audit
 from app.services.blobs import CONTENT_TYPES, sha256_hex, sniff_extension
 from app.services.context import ServiceContext
@@ -210,9 +217,10 @@ def _store(
     ctx: ServiceContext,
     session: Session,
     prep: _Prepared,
-    vector: np.ndarray,
+    vector: np.ndarray | None,
     created_by: int | None,
 ) -> tuple[GalleryItem, bool]:
+    """Store one prepared upload with its embedding; ``vector`` None: pending (queued)."""
     with _sha_lock(prep.sha256):
         data = _read(prep.source)
         existing = find_by_sha(session, prep.sha256)
@@ -236,19 +244,21 @@ def _store(
                 location=prep.meta.location,
                 external_id=prep.meta.external_id,
                 created_by=created_by,
+                status="indexed" if vector is not None else "pending",
             )
             session.add(item)
             session.flush()
             item_id = int(item.id)
-            session.add(ctx.embedding_row(item_id, vector))
-            session.flush()
-            ctx.index.add([item_id], vector.reshape(1, -1))
-            in_index = True
+            if vector is not None:
+                ctx.add_embedding(session, item_id, vector)
+            if ctx.faiss is not None and vector is not None:
+                ctx.faiss.add([item_id], vector.reshape(1, -1))
+                in_index = True
             session.commit()
         except BaseException as exc:
             session.rollback()
-            if in_index and item_id is not None:
-                ctx.index.remove([item_id])
+            if in_index and item_id is not None and ctx.faiss is not None:
+                ctx.faiss.remove([item_id])
             if find_by_sha(session, prep.sha256) is None and new_blob:
                 ctx.blobs.remove(relative)
             if isinstance(exc, IntegrityError):  # another process stored the same bytes
@@ -280,8 +290,29 @@ def ingest_image(
         _heal_blob(ctx, existing, data)
         return existing, False
     prep = _prepare(ctx, data, meta, filename)
+    if ctx.queue is not None:
+        item, created = _store(ctx, session, prep, None, created_by)
+        if created:
+            _publish_or_discard(ctx, session, [item])
+        return item, created
     vector = ctx.inference.embed(ctx.bundle.embedder, [prep.image], modality="photo")[0]
     return _store(ctx, session, prep, vector, created_by)
+
+
+def _publish_or_discard(ctx: ServiceContext, session: Session, items: list[GalleryItem]) -> None:
+    """Queue the pending ``items`` just committed; when the broker does not take them, remove
+    them again (rows, and blobs no other item uses) and raise ``BrokerUnavailableError``."""
+    assert ctx.queue is not None
+    try:
+        ctx.queue.publish([int(item.id) for item in items])
+    except BrokerUnavailableError:
+        for item in items:
+            with _sha_lock(item.sha256):
+                session.delete(item)
+                session.commit()
+                if find_by_sha(session, item.sha256) is None:
+                    ctx.blobs.remove(item.blob_path)
+        raise
 
 
 # Files of a batch decoded (and held decoded) at once before one embedding call: bounds the
@@ -333,6 +364,9 @@ def _embed_and_store(
 ) -> None:
     if not prepared:
         return
+    if ctx.queue is not None:
+        _store_queued(ctx, session, prepared, outcomes, created_by)
+        return
     vectors = ctx.inference.embed(
         ctx.bundle.embedder,
         [p.image for _, p in prepared],
@@ -354,6 +388,34 @@ def _embed_and_store(
         outcome.item = item
         if not created:
             outcome.status, outcome.http_status = "exists", 200
+
+
+def _store_queued(
+    ctx: ServiceContext,
+    session: Session,
+    prepared: list[tuple[int, _Prepared]],
+    outcomes: list[IngestOutcome],
+    created_by: int | None,
+) -> None:
+    """Store a chunk as pending items and queue them in one message (one batch for a worker);
+    ``BrokerUnavailableError`` when the broker does not take it (nothing of the chunk stays)."""
+    created: list[GalleryItem] = []
+    for position, prep in prepared:
+        outcome = outcomes[position]
+        try:
+            item, is_new = _store(ctx, session, prep, None, created_by)
+        except Exception:  # a server fault (database, disk): this file only, logged
+            log.exception("storing %s failed", prep.filename or prep.sha256)
+            outcome.status, outcome.http_status = "error", 500
+            outcome.error = "internal error while storing the file; it was not stored"
+            continue
+        outcome.item = item
+        if is_new:
+            outcome.http_status = 202
+            created.append(item)
+        else:
+            outcome.status, outcome.http_status = "exists", 200
+    _publish_or_discard(ctx, session, created)
 
 
 def _refused(name: str | None, why: str, sha256: str | None = None) -> IngestOutcome:
@@ -401,7 +463,8 @@ def ingest_many(
                 prepared.append((position, prep))
         try:
             _embed_and_store(ctx, session, prepared, outcomes, created_by)
-        except (QueueFullError, QueueClosedError) as exc:  # nothing of this chunk was stored
+        except (QueueFullError, QueueClosedError, BrokerUnavailableError) as exc:
+            # nothing of this chunk was stored
             busy = str(exc)
             for position, prep in prepared:
                 outcomes[position] = _refused(prep.filename, busy, prep.sha256)
@@ -648,7 +711,8 @@ def delete_item(
         )
         session.delete(item)
         session.commit()
-        ctx.index.remove([item_id])
+        if ctx.faiss is not None:
+            ctx.faiss.remove([item_id])
         if find_by_sha(session, sha) is None:
             ctx.blobs.remove(relative)
 

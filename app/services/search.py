@@ -26,6 +26,7 @@ from app.core.files import atomic_write_bytes
 from app.db.models import ApiKey, GalleryItem, Search
 from app.db.types import utcnow
 from app.errors import UserInputError
+from app.index.pgvector import PgVectorIndex
 from app.ml.infer.query_views import QueryView, check_choice, embed_queries, resolve_view
 from app.ml.retrieval.feedback import FeedbackWeights, build_query
 from app.ml.retrieval.rerank import rerank_candidates
@@ -138,15 +139,19 @@ def allowed_ids(session: Session, key: str, params: SearchParams) -> list[int] |
     return [int(i) for i in session.scalars(select(GalleryItem.id).where(*conditions))]
 
 
-def rerank_choice(requested: bool | None, gallery_items: int, auto_min: int) -> tuple[bool, str]:
+def rerank_choice(
+    requested: bool | None, gallery_items: int, auto_min: int, *, at_least: bool = False
+) -> tuple[bool, str]:
     """Whether a search re-ranks, and a note when it did so without being asked: on when the
     searched gallery holds at least ``auto_min`` items (``RERANK_AUTO_MIN_ITEMS``; 0: never).
-    (A search left in cosine order says so by ``reranked: false``, without a note.)"""
+    (A search left in cosine order says so by ``reranked: false``, without a note.)
+    ``at_least``: ``gallery_items`` was counted up to a cap and there are more."""
     if requested is not None:
         return requested, ""
     if 0 < auto_min <= gallery_items:
+        more = "more than " if at_least else ""
         return True, (
-            f"re-ranked automatically: the searched gallery holds {gallery_items:,} items "
+            f"re-ranked automatically: the searched gallery holds {more}{gallery_items:,} items "
             f"(from {auto_min:,} on, re-ranking the top candidates finds more of the right person)"
         )
     return False, ""
@@ -252,21 +257,39 @@ def run_search(
     timings["embed"] = round(_ms(t) - timings["translate"], 3)
 
     t = time.perf_counter()
-    allowed = allowed_ids(session, ctx.embedding_key, params)
-    do_rerank, why = rerank_choice(
-        params.rerank,
-        len(ctx.index) if allowed is None else len(allowed),
-        ctx.settings.RERANK_AUTO_MIN_ITEMS,
-    )
+    judged = set(feedback.ids)
+    if isinstance(ctx.index, PgVectorIndex):
+        conditions = filter_conditions(
+            params.camera_ids, params.captured_after, params.captured_before
+        )
+        settings = ctx.settings
+        cap = max(settings.INDEX_EXACT_FILTER_MAX, settings.RERANK_AUTO_MIN_ITEMS)
+        searched, more = ctx.index.count(session, conditions, cap)
+        do_rerank, why = rerank_choice(
+            params.rerank, searched, settings.RERANK_AUTO_MIN_ITEMS, at_least=more
+        )
+        n_candidates = max(params.top_k, settings.RERANK_CANDIDATES) if do_rerank else params.top_k
+        hits_found = ctx.index.search(
+            session,
+            query,
+            n_candidates + len(judged),
+            conditions,
+            exact=searched <= settings.INDEX_EXACT_FILTER_MAX and not more,
+        )
+    else:
+        allowed = allowed_ids(session, ctx.embedding_key, params)
+        do_rerank, why = rerank_choice(
+            params.rerank,
+            len(ctx.index) if allowed is None else len(allowed),
+            ctx.settings.RERANK_AUTO_MIN_ITEMS,
+        )
+        n_candidates = (
+            max(params.top_k, ctx.settings.RERANK_CANDIDATES) if do_rerank else params.top_k
+        )
+        hits_found = ctx.index.search(query, n_candidates + len(judged), allowed)
     if why:
         notes.append(why)
-    n_candidates = max(params.top_k, ctx.settings.RERANK_CANDIDATES) if do_rerank else params.top_k
-    judged = set(feedback.ids)
-    found = [
-        h
-        for h in ctx.index.search(query, n_candidates + len(judged), allowed)
-        if h.id not in judged
-    ][:n_candidates]
+    found = [h for h in hits_found if h.id not in judged][:n_candidates]
     timings["search"] = _ms(t)
 
     ranked: list[tuple[int, float, float | None]] = [(h.id, h.score, None) for h in found]

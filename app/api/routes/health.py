@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from app.db.session import session_scope
-from app.services.context import index_consistent
+from app.services.context import index_consistent, index_size
 
 router = APIRouter(tags=["health"])
 
@@ -59,5 +59,5 @@ def metrics(request: Request) -> Response:
     ctx = getattr(request.app.state, "ctx", None)
     registry = request.app.state.metrics
     if ctx is not None:
-        registry.gallery_size.set(len(ctx.index))
+        registry.gallery_size.set(index_size(ctx))
     return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from app.api.deps import CtxDep, ReaderDep
+from app.services.context import index_size
 
 router = APIRouter(tags=["model"])
 
@@ -25,6 +26,6 @@ def get_model(ctx: CtxDep, _key: ReaderDep) -> dict[str, Any]:
         "rerank_candidates": ctx.settings.RERANK_CANDIDATES,
         "inference": ctx.bundle.inference,
         "batching": ctx.inference.describe(),
-        "index": {"type": ctx.index.index_type, "kind": ctx.index.kind, "items": len(ctx.index)},
+        "index": {"type": ctx.index.index_type, "kind": ctx.index.kind, "items": index_size(ctx)},
         "manifest": ctx.bundle.manifest.model_dump(mode="json"),
     }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from kombu.exceptions import KombuError
+
 from app.errors import SketchReidError
 from app.queue.celery_app import QUEUE, TASK, make_celery
 
@@ -21,6 +23,14 @@ class IngestQueue:
     def __init__(self, broker_url: str, timeout_s: float = 3.0) -> None:
         self.app = make_celery(broker_url, timeout_s)
         self.timeout_s = timeout_s
+        probe = self.app.connection_for_write()
+        self._errors: tuple[type[BaseException], ...] = (
+            KombuError,
+            OSError,
+            *probe.connection_errors,
+            *probe.channel_errors,
+        )
+        probe.release()
 
     def publish(self, item_ids: Sequence[int]) -> None:
         """Queue the items for embedding; ``BrokerUnavailableError`` when the broker does not
@@ -38,10 +48,9 @@ class IngestQueue:
                     "interval_start": 0,
                     "interval_step": 0.2,
                     "interval_max": 0.2,
-                    "timeout": self.timeout_s,
                 },
             )
-        except Exception as exc:  # kombu OperationalError, socket errors, timeouts
+        except self._errors as exc:  # unreachable, refused, closed, no confirm in time
             first = str(exc).strip().splitlines()[0] if str(exc) else ""
             log.error(
                 "cannot publish %d item(s) to the broker: %s %s",

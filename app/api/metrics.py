@@ -45,6 +45,18 @@ class Metrics:
         self.gallery_size = Gauge(
             "sketchreid_index_items", "Items in the vector index", registry=self.registry
         )
+        self.items_by_status = Gauge(
+            "sketchreid_gallery_items",
+            "Gallery items by ingestion status (pending, indexed, failed)",
+            ["status"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "sketchreid_queue_depth",
+            "Messages waiting in the ingestion queue (-1: the broker did not answer; "
+            "cluster profile only)",
+            registry=self.registry,
+        )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

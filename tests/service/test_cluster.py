@@ -337,3 +337,6 @@ def test_broker_outage_refuses_uploads_and_keeps_searches(cluster: Cluster) -> N
         return got.json()["status"] == "indexed"
 
     wait_for("the upload after the outage indexed", indexed, 60, [c.children["worker-2"]])
+    metrics = httpx.get(f"{c.b}/metrics", timeout=10).text
+    assert re.search(r"^sketchreid_queue_depth 0\.0$", metrics, re.M), metrics
+    assert re.search(r'^sketchreid_gallery_items\{status="pending"\} 0\.0$', metrics, re.M)

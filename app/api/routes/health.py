@@ -11,8 +11,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
+from app.db.models import STATUSES, GalleryItem
 from app.db.session import session_scope
 from app.services.context import index_consistent, index_size
 
@@ -60,4 +61,15 @@ def metrics(request: Request) -> Response:
     registry = request.app.state.metrics
     if ctx is not None:
         registry.gallery_size.set(index_size(ctx))
+        with session_scope(ctx.sessions) as session:
+            counts = dict(
+                session.execute(
+                    select(GalleryItem.status, func.count()).group_by(GalleryItem.status)
+                ).all()
+            )
+        for status in STATUSES:
+            registry.items_by_status.labels(status).set(counts.get(status, 0))
+        if ctx.queue is not None:
+            depth = ctx.queue.depth()
+            registry.queue_depth.set(-1 if depth is None else depth)
     return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)

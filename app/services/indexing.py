@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -68,7 +69,7 @@ def index_items(ctx: ServiceContext, item_ids: Sequence[int]) -> IndexReport:
                 todo.append(int(item_id))
             except (OSError, SketchReidError) as exc:
                 failures[int(item_id)] = f"cannot read the stored image {blob_path}: {exc}"
-        vectors = (
+        vectors: np.ndarray | list[np.ndarray] = (
             ctx.inference.embed(ctx.bundle.embedder, images, modality="photo") if images else []
         )
         for item_id, vector in zip(todo, vectors, strict=True):

@@ -52,7 +52,9 @@ def candidate_vectors(
     taken from the index where it holds them (see the module docstring).
     """
     wanted = stored_ids(session, ctx.embedding_key, ids)
-    found, vectors = ctx.index.vectors(wanted)
+    if ctx.faiss is None:  # pgvector: the float32 vectors are only in the database
+        return load_vectors(session, ctx.embedding_key, ctx.dim, wanted.tolist())
+    found, vectors = ctx.faiss.vectors(wanted)
     missing = np.setdiff1d(wanted, found, assume_unique=True)
     if missing.size == 0:
         return found, vectors

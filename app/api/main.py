@@ -88,6 +88,11 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The routes' threads; the database pool has a connection for each (open_context).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.WORKER_THREADS
+        # /readyz checks the database in one thread at a time: probes of a stalled database
+        # do not pile up threads (app.api.routes.health).
+        app.state.ready_limiter = anyio.CapacityLimiter(1)
         ctx = await anyio.to_thread.run_sync(open_context, settings, bundle)
         app.state.ctx = ctx
         log.info(

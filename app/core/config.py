@@ -120,6 +120,18 @@ class Settings(BaseSettings):
     # is ignored.
     TRUSTED_PROXIES: str = ""
 
+    # Outages (docs/reliability.md). The database: a connection must open (and a pooled one
+    # answer a ping) within DB_CONNECT_TIMEOUT_SECONDS; PostgreSQL cancels a statement after
+    # DB_STATEMENT_TIMEOUT_SECONDS and the service stops waiting for a server that has not
+    # answered one second later; either is a 503 with Retry-After. WORKER_THREADS run the
+    # routes; the pool holds as many connections plus 4 (background tasks, /readyz).
+    DB_CONNECT_TIMEOUT_SECONDS: float = Field(default=3.0, ge=1, le=600)
+    DB_STATEMENT_TIMEOUT_SECONDS: float = Field(default=10.0, ge=0.1, le=86_400)
+    WORKER_THREADS: int = Field(default=40, ge=1, le=1000)
+    # Uploads and searches that would leave less free space than this in DATA_DIR are refused
+    # (507) before anything is written; /readyz is not ready below it.
+    MIN_FREE_DISK_MB: float = Field(default=200.0, ge=0)
+
     @model_validator(mode="after")
     def _defaults_and_safety(self) -> Settings:
         if not self.DATABASE_URL:

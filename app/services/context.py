@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.config import Settings
 from app.db.migrate import ensure_up_to_date
 from app.db.models import Embedding, GalleryItem
-from app.db.session import make_engine, make_session_factory, session_scope
+from app.db.session import DbLimits, make_engine, make_session_factory, session_scope
 from app.errors import SketchReidError
 from app.index.store import VectorIndex
 from app.ml.bundle.store import Bundle, Manifest
@@ -255,9 +255,22 @@ def prepare_index(ctx: ServiceContext) -> dict[str, Any]:
     return status
 
 
+# Pooled connections beyond one per worker thread: the index sync and orphan sweep loops, the
+# readiness probe, the lifespan.
+SPARE_CONNECTIONS = 4
+
+
+def db_limits(settings: Settings) -> DbLimits:
+    return DbLimits(
+        connect_s=settings.DB_CONNECT_TIMEOUT_SECONDS,
+        statement_s=settings.DB_STATEMENT_TIMEOUT_SECONDS,
+        pool_size=settings.WORKER_THREADS + SPARE_CONNECTIONS,
+    )
+
+
 def open_context(settings: Settings, bundle: Bundle | None = None) -> ServiceContext:
     """Open the database, load the model and the index (see the module docstring)."""
-    engine = make_engine(settings.DATABASE_URL)
+    engine = make_engine(settings.DATABASE_URL, db_limits(settings))
     try:
         ensure_up_to_date(engine)
         if bundle is None:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.core.files import atomic_write_bytes
 from app.db.models import ApiKey, GalleryItem, Search
+from app.db.session import release
 from app.db.types import utcnow
 from app.errors import UserInputError
 from app.ml.infer.query_views import QueryView, check_choice, embed_queries, resolve_view
@@ -211,6 +212,7 @@ def run_search(
     params.validate()
     uploads = _sketches_of(ctx, sketches, refine)
     feedback = combine(confirmed, rejected, refine, session)
+    release(session)  # no connection held while decoding, translating and embedding
     timings = dict.fromkeys(STAGES, 0.0)
     notes: list[str] = []
     bundle = ctx.bundle
@@ -299,6 +301,7 @@ def run_search(
         if item is None:  # deleted while this search ran
             continue
         hits.append(SearchHit(len(hits) + 1, gallery_id, score, dist, item))
+    release(session)  # nor while the files are written
 
     search_id = uuid.uuid4()
     folder = ctx.settings.search_dir / str(search_id)

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.errors import BundleError, SketchReidError, UserInputError
+from app.ml.images import DecodeBusyError
 from app.ml.infer.batching import QueueClosedError, QueueFullError
 from app.services.errors import (
     AuthenticationError,
@@ -43,6 +44,7 @@ STATUS_BY_ERROR: tuple[tuple[type[SketchReidError], int], ...] = (
     (BundleError, 503),
     (QueueFullError, 503),
     (QueueClosedError, 503),
+    (DecodeBusyError, 503),
     (InsufficientStorageError, 507),
 )
 

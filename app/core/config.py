@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     MAX_IMAGE_PIXELS: int = Field(default=40_000_000, gt=0)
     # Images are downscaled to this longest side right after decoding (the model sees 64x32).
     DECODE_MAX_SIDE: int = Field(default=1024, ge=64)
+    # Decoded pixels in flight, all requests together (uploads, batches, searches): a decode
+    # holds what its image needs at its peak (app.ml.images.decode_cost, e.g. ~176 MB for a
+    # 40 Mpx RGB PNG) and waits for room, up to DECODE_WAIT_SECONDS (then 503); an image
+    # needing more than the whole budget is refused (400).
+    DECODE_MEMORY_MB: float = Field(default=512.0, ge=16, le=1_000_000)
+    DECODE_WAIT_SECONDS: float = Field(default=30.0, ge=0, le=3600)
     MAX_BATCH_FILES: int = Field(default=100, ge=1, le=10_000)
     # Whole body of one batch request (413 beyond, refused while it streams).
     MAX_BATCH_MB: float = Field(default=200.0, gt=0, le=100_000)

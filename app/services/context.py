@@ -28,7 +28,7 @@ from app.db.session import DbLimits, make_engine, make_session_factory, session_
 from app.errors import SketchReidError
 from app.index.store import VectorIndex
 from app.ml.bundle.store import Bundle, Manifest
-from app.ml.images import load_image
+from app.ml.images import DecodeBudget, load_image
 from app.ml.infer.batching import InferenceQueue
 from app.services.blobs import BlobStore
 from app.services.model import load_model
@@ -64,6 +64,7 @@ class ServiceContext:
     blobs: BlobStore
     embedding_key: str
     inference: InferenceQueue
+    decode_budget: DecodeBudget | None = None
     index_status: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -71,11 +72,12 @@ class ServiceContext:
         return int(self.bundle.embedder.dim)
 
     def decode(self, data: bytes) -> Any:
-        """The one image loader with the service's limits."""
+        """The one image loader with the service's limits and its decoding budget."""
         return load_image(
             data,
             max_side=self.settings.DECODE_MAX_SIDE,
             max_pixels=self.settings.MAX_IMAGE_PIXELS,
+            budget=self.decode_budget,
         )
 
     def embedding_row(self, item_id: int, vector: np.ndarray) -> Embedding:
@@ -295,6 +297,9 @@ def open_context(settings: Settings, bundle: Bundle | None = None) -> ServiceCon
             blobs=BlobStore(settings.blob_dir),
             embedding_key=embedding_key(bundle.manifest),
             inference=make_queue(settings),
+            decode_budget=DecodeBudget(
+                int(settings.DECODE_MEMORY_MB * 1048576), wait_s=settings.DECODE_WAIT_SECONDS
+            ),
         )
         try:
             settings.DATA_DIR.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from app.db.models import GalleryItem
 from app.db.session import release
 from app.db.types import MAX_ID, is_valid_id
 from app.errors import ImageError, SketchReidError, UserInputError
+from app.ml.images import DecodeBusyError
 from app.ml.infer.batching import QueueClosedError, QueueFullError
 from app.services import audit
 from app.services.blobs import CONTENT_TYPES, sha256_hex, sniff_extension
@@ -382,6 +383,21 @@ def _refused(
     )
 
 
+def _refuse_rest(
+    outcomes: list[IngestOutcome],
+    files: Sequence[tuple[str | None, ByteSource, ItemMetadata]],
+    start: int,
+    stop: int,
+    busy: tuple[str, int],
+) -> None:
+    """The files of the chunk ``start:stop`` that were not stored: refused with ``busy``."""
+    outcomes.extend(_refused(files[p][0], *busy) for p in range(len(outcomes), stop))
+    for position in range(start, stop):
+        outcome = outcomes[position]
+        if outcome.status == "created" and outcome.item is None:
+            outcomes[position] = _refused(outcome.filename, *busy, sha256=outcome.sha256)
+
+
 def ingest_many(
     ctx: ServiceContext,
     session: Session,
@@ -420,21 +436,16 @@ def ingest_many(
                 if prep is not None:
                     prepared.append((position, prep))
             _embed_and_store(ctx, session, prepared, outcomes, created_by)
-        except (QueueFullError, QueueClosedError) as exc:  # nothing of this chunk was stored
-            busy = (str(exc), 503)
-            for position, prep in prepared:
-                outcomes[position] = _refused(prep.filename, *busy, sha256=prep.sha256)
+        except (QueueFullError, QueueClosedError, DecodeBusyError) as exc:
+            busy = (str(exc), 503)  # the model or the decoding budget stayed busy
+            _refuse_rest(outcomes, files, start, stop, busy)
         except Exception as exc:
             outage = as_outage(exc)
             if outage is None:
                 raise
             session.rollback()
             busy = (str(outage), 507 if isinstance(outage, InsufficientStorageError) else 503)
-            outcomes.extend(_refused(files[p][0], *busy) for p in range(len(outcomes), stop))
-            for position in range(start, stop):  # the files of this chunk not stored
-                outcome = outcomes[position]
-                if outcome.status == "created" and outcome.item is None:
-                    outcomes[position] = _refused(outcome.filename, *busy, sha256=outcome.sha256)
+            _refuse_rest(outcomes, files, start, stop, busy)
         del prepared
     # Later copies of a file stored earlier in the same batch point at that item.
     by_sha = {o.sha256: o.item for o in outcomes if o.item is not None and o.sha256}

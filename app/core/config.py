@@ -137,6 +137,9 @@ class Settings(BaseSettings):
     # Uploads and searches that would leave less free space than this in DATA_DIR are refused
     # (507) before anything is written; /readyz is not ready below it.
     MIN_FREE_DISK_MB: float = Field(default=200.0, ge=0)
+    # `sketchreid serve` on SIGTERM: requests still running this many seconds later are cut
+    # off, then the index is saved (or left to be rebuilt from the database at the next start).
+    SHUTDOWN_TIMEOUT_SECONDS: float = Field(default=20.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _defaults_and_safety(self) -> Settings:

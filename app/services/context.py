@@ -315,11 +315,35 @@ def open_context(settings: Settings, bundle: Bundle | None = None) -> ServiceCon
 
 
 def close_context(ctx: ServiceContext, save_index: bool = True) -> None:
-    """Finish the model work that waits in the queue, save the index, close the database."""
+    """Finish the model work that waits in the queue, save the index, close the database.
+
+    The saved index is a cache of the database: when it cannot be brought up to date (the
+    database is gone) or written (a full disk), a log line says so and the next start rebuilds
+    it from the database (the saved copy is written atomically, checked against the database
+    when loaded, and never half-written)."""
     try:
         ctx.inference.close()
         if save_index:
-            sync_index(ctx)
-            ctx.index.save(ctx.settings.index_dir, ctx.embedding_key)
+            _save_index(ctx)
     finally:
         ctx.engine.dispose()
+
+
+def _save_index(ctx: ServiceContext) -> None:
+    try:
+        sync_index(ctx)
+    except Exception as exc:
+        log.warning(
+            "index not synchronised with the database at shutdown (%s: %s); saving it as it is",
+            type(exc).__name__,
+            str(exc).splitlines()[0][:200] if str(exc) else "",
+        )
+    try:
+        ctx.index.save(ctx.settings.index_dir, ctx.embedding_key)
+    except OSError as exc:
+        log.warning(
+            "index not saved at shutdown (%s); it is rebuilt from the database at the next start",
+            exc.strerror or exc,
+        )
+        return
+    log.info("index saved at shutdown: %d items", len(ctx.index))

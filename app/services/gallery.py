@@ -43,7 +43,7 @@ from app.services.errors import (
     input_error_status,
 )
 from app.services.imagecheck import trailing_bytes
-from app.services.outages import as_outage
+from app.services.outages import as_outage, check_free_space
 from app.services.text import check_text
 from app.services.timeparse import parse_timestamp
 
@@ -224,6 +224,7 @@ def _store(
             _heal_blob(ctx, existing, data)
             return existing, False
         ext = sniff_extension(data)
+        check_free_space(ctx.settings.DATA_DIR, len(data), ctx.settings.MIN_FREE_DISK_MB)
         relative, new_blob = ctx.blobs.put(prep.sha256, ext, data)  # checks the sha256 again
         del data
         item_id: int | None = None
@@ -354,6 +355,8 @@ def _embed_and_store(
         outcome = outcomes[position]
         try:
             item, created = _store(ctx, session, prep, vector, created_by)
+        except InsufficientStorageError:
+            raise  # the disk: this file and the rest (ingest_many)
         except SketchReidError as exc:
             outcome.status, outcome.error, outcome.http_status = "error", str(exc), 400
             continue

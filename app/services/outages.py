@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import shutil
+from pathlib import Path
 
 import psycopg
 from sqlalchemy import exc as sa_exc
@@ -47,8 +49,31 @@ def _why_unavailable(error: BaseException) -> str | None:
     return None
 
 
+def check_free_space(folder: Path, needed: int, keep_free_mb: float) -> None:
+    """Refuse (507) a write of ``needed`` bytes into ``folder`` that would leave less than
+    ``keep_free_mb`` free (``MIN_FREE_DISK_MB``), before anything is written."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except FileNotFoundError:
+        return  # not made yet: the write will say
+    if free - needed < keep_free_mb * 1048576:
+        log.warning(
+            "disk nearly full: %.1f MB free in %s, %.0f MB kept free; write refused",
+            free / 1048576,
+            folder,
+            keep_free_mb,
+        )
+        raise InsufficientStorageError(
+            f"the server's disk is nearly full ({free / 1048576:,.1f} MB free, "
+            f"{keep_free_mb:g} MB are kept free): nothing was stored; try again once an "
+            "operator has freed space"
+        )
+
+
 def as_outage(error: BaseException) -> UnavailableError | InsufficientStorageError | None:
     """The client-facing error for ``error`` when it is an outage, else None."""
+    if isinstance(error, UnavailableError | InsufficientStorageError):
+        return error
     if isinstance(error, OSError) and error.errno in _DISK_FULL:
         return InsufficientStorageError(
             "the server's disk is full: nothing was stored; try again once an operator has "

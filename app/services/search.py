@@ -36,6 +36,7 @@ from app.services.context import ServiceContext
 from app.services.errors import NotFoundError, OutOfRangeError
 from app.services.feedback import Feedback, combine, feedback_vectors
 from app.services.gallery import camera_filter, check_range, check_upload, filter_conditions
+from app.services.outages import check_free_space
 from app.services.vectors import candidate_vectors
 
 MAX_TOP_K = 100
@@ -341,6 +342,9 @@ def run_search(
         ],
         model_name=bundle.name,
         model_version=bundle.version,
+    )
+    check_free_space(
+        ctx.settings.DATA_DIR, sum(len(d) for _, d in files), ctx.settings.MIN_FREE_DISK_MB
     )
     try:
         for name, data in files:

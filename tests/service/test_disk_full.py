@@ -32,7 +32,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "tmpfs"
     mount.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+        ["mount", "-t", "tmpfs", "-o", "size=8m,nr_inodes=1000", "tmpfs", str(mount)],
         capture_output=True,
         text=True,
     )
@@ -61,6 +61,20 @@ def _fill(folder: Path, leave_bytes: int) -> Path:
                 assert exc.errno == errno.ENOSPC
                 break
     return ballast
+
+
+def _fill_inodes(folder: Path) -> list[Path]:
+    """Take every free inode of the tmpfs: bytes stay free (the free-space check passes) but
+    creating a file fails with ENOSPC, as on a disk that is really full."""
+    made: list[Path] = []
+    while True:
+        path = folder / f"inode-{len(made)}"
+        try:
+            path.touch()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+            return made
+        made.append(path)
 
 
 def _assert_507(response: object) -> None:
@@ -113,22 +127,23 @@ def test_a_full_disk_is_507_leaves_nothing_and_shutdown_logs_the_rebuild(
     keys: Keys,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    settings = make_settings(DATA_DIR=small_disk / "data", MIN_FREE_DISK_MB=0)
+    settings = make_settings(DATA_DIR=small_disk / "data", MIN_FREE_DISK_MB=1)
     client = TestClient(create_app(settings, bundle=bundle))
     with client:
         first = upload(client, keys.operator, jpeg(1))
         assert first.status_code == 201  # type: ignore[attr-defined]
         before = snapshot(client)
-        ballast = _fill(small_disk, 0)  # ENOSPC on the next write
+        ballast = _fill_inodes(small_disk)  # ENOSPC on the next new file
         _assert_507(upload(client, keys.operator, jpeg(2)))
         _assert_507(_search(client, keys))
         assert [r["http_status"] for r in _batch(client, keys).json()["results"]] == [507, 507]  # type: ignore[attr-defined]
         assert snapshot(client) == before
         # An item stored after the last save: the shutdown cannot save the index.
-        ballast.write_bytes(b"")  # room for one more upload...
+        for path in ballast[:20]:  # room for one more upload...
+            path.unlink()
         second = upload(client, keys.operator, jpeg(3))
         assert second.status_code == 201  # type: ignore[attr-defined]
-        _fill(small_disk, 0)  # ...and full again for the shutdown
+        ballast = ballast[20:] + _fill_inodes(small_disk)  # ...and full again for shutdown
         caplog.clear()
         caplog.set_level(logging.INFO)
     messages = [r.getMessage() for r in caplog.records]
@@ -136,7 +151,8 @@ def test_a_full_disk_is_507_leaves_nothing_and_shutdown_logs_the_rebuild(
         "index not saved at shutdown" in m and "rebuilt from the database" in m for m in messages
     ), messages
     assert not any(r.exc_info for r in caplog.records)
-    ballast.unlink()
+    for path in ballast:
+        path.unlink()
     with TestClient(create_app(settings, bundle=bundle)) as client:
         ctx = client.app.state.ctx  # type: ignore[attr-defined]
         assert sorted(ctx.index.ids().tolist()) == sorted(

@@ -5,7 +5,7 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/memory_batch.py                       # every case
     .venv/bin/python benchmarks/memory_batch.py batch_10x40Mpx_png    # one case
 
-Each case starts ``sketchreid serve`` (SQLite, default limits, ``DECODE_MEMORY_MB`` 512) with a
+Each case starts ``sketchreid serve`` (SQLite, default limits, ``DECODE_MEMORY_MB`` 640) with a
 throw-away data folder,
 sends a warm-up batch of two crops, then samples the server's VmRSS every 5 ms while the case
 runs. Printed per case: the answer, the RSS before, the peak rise and the rise after.

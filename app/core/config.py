@@ -58,8 +58,9 @@ class Settings(BaseSettings):
     # Decoded pixels in flight, all requests together (uploads, batches, searches): a decode
     # holds what its image needs at its peak (app.ml.images.decode_cost, e.g. ~176 MB for a
     # 40 Mpx RGB PNG) and waits for room, up to DECODE_WAIT_SECONDS (then 503); an image
-    # needing more than the whole budget is refused (400).
-    DECODE_MEMORY_MB: float = Field(default=512.0, ge=16, le=1_000_000)
+    # needing more than the whole budget is refused (400). 640 MB: every image that
+    # MAX_IMAGE_PIXELS allows fits (the most, ~570 MB: 40 Mpx RGB with a transparent colour).
+    DECODE_MEMORY_MB: float = Field(default=640.0, ge=16, le=1_000_000)
     DECODE_WAIT_SECONDS: float = Field(default=30.0, ge=0, le=3600)
     MAX_BATCH_FILES: int = Field(default=100, ge=1, le=10_000)
     # Whole body of one batch request (413 beyond, refused while it streams).

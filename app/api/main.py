@@ -30,6 +30,7 @@ from app.api.routes import apikeys, audit, gallery, health, history, model, sear
 from app.api.schemas import API_PREFIX, COMMON_ERRORS, error_responses
 from app.api.throttle import AuthThrottle
 from app.core.config import Settings, get_settings
+from app.core.memory import map_large_allocations
 from app.ml.bundle.store import Bundle
 from app.services.context import ServiceContext, close_context, open_context, sync_index
 from app.services.orphans import sweep_orphans
@@ -84,6 +85,8 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
     settings = settings or get_settings()
     # numpy's BLAS (a pthreads OpenBLAS: one process-wide setting, so set here, not per request)
     threadpool_limits(settings.BLAS_THREADS, user_api="blas")
+    # Decoded images freed in one worker thread go back to the system, not to its heap.
+    map_large_allocations()
     metrics = Metrics()
 
     @asynccontextmanager

@@ -5,7 +5,8 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/memory_batch.py                       # every case
     .venv/bin/python benchmarks/memory_batch.py batch_10x40Mpx_png    # one case
 
-Each case starts ``sketchreid serve`` (SQLite, default limits) with a throw-away data folder,
+Each case starts ``sketchreid serve`` (SQLite, default limits, ``DECODE_MEMORY_MB`` 640) with a
+throw-away data folder,
 sends a warm-up batch of two crops, then samples the server's VmRSS every 5 ms while the case
 runs. Printed per case: the answer, the RSS before, the peak rise and the rise after.
 The test images are made once into ``$SKETCHREID_MEMBENCH_CACHE`` (default
@@ -78,6 +79,43 @@ def huge_png(
     return cached(f"huge{i}.png", make)
 
 
+SIDE_40MPX = 6324  # 6324 x 6324 = 39.99 Mpx, under MAX_IMAGE_PIXELS (40 M)
+
+
+def grey16_png(i):  # 16-bit grey, 40 Mpx, ~80 KB: 80 MB decoded
+    def make():
+        a = np.zeros((SIDE_40MPX, SIDE_40MPX), np.uint16)
+        a[0, :8] = np.random.default_rng(i).integers(256, 65535, 8)
+        b = io.BytesIO()
+        Image.fromarray(a).save(b, "PNG", compress_level=9)
+        return b.getvalue()
+
+    return cached(f"grey16-{i}.png", make)
+
+
+def float_tiff(i):  # float32 grey, 40 Mpx, deflate, ~250 KB: 160 MB decoded
+    def make():
+        a = np.zeros((SIDE_40MPX, SIDE_40MPX), np.float32)
+        a[0, :8] = np.random.default_rng(i).random(8)
+        b = io.BytesIO()
+        Image.fromarray(a, "F").save(b, "TIFF", compression="tiff_adobe_deflate")
+        return b.getvalue()
+
+    return cached(f"float-{i}.tif", make)
+
+
+def palette_png(i):  # palette with partial transparency (tRNS), 40 Mpx, ~40 KB
+    def make():
+        im = Image.new("P", (SIDE_40MPX, SIDE_40MPX), 0)
+        im.putpalette([255, 0, 0, 0, 255, 0, *np.random.default_rng(i).integers(0, 256, 3)])
+        im.paste(1, (0, 0, 100, 100))
+        b = io.BytesIO()
+        im.save(b, "PNG", transparency=bytes([128, 255]), compress_level=9)
+        return b.getvalue()
+
+    return cached(f"palette-{i}.png", make)
+
+
 def rss_tree(pid):
     total = 0
     pids = [pid]
@@ -136,6 +174,14 @@ def post_single(base, key, data, ctype):
     with httpx.Client(base_url=base, timeout=1800) as c:
         r = c.post(
             "/api/v1/gallery", files={"image": ("x", data, ctype)}, headers={"X-API-Key": key}
+        )
+    return r.status_code, (r.json().get("detail") if r.status_code >= 400 else "ok")
+
+
+def post_search(base, key, data, ctype):
+    with httpx.Client(base_url=base, timeout=1800) as c:
+        r = c.post(
+            "/api/v1/search", files={"sketch": ("x", data, ctype)}, headers={"X-API-Key": key}
         )
     return r.status_code, (r.json().get("detail") if r.status_code >= 400 else "ok")
 
@@ -243,6 +289,51 @@ def eight_concurrent_singles_40Mpx_png(s, key):
         return [f.result() for f in futs]
 
 
+@case
+def single_grey16_40Mpx_png(s, key):
+    return post_single(s.base_url, key, grey16_png(0), "image/png")
+
+
+@case
+def single_float32_40Mpx_tiff(s, key):
+    return post_single(s.base_url, key, float_tiff(0), "image/tiff")
+
+
+@case
+def single_palette_transparency_40Mpx_png(s, key):
+    return post_single(s.base_url, key, palette_png(0), "image/png")
+
+
+@case
+def six_concurrent_singles_grey16_40Mpx_png(s, key):
+    with ThreadPoolExecutor(6) as ex:
+        futs = [
+            ex.submit(post_single, s.base_url, key, grey16_png(10 + i), "image/png")
+            for i in range(6)
+        ]
+        return [f.result() for f in futs]
+
+
+@case
+def twenty_concurrent_singles_40Mpx_png(s, key):
+    with ThreadPoolExecutor(20) as ex:
+        futs = [
+            ex.submit(post_single, s.base_url, key, huge_png(200 + i), "image/png")
+            for i in range(20)
+        ]
+        return [f.result() for f in futs]
+
+
+@case
+def twenty_concurrent_searches_40Mpx_png(s, key):
+    with ThreadPoolExecutor(20) as ex:
+        futs = [
+            ex.submit(post_search, s.base_url, key, huge_png(300 + i), "image/png")
+            for i in range(20)
+        ]
+        return [f.result() for f in futs]
+
+
 def main():
     kind = "sqlite"
     wanted = sys.argv[1:] or list(CASES)
@@ -256,7 +347,8 @@ def main():
         with tempfile.TemporaryDirectory() as tmp, temp_database(kind, Path(tmp)) as url:
             s = Server(Path(tmp) / "data", url, ROOT / "model_store/default")
             s.migrate()
-            key = s.create_key("operator")
+            # admin: uploads (operator) and searches (investigator) with one key
+            key = s.create_key("admin")
             s.start()
             try:
                 # warm up: one small batch and one single upload

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from app.db.models import Base
-from app.db.session import make_engine
+from app.db.session import DbLimits, make_engine
 
 config = context.config
 target_metadata = Base.metadata
@@ -32,7 +32,8 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    engine = make_engine(_url())
+    # No statement limit: a migration may rewrite or index a table of millions of rows.
+    engine = make_engine(_url(), DbLimits(statement_s=None))
     try:
         with engine.connect() as connection:
             context.configure(

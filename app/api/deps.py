@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from app.api.throttle import AuthThrottle
 from app.core.net import client_address
 from app.db.models import ApiKey
-from app.db.session import session_scope
+from app.db.session import release, session_scope
 from app.services.apikeys import authenticate
 from app.services.context import ServiceContext
 from app.services.errors import (
@@ -38,6 +38,8 @@ CtxDep = Annotated[ServiceContext, Depends(get_ctx)]
 
 
 def get_session(ctx: CtxDep) -> Iterator[Session]:
+    """The request's session: it holds a pooled connection only from a statement to the next
+    commit or rollback (``release``), not for the whole request."""
     with session_scope(ctx.sessions) as session:
         yield session
 
@@ -62,6 +64,12 @@ def get_api_key(
 ) -> ApiKey:
     """The one place keys are checked, and failed keys counted per client address
     (``app.api.throttle``): a locked-out address that presents a key gets 429, unchecked."""
+    key_row = _check_key(request, session, key)
+    release(session)  # the route takes a connection again when it needs one
+    return key_row
+
+
+def _check_key(request: Request, session: Session, key: str | None) -> ApiKey:
     throttle: AuthThrottle | None = getattr(request.app.state, "auth_throttle", None)
     if throttle is None or not key:  # no key: nothing to guess, a plain 401
         return authenticate(session, key)

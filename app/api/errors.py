@@ -8,15 +8,18 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.errors import BundleError, SketchReidError, UserInputError
+from app.ml.images import DecodeBusyError
 from app.ml.infer.batching import QueueClosedError, QueueFullError
 from app.queue.producer import BrokerUnavailableError
 from app.services.errors import (
     AuthenticationError,
     ConflictError,
+    InsufficientStorageError,
     NotFoundError,
     NotReadyError,
     OutOfRangeError,
@@ -24,6 +27,7 @@ from app.services.errors import (
     PermissionDeniedError,
     TooManyAuthFailuresError,
 )
+from app.services.outages import as_outage
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,8 @@ STATUS_BY_ERROR: tuple[tuple[type[SketchReidError], int], ...] = (
     (QueueFullError, 503),
     (QueueClosedError, 503),
     (BrokerUnavailableError, 503),
+    (DecodeBusyError, 503),
+    (InsufficientStorageError, 507),
 )
 
 
@@ -110,8 +116,19 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return await http_exception_handler(request, exc)
 
 
+async def outage_error(request: Request, exc: Exception) -> JSONResponse:
+    """A database that is down, stalled or out of connections: 503 with Retry-After; a full
+    disk: 507. Other database and OS errors are unexpected: raised on (a logged 500)."""
+    outage = as_outage(exc)
+    if outage is None:
+        raise exc
+    return await sketchreid_error(request, outage)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(SketchReidError, sketchreid_error)
+    app.add_exception_handler(SQLAlchemyError, outage_error)
+    app.add_exception_handler(OSError, outage_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     # Other exceptions: app.api.middleware.UnexpectedErrors (a 500 that keeps the connection).

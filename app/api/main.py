@@ -30,6 +30,7 @@ from app.api.routes import apikeys, audit, gallery, health, history, model, sear
 from app.api.schemas import API_PREFIX, COMMON_ERRORS, error_responses
 from app.api.throttle import AuthThrottle
 from app.core.config import Settings, get_settings
+from app.core.memory import map_large_allocations
 from app.ml.bundle.store import Bundle
 from app.services.context import (
     ServiceContext,
@@ -90,10 +91,17 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
     settings = settings or get_settings()
     # numpy's BLAS (a pthreads OpenBLAS: one process-wide setting, so set here, not per request)
     threadpool_limits(settings.BLAS_THREADS, user_api="blas")
+    # Decoded images freed in one worker thread go back to the system, not to its heap.
+    map_large_allocations()
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The routes' threads; the database pool has a connection for each (open_context).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.WORKER_THREADS
+        # /readyz checks the database in one thread at a time: probes of a stalled database
+        # do not pile up threads (app.api.routes.health).
+        app.state.ready_limiter = anyio.CapacityLimiter(1)
         ctx = await anyio.to_thread.run_sync(open_context, settings, bundle)
         app.state.ctx = ctx
         log.info(

@@ -159,7 +159,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "store it now:\n" + key,
             flush=True,
         )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    # SIGTERM: stop accepting, let requests finish for SHUTDOWN_TIMEOUT_SECONDS, then cut the
+    # ones still running (a slow client's upload) and run the lifespan's shutdown, which saves
+    # the index (app.api.main).
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=settings.SHUTDOWN_TIMEOUT_SECONDS,
+    )
     return 0
 
 
@@ -172,8 +181,9 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
             # A database migrated before the server had pgvector gets the column now (the
             # step of revision 0006, idempotent).
             from app.db import pgvector
+            from app.db.bounded import maintenance
 
-            with engine.begin() as conn:
+            with engine.begin() as conn, maintenance(conn):
                 pgvector.install(conn, required=True)
         print(f"database at revision {migrate.current_revision(engine)} (head)")
     finally:

@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     MAX_IMAGE_PIXELS: int = Field(default=40_000_000, gt=0)
     # Images are downscaled to this longest side right after decoding (the model sees 64x32).
     DECODE_MAX_SIDE: int = Field(default=1024, ge=64)
+    # Decoded pixels in flight, all requests together (uploads, batches, searches): a decode
+    # holds what its image needs at its peak (app.ml.images.decode_cost, e.g. ~176 MB for a
+    # 40 Mpx RGB PNG) and waits for room, up to DECODE_WAIT_SECONDS (then 503); an image
+    # needing more than the whole budget is refused (400). 640 MB: every image that
+    # MAX_IMAGE_PIXELS allows fits (the most, ~570 MB: 40 Mpx RGB with a transparent colour).
+    DECODE_MEMORY_MB: float = Field(default=640.0, ge=16, le=1_000_000)
+    DECODE_WAIT_SECONDS: float = Field(default=30.0, ge=0, le=3600)
     MAX_BATCH_FILES: int = Field(default=100, ge=1, le=10_000)
     # Whole body of one batch request (413 beyond, refused while it streams).
     MAX_BATCH_MB: float = Field(default=200.0, gt=0, le=100_000)
@@ -138,6 +145,21 @@ class Settings(BaseSettings):
     # whose X-Forwarded-For names the client; empty: the peer address is the client, the header
     # is ignored.
     TRUSTED_PROXIES: str = ""
+
+    # Outages (docs/reliability.md). The database: a connection must open (and a pooled one
+    # answer a ping) within DB_CONNECT_TIMEOUT_SECONDS; PostgreSQL cancels a statement after
+    # DB_STATEMENT_TIMEOUT_SECONDS and the service stops waiting for a server that has not
+    # answered one second later; either is a 503 with Retry-After. WORKER_THREADS run the
+    # routes; the pool holds as many connections plus 4 (background tasks, /readyz).
+    DB_CONNECT_TIMEOUT_SECONDS: float = Field(default=3.0, ge=1, le=600)
+    DB_STATEMENT_TIMEOUT_SECONDS: float = Field(default=10.0, ge=0.1, le=86_400)
+    WORKER_THREADS: int = Field(default=40, ge=1, le=1000)
+    # Uploads and searches that would leave less free space than this in DATA_DIR are refused
+    # (507) before anything is written; /readyz is not ready below it.
+    MIN_FREE_DISK_MB: float = Field(default=200.0, ge=0)
+    # `sketchreid serve` on SIGTERM: requests still running this many seconds later are cut
+    # off, then the index is saved (or left to be rebuilt from the database at the next start).
+    SHUTDOWN_TIMEOUT_SECONDS: float = Field(default=20.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _defaults_and_safety(self) -> Settings:

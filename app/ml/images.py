@@ -5,6 +5,13 @@ It applies the EXIF orientation, converts every colour mode to RGB (transparency
 white), decodes huge JPEG scans at reduced scale, refuses decompression bombs from the header
 alone, refuses truncated JPEGs that Pillow would decode silently (:func:`jpeg_incomplete`), and
 turns every decoding problem into a one-line :class:`app.errors.ImageError`.
+
+Memory: an image is shrunk to ``max_side`` in the mode it was decoded in (16-bit grey widened
+to 32-bit integers, palettes composited on white and expanded to RGB first) before any
+conversion to 8-bit RGB or float, and turned to its EXIF orientation once small. What one decode
+needs at its peak is estimated from the header (:func:`decode_cost`); a
+:class:`DecodeBudget` shared by every caller of a process (the service's uploads, batches and
+searches) lets decodes run only while the bytes they hold together stay under one limit.
 """
 
 from __future__ import annotations
@@ -13,15 +20,19 @@ import io
 import math
 import os
 import struct
+import threading
+import time
 import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, JpegImagePlugin
+from PIL import Image, ImageFile, JpegImagePlugin
 
-from app.errors import ImageError
+from app.errors import ImageError, SketchReidError
 
 # Formats accepted on input, in the order their signatures are tried. "MPO" is how Pillow names
 # the multi-picture JPEGs many phones write; it is accepted as JPEG.
@@ -34,17 +45,112 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct
 ImageSource = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO
 
 
+class DecodeBusyError(SketchReidError):
+    """The decoding budget stayed full for longer than its wait: HTTP 503 with Retry-After."""
+
+    def __init__(self, message: str, retry_after: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DecodeBudget:
+    """Bytes of decoded pixels in flight, shared by every decode that is given it.
+
+    A decode holds :func:`decode_cost` bytes from just before its pixels are decoded until its
+    small result is made; one that would take the total over ``total_bytes`` waits for others
+    to finish, at most ``wait_s`` seconds (then :class:`DecodeBusyError`). An image that
+    alone needs more than ``total_bytes`` is refused (:class:`ImageError`).
+    """
+
+    def __init__(self, total_bytes: int, wait_s: float = 30.0) -> None:
+        if total_bytes < 1:
+            raise ValueError(f"total_bytes must be positive, not {total_bytes}")
+        self.total = total_bytes
+        self.wait_s = wait_s
+        self.used = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, cost: int, what: str) -> Iterator[None]:
+        if cost > self.total:
+            raise ImageError(
+                f"{what} needs about {cost / 1048576:,.0f} MB to decode, more than the "
+                f"decoding memory of {self.total / 1048576:,.0f} MB"
+            )
+        deadline = time.monotonic() + self.wait_s
+        with self._cond:
+            while self.used + cost > self.total:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._cond.wait(left):
+                    if self.used + cost <= self.total:
+                        break
+                    raise DecodeBusyError(
+                        f"the server is decoding other large images ({self.used / 1048576:,.0f}"
+                        f" of {self.total / 1048576:,.0f} MB in use); send this one again "
+                        "in a moment (Retry-After)"
+                    )
+            self.used += cost
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= cost
+                self._cond.notify_all()
+
+
+def _pixel_bytes(mode: str) -> int:
+    """Bytes Pillow stores per pixel: 1 for 1/L/P, 2 for 16-bit, 4 for all the others (RGB is
+    stored as 4 bytes a pixel)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
+
+
+def decode_cost(mode: str, size: tuple[int, int], fmt: str | None, transparency: bool) -> int:
+    """Bytes one decode holds at its peak, from the header: the decoded image, plus the copy
+    that shrinking needs (a premultiplied RGBa/La copy with alpha, the RGB expansion of a
+    palette, 32-bit integers for 16-bit grey), plus a second decode for a JPEG (the truncation
+    check), plus a byte a pixel for the box-reduced image the resize goes through (a quarter
+    of the pixels at 4 bytes), plus 15 % and 1 MB for buffers. Measured against the peak
+    resident memory of one decode in docs/reliability.md ("Memory bound")."""
+    pixels = size[0] * size[1]
+    stored = _pixel_bytes(mode)
+    if mode in ("L", "RGB", "I", "F") and not transparency:
+        work = 0
+    elif mode in ("LA", "RGBA"):
+        work = 4  # the premultiplied copy the resize makes
+    elif mode == "P":
+        work = 4  # expanded to RGB (palette transparency composited in the palette)
+    elif mode.startswith("I;16"):
+        work = 4  # widened to 32-bit integers
+    elif mode == "1":
+        work = 1  # widened to L
+    else:
+        work = 8  # converted to RGBA, then its premultiplied copy
+    if fmt in _JPEG_FAMILY:
+        work += stored
+    return int(pixels * (stored + work + 1) * 1.15) + 1048576
+
+
+def _has_alpha_mode(mode: str) -> bool:
+    return mode in ("RGBA", "LA", "PA", "RGBa", "La")
+
+
 def load_image(
     source: ImageSource,
     *,
     max_side: int | None = 1024,
     max_pixels: int = 150_000_000,
+    budget: DecodeBudget | None = None,
 ) -> Image.Image:
     """Decode ``source`` into an RGB image whose longer side is at most ``max_side``.
 
     ``source`` is the encoded bytes, a path, or a binary file object (read from its current
     position). ``max_side=None`` keeps the full size. Images with more than ``max_pixels``
-    pixels are refused from their header, before any pixel is decoded.
+    pixels are refused from their header, before any pixel is decoded. With ``budget``, the
+    decode waits for room in it (see :class:`DecodeBudget`).
 
     Raises :class:`ImageError` with a one-line message for a missing or empty file, data that is
     not an image, an unsupported format, truncated or corrupt data, or a decompression bomb.
@@ -62,21 +168,27 @@ def load_image(
             raise ImageError(f"not a file: {path}")
         try:
             with open(path, "rb") as fp:
-                return _decode(fp, path, max_side, max_pixels)
+                return _decode(fp, path, max_side, max_pixels, budget)
         except PermissionError as exc:
             raise ImageError(f"cannot read {path}: {exc.strerror}") from exc
     if isinstance(source, bytes | bytearray | memoryview):
-        return _decode(io.BytesIO(bytes(source)), None, max_side, max_pixels)
+        return _decode(io.BytesIO(bytes(source)), None, max_side, max_pixels, budget)
     name = getattr(source, "name", None)
     label = name if isinstance(name, str) else None
     try:
         source.seek(source.tell())
     except (AttributeError, OSError):  # a pipe or socket: read it all
-        return _decode(io.BytesIO(source.read()), label, max_side, max_pixels)
-    return _decode(source, label, max_side, max_pixels)
+        return _decode(io.BytesIO(source.read()), label, max_side, max_pixels, budget)
+    return _decode(source, label, max_side, max_pixels, budget)
 
 
-def _decode(fp: BinaryIO, label: str | None, max_side: int | None, max_pixels: int) -> Image.Image:
+def _decode(
+    fp: BinaryIO,
+    label: str | None,
+    max_side: int | None,
+    max_pixels: int,
+    budget: DecodeBudget | None,
+) -> Image.Image:
     where = f": {label}" if label else ""
     start = fp.tell()
     prefix = fp.read(16)
@@ -101,18 +213,22 @@ def _decode(fp: BinaryIO, label: str | None, max_side: int | None, max_pixels: i
             if scale < 1:  # decode at 1/2, 1/4 or 1/8 scale, never below the target size
                 draft = (math.ceil(width * scale), math.ceil(height * scale))
                 im.draft(im.mode, draft)
-        im.load()  # force the full decode here: truncated data raises now, not later
-        if im.format in _JPEG_FAMILY:  # libjpeg fills scans that end early with grey: refuse
-            fp.seek(0)
-            problem = jpeg_incomplete(fp.read(), im, draft)
-            if problem is not None:
-                raise ImageError(f"truncated JPEG: {problem}")
-        out = _exif_transpose(im)
-        if max_side is not None and out.mode in ("L", "LA", "RGB", "RGBA"):
-            out = _shrink(out, max_side)  # shrink first: converting a huge scan costs more
-        out = _to_rgb(out)
-        if max_side is not None:
-            out = _shrink(out, max_side)
+        holding = (
+            budget.hold(
+                decode_cost(im.mode, im.size, im.format, "transparency" in im.info),
+                f"the {width}×{height} {im.mode} image",
+            )
+            if budget is not None
+            else nullcontext()
+        )
+        with holding:
+            im.load()  # force the full decode here: truncated data raises now, not later
+            if im.format in _JPEG_FAMILY:  # libjpeg fills scans that end early with grey
+                fp.seek(0)
+                problem = jpeg_incomplete(fp.read(), im, draft)
+                if problem is not None:
+                    raise ImageError(f"truncated JPEG: {problem}")
+            out = _small_rgb(im, max_side)
     except ImageError as exc:
         raise ImageError(f"{exc}{where}") from None
     except Image.DecompressionBombError as exc:
@@ -392,22 +508,103 @@ def _other_format(fp: BinaryIO) -> str | None:
         return None
 
 
-def _exif_transpose(im: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; damaged EXIF data leaves the image as stored."""
+# EXIF orientation -> the transposition that shows the image upright (as ImageOps.exif_transpose).
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(im: Image.Image) -> Image.Transpose | None:
+    """The transposition the EXIF orientation asks for; damaged EXIF data: none."""
     try:
-        return ImageOps.exif_transpose(im)
+        return _ORIENTATIONS.get(int(im.getexif().get(0x0112, 1)))
     except (*_DECODE_ERRORS, KeyError, TypeError):
-        return im.copy()
+        return None
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB; transparency is composited on white, 16-bit scaled to 8-bit."""
-    if im.mode == "RGB" and "transparency" not in im.info:
+def _small_rgb(im: Image.Image, max_side: int | None) -> Image.Image:
+    """The decoded ``im`` as RGB, at most ``max_side`` on its longer side, upright.
+
+    Shrunk first, in a mode the resampler takes without a float copy of the full image:
+    16-bit grey as 32-bit integers, a palette composited on white in the palette then
+    expanded, other modes as RGB or RGBA. Grey levels are scaled by the range of the whole
+    image (its extrema, read without a copy); the orientation is applied to the small image.
+    """
+    turn = _orientation(im)
+    top = _grey_top(im)
+    out = _resamplable(im)
+    if max_side is not None:
+        out = _shrink(out, max_side)
+    if turn is not None:
+        out = out.transpose(turn)
+    elif out is im:
+        out = im.copy()  # never hand out the decoder's image (it may hold the caller's file)
+    return _to_rgb(out, top)
+
+
+def _grey_top(im: Image.Image) -> float:
+    """The value that maps to white for a 16/32-bit integer or float grey image."""
+    if not (im.mode.startswith("I;16") or im.mode in ("I", "F")):
+        return 255.0
+    low_high = im.getextrema()
+    high = float(low_high[1]) if isinstance(low_high, tuple) else 255.0  # type: ignore[arg-type]
+    if im.mode == "F":
+        return 1.0 if high <= 1.0 else 255.0
+    return 65535.0 if high > 255 else 255.0
+
+
+def _resamplable(im: Image.Image) -> Image.Image:
+    """``im`` in a mode that Pillow resizes (L, LA, RGB, RGBA, I, F), transparency kept."""
+    mode = im.mode
+    transparency = "transparency" in im.info
+    if mode in ("L", "RGB", "I", "F", "LA", "RGBA") and not transparency:
         return im
-    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
-        return Image.fromarray(_to_uint8(np.asarray(im)), mode="L").convert("RGB")
-    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
-    if has_alpha:
+    if mode.startswith("I;16"):
+        return im.convert("I")
+    if mode == "1":
+        return im.convert("L")
+    if mode == "P":
+        return _palette_on_white(im)
+    try:
+        return im.convert("RGBA" if transparency or _has_alpha_mode(mode) else "RGB")
+    except ValueError as exc:
+        raise ImageError(f"unsupported colour mode {mode}") from exc
+
+
+def _palette_on_white(im: Image.Image) -> Image.Image:
+    """A palette image as RGB, its transparent entries composited on white in the palette
+    (one RGB copy of the image, not an RGBA one and its premultiplied copy). Changes the
+    palette of ``im``, the decoder's image, which is not handed out."""
+    palette = np.asarray(im.getpalette("RGB") or [], dtype=np.float64).reshape(-1, 3)
+    alpha = np.full(len(palette), 255.0)
+    transparency = im.info.get("transparency")
+    if isinstance(transparency, int) and 0 <= transparency < len(palette):
+        alpha[transparency] = 0.0
+    elif isinstance(transparency, bytes | bytearray):
+        given = np.frombuffer(bytes(transparency), dtype=np.uint8)[: len(palette)]
+        alpha[: len(given)] = given
+    if "transparency" in im.info:
+        a = (alpha / 255.0)[:, None]
+        on_white = np.clip(np.rint(palette * a + 255.0 * (1.0 - a)), 0, 255).astype(np.uint8)
+        im.putpalette(on_white.tobytes(), "RGB")
+        del im.info["transparency"]
+    return im.convert("RGB")
+
+
+def _to_rgb(im: Image.Image, top: float = 255.0) -> Image.Image:
+    """L, LA, RGB, RGBA, I or F -> RGB; alpha composited on white, wide grey scaled by
+    ``top`` (the value that becomes white) to 8-bit."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I", "F"):
+        return Image.fromarray(_to_uint8(np.asarray(im), top), mode="L").convert("RGB")
+    if im.mode in ("RGBA", "LA"):
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
@@ -417,15 +614,9 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         raise ImageError(f"unsupported colour mode {im.mode}") from exc
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale a 16/32-bit integer or float grey image to 0..255."""
+def _to_uint8(arr: np.ndarray, top: float) -> np.ndarray:
+    """Scale a 32-bit integer or float grey image (a small one) to 0..255."""
     values = arr.astype(np.float64)
-    if arr.dtype.kind == "f":
-        top = 1.0 if values.size and float(values.max()) <= 1.0 else 255.0
-    elif arr.dtype.itemsize >= 2 and values.size and float(values.max()) > 255:
-        top = 65535.0
-    else:
-        top = 255.0
     return np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
 
 

@@ -28,14 +28,15 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings
+from app.db.bounded import maintenance
 from app.db.migrate import ensure_up_to_date
 from app.db.models import Embedding, GalleryItem
-from app.db.session import make_engine, make_session_factory, session_scope
+from app.db.session import DbLimits, make_engine, make_session_factory, session_scope
 from app.errors import SketchReidError
 from app.index.pgvector import PgVectorIndex
 from app.index.store import VectorIndex
 from app.ml.bundle.store import Bundle, Manifest
-from app.ml.images import load_image
+from app.ml.images import DecodeBudget, load_image
 from app.ml.infer.batching import InferenceQueue
 from app.queue.producer import IngestQueue
 from app.services.blobs import BlobStore
@@ -72,6 +73,7 @@ class ServiceContext:
     blobs: BlobStore
     embedding_key: str
     inference: InferenceQueue
+    decode_budget: DecodeBudget | None = None
     index_status: dict[str, Any] = field(default_factory=dict)
     # The ingestion queue (cluster profile, BROKER_URL set): uploads are queued for workers.
     queue: IngestQueue | None = None
@@ -81,11 +83,12 @@ class ServiceContext:
         return int(self.bundle.embedder.dim)
 
     def decode(self, data: bytes) -> Any:
-        """The one image loader with the service's limits."""
+        """The one image loader with the service's limits and its decoding budget."""
         return load_image(
             data,
             max_side=self.settings.DECODE_MAX_SIDE,
             max_pixels=self.settings.MAX_IMAGE_PIXELS,
+            budget=self.decode_budget,
         )
 
     @property
@@ -273,7 +276,7 @@ def prepare_index(ctx: ServiceContext) -> dict[str, Any]:
     pgvector: check the column and create the model's HNSW index."""
     settings = ctx.settings
     if isinstance(ctx.index, PgVectorIndex):
-        with ctx.engine.begin() as conn:
+        with ctx.engine.begin() as conn, maintenance(conn):  # an index build takes minutes
             status: dict[str, Any] = dict(ctx.index.prepare(conn))
         with session_scope(ctx.sessions) as session:
             status["count"] = ctx.index.total(session)
@@ -326,11 +329,24 @@ def make_index(settings: Settings, key: str, dim: int) -> VectorIndex | PgVector
     )
 
 
+# Pooled connections beyond one per worker thread: the index sync and orphan sweep loops, the
+# readiness probe, the lifespan.
+SPARE_CONNECTIONS = 4
+
+
+def db_limits(settings: Settings) -> DbLimits:
+    return DbLimits(
+        connect_s=settings.DB_CONNECT_TIMEOUT_SECONDS,
+        statement_s=settings.DB_STATEMENT_TIMEOUT_SECONDS,
+        pool_size=settings.WORKER_THREADS + SPARE_CONNECTIONS,
+    )
+
+
 def open_context(
     settings: Settings, bundle: Bundle | None = None, *, worker: bool = False
 ) -> ServiceContext:
     """Open the database, load the model and the index (see the module docstring)."""
-    engine = make_engine(settings.DATABASE_URL)
+    engine = make_engine(settings.DATABASE_URL, db_limits(settings))
     try:
         ensure_up_to_date(engine)
         if bundle is None:
@@ -349,6 +365,9 @@ def open_context(
                 IngestQueue(settings.BROKER_URL, settings.BROKER_TIMEOUT_SECONDS)
                 if settings.BROKER_URL and not worker
                 else None
+            ),
+            decode_budget=DecodeBudget(
+                int(settings.DECODE_MEMORY_MB * 1048576), wait_s=settings.DECODE_WAIT_SECONDS
             ),
         )
         try:
@@ -370,13 +389,37 @@ def open_context(
 
 
 def close_context(ctx: ServiceContext, save_index: bool = True) -> None:
-    """Finish the model work that waits in the queue, save the index, close the database."""
+    """Finish the model work that waits in the queue, save the index, close the database.
+
+    The saved index is a cache of the database: when it cannot be brought up to date (the
+    database is gone) or written (a full disk), a log line says so and the next start rebuilds
+    it from the database (the saved copy is written atomically, checked against the database
+    when loaded, and never half-written)."""
     try:
         ctx.inference.close()
         if ctx.queue is not None:
             ctx.queue.close()
         if save_index and ctx.faiss is not None:
-            sync_index(ctx)
-            ctx.faiss.save(ctx.settings.index_dir, ctx.embedding_key)
+            _save_index(ctx, ctx.faiss)
     finally:
         ctx.engine.dispose()
+
+
+def _save_index(ctx: ServiceContext, faiss: VectorIndex) -> None:
+    try:
+        sync_index(ctx)
+    except Exception as exc:
+        log.warning(
+            "index not synchronised with the database at shutdown (%s: %s); saving it as it is",
+            type(exc).__name__,
+            str(exc).splitlines()[0][:200] if str(exc) else "",
+        )
+    try:
+        faiss.save(ctx.settings.index_dir, ctx.embedding_key)
+    except OSError as exc:
+        log.warning(
+            "index not saved at shutdown (%s); it is rebuilt from the database at the next start",
+            exc.strerror or exc,
+        )
+        return
+    log.info("index saved at shutdown: %d items", len(faiss))

@@ -54,3 +54,16 @@ def input_error_status(exc: UserInputError) -> int:
     if isinstance(exc, OutOfRangeError):
         return 422
     return 400
+
+
+class UnavailableError(NotReadyError):
+    """A dependency (the database) is down, stalled or saturated: HTTP 503 with
+    ``Retry-After``; the request was not completed and may be sent again."""
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InsufficientStorageError(SketchReidError):
+    """The disk (or the database's disk) is full: HTTP 507; nothing was stored."""

@@ -33,20 +33,24 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.models import GalleryItem
+from app.db.session import release
 from app.db.types import MAX_ID, is_valid_id
 from app.errors import ImageError, SketchReidError, UserInputError
+from app.ml.images import DecodeBusyError
 from app.ml.infer.batching import QueueClosedError, QueueFullError
 from app.queue.producer import BrokerUnavailableError
 from app.services import audit
 from app.services.blobs import CONTENT_TYPES, sha256_hex, sniff_extension
 from app.services.context import ServiceContext
 from app.services.errors import (
+    InsufficientStorageError,
     NotFoundError,
     OutOfRangeError,
     PayloadTooLargeError,
     input_error_status,
 )
 from app.services.imagecheck import trailing_bytes
+from app.services.outages import as_outage, check_free_space
 from app.services.text import check_text
 from app.services.timeparse import parse_timestamp
 
@@ -228,6 +232,7 @@ def _store(
             _heal_blob(ctx, existing, data)
             return existing, False
         ext = sniff_extension(data)
+        check_free_space(ctx.settings.DATA_DIR, len(data), ctx.settings.MIN_FREE_DISK_MB)
         relative, new_blob = ctx.blobs.put(prep.sha256, ext, data)  # checks the sha256 again
         del data
         item_id: int | None = None
@@ -259,6 +264,11 @@ def _store(
             session.rollback()
             if in_index and item_id is not None and ctx.faiss is not None:
                 ctx.faiss.remove([item_id])
+            if as_outage(exc) is not None:
+                # The database may not answer the lookup either (or may yet commit a stalled
+                # transaction): a new blob stays for the orphan sweep, which removes it if no
+                # row ever names it.
+                raise
             if find_by_sha(session, prep.sha256) is None and new_blob:
                 ctx.blobs.remove(relative)
             if isinstance(exc, IntegrityError):  # another process stored the same bytes
@@ -289,6 +299,7 @@ def ingest_image(
     if existing is not None:
         _heal_blob(ctx, existing, data)
         return existing, False
+    release(session)  # no connection held while decoding and embedding
     prep = _prepare(ctx, data, meta, filename)
     if ctx.queue is not None:
         item, created = _store(ctx, session, prep, None, created_by)
@@ -344,6 +355,7 @@ def _take(
             return IngestOutcome(name, "exists", existing, http_status=200, sha256=sha), None
         if sha in first_of:
             return IngestOutcome(name, "exists", None, http_status=200, sha256=sha), None
+        release(session)  # no connection held while decoding
         prep = _prepare(ctx, data, meta, name, source)
         first_of[sha] = position
         return IngestOutcome(name, "created", None, sha256=sha), prep
@@ -377,10 +389,15 @@ def _embed_and_store(
         outcome = outcomes[position]
         try:
             item, created = _store(ctx, session, prep, vector, created_by)
+        except InsufficientStorageError:
+            raise  # the disk: this file and the rest (ingest_many)
         except SketchReidError as exc:
             outcome.status, outcome.error, outcome.http_status = "error", str(exc), 400
             continue
-        except Exception:  # a server fault (database, disk): this file only, logged
+        except Exception as exc:
+            if as_outage(exc) is not None:  # database or disk: this file and the rest
+                raise
+            # another server fault: this file only, logged
             log.exception("storing %s failed", prep.filename or prep.sha256)
             outcome.status, outcome.http_status = "error", 500
             outcome.error = "internal error while storing the file; it was not stored"
@@ -404,7 +421,12 @@ def _store_queued(
         outcome = outcomes[position]
         try:
             item, is_new = _store(ctx, session, prep, None, created_by)
-        except Exception:  # a server fault (database, disk): this file only, logged
+        except InsufficientStorageError:
+            raise  # the disk: this file and the rest (ingest_many)
+        except Exception as exc:
+            if as_outage(exc) is not None:  # database or disk: this file and the rest
+                raise
+            # another server fault: this file only, logged
             log.exception("storing %s failed", prep.filename or prep.sha256)
             outcome.status, outcome.http_status = "error", 500
             outcome.error = "internal error while storing the file; it was not stored"
@@ -418,15 +440,32 @@ def _store_queued(
     _publish_or_discard(ctx, session, created)
 
 
-def _refused(name: str | None, why: str, sha256: str | None = None) -> IngestOutcome:
+def _refused(
+    name: str | None, why: str, status: int = 503, sha256: str | None = None
+) -> IngestOutcome:
     prefix = f"{name}: " if name else ""
     return IngestOutcome(
         name,
         "error",
         error=f"{prefix}not stored, send it again: {why}",
-        http_status=503,
+        http_status=status,
         sha256=sha256,
     )
+
+
+def _refuse_rest(
+    outcomes: list[IngestOutcome],
+    files: Sequence[tuple[str | None, ByteSource, ItemMetadata]],
+    start: int,
+    stop: int,
+    busy: tuple[str, int],
+) -> None:
+    """The files of the chunk ``start:stop`` that were not stored: refused with ``busy``."""
+    outcomes.extend(_refused(files[p][0], *busy) for p in range(len(outcomes), stop))
+    for position in range(start, stop):
+        outcome = outcomes[position]
+        if outcome.status == "created" and outcome.item is None:
+            outcomes[position] = _refused(outcome.filename, *busy, sha256=outcome.sha256)
 
 
 def ingest_many(
@@ -442,32 +481,47 @@ def ingest_many(
     bytes dropped again when they come from a reader), then the chunk is embedded in one call
     and stored file by file (reading the bytes again to write the blob). When the inference
     queue stays full (:data:`BATCH_QUEUE_WAIT_S`), that chunk and the files after it are
-    refused with status 503 each; the files before it stay stored.
+    refused with status 503 each; the files before it stay stored. So are they when the
+    database fails (503, or 507 when its disk is full) or the disk fills (507): the file being
+    stored and the ones after it are refused, not tried one by one.
     """
     outcomes: list[IngestOutcome] = []
     first_of: dict[str, int] = {}  # sha256 -> position of its first occurrence in this batch
-    busy: str | None = None  # why the inference queue refused a chunk: the rest is not tried
+    # Why the rest of the batch is not tried (the inference queue refused a chunk, the database
+    # or the disk failed), and the status each file not tried gets.
+    busy: tuple[str, int] | None = None
     for start in range(0, len(files), BATCH_DECODE_CHUNK):
         stop = min(start + BATCH_DECODE_CHUNK, len(files))
         if busy is not None:
             for position in range(start, stop):
                 name = files[position][0]
-                outcomes.append(_refused(name, busy))
+                outcomes.append(_refused(name, *busy))
             continue
         prepared: list[tuple[int, _Prepared]] = []
-        for position in range(start, stop):
-            name, source, meta = files[position]
-            outcome, prep = _take(ctx, session, position, name, source, meta, first_of)
-            outcomes.append(outcome)
-            if prep is not None:
-                prepared.append((position, prep))
         try:
+            for position in range(start, stop):
+                name, source, meta = files[position]
+                outcome, prep = _take(ctx, session, position, name, source, meta, first_of)
+                outcomes.append(outcome)
+                if prep is not None:
+                    prepared.append((position, prep))
             _embed_and_store(ctx, session, prepared, outcomes, created_by)
-        except (QueueFullError, QueueClosedError, BrokerUnavailableError) as exc:
-            # nothing of this chunk was stored
-            busy = str(exc)
+        except (QueueFullError, QueueClosedError, DecodeBusyError) as exc:
+            busy = (str(exc), 503)  # the model or the decoding budget stayed busy
+            _refuse_rest(outcomes, files, start, stop, busy)
+        except BrokerUnavailableError as exc:
+            # the chunk's new rows and blobs were discarded: none of it is stored
+            busy = (str(exc), 503)
+            _refuse_rest(outcomes, files, start, stop, busy)
             for position, prep in prepared:
-                outcomes[position] = _refused(prep.filename, busy, prep.sha256)
+                outcomes[position] = _refused(prep.filename, *busy, sha256=prep.sha256)
+        except Exception as exc:
+            outage = as_outage(exc)
+            if outage is None:
+                raise
+            session.rollback()
+            busy = (str(outage), 507 if isinstance(outage, InsufficientStorageError) else 503)
+            _refuse_rest(outcomes, files, start, stop, busy)
         del prepared
     # Later copies of a file stored earlier in the same batch point at that item.
     by_sha = {o.sha256: o.item for o in outcomes if o.item is not None and o.sha256}

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.core.files import atomic_write_bytes
 from app.db.models import ApiKey, GalleryItem, Search
+from app.db.session import release
 from app.db.types import utcnow
 from app.errors import UserInputError
 from app.index.pgvector import PgVectorIndex
@@ -36,6 +37,7 @@ from app.services.context import ServiceContext
 from app.services.errors import NotFoundError, OutOfRangeError
 from app.services.feedback import Feedback, combine, feedback_vectors
 from app.services.gallery import camera_filter, check_range, check_upload, filter_conditions
+from app.services.outages import check_free_space
 from app.services.vectors import candidate_vectors
 
 MAX_TOP_K = 100
@@ -216,6 +218,7 @@ def run_search(
     params.validate()
     uploads = _sketches_of(ctx, sketches, refine)
     feedback = combine(confirmed, rejected, refine, session)
+    release(session)  # no connection held while decoding, translating and embedding
     timings = dict.fromkeys(STAGES, 0.0)
     notes: list[str] = []
     bundle = ctx.bundle
@@ -322,6 +325,7 @@ def run_search(
         if item is None:  # deleted while this search ran
             continue
         hits.append(SearchHit(len(hits) + 1, gallery_id, score, dist, item))
+    release(session)  # nor while the files are written
 
     search_id = uuid.uuid4()
     folder = ctx.settings.search_dir / str(search_id)
@@ -361,6 +365,9 @@ def run_search(
         ],
         model_name=bundle.name,
         model_version=bundle.version,
+    )
+    check_free_space(
+        ctx.settings.DATA_DIR, sum(len(d) for _, d in files), ctx.settings.MIN_FREE_DISK_MB
     )
     try:
         for name, data in files:

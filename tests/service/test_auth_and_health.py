@@ -126,7 +126,11 @@ def test_health_endpoints_need_no_key(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"model": True, "database": True, "index": True}
+    checks = ready.json()["checks"]
+    assert {k: checks[k] for k in ("model", "database", "index", "disk")} == dict.fromkeys(
+        ("model", "database", "index", "disk"), True
+    )
+    assert checks["disk_free_mb"] >= checks["disk_min_free_mb"]
     assert client.get("/metrics").status_code == 200
 
 

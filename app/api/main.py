@@ -30,7 +30,7 @@ from app.api.routes import apikeys, audit, gallery, health, history, model, sear
 from app.api.schemas import API_PREFIX, COMMON_ERRORS, error_responses
 from app.api.throttle import AuthThrottle
 from app.core.config import Settings, get_settings
-from app.ml.bundle.store import Bundle
+from app.ml.bundle.manifest import Bundle
 from app.services.context import ServiceContext, close_context, open_context, sync_index
 from app.services.orphans import sweep_orphans
 from app.services.search import MAX_SKETCHES

@@ -27,7 +27,7 @@ from app.db.models import Embedding, GalleryItem
 from app.db.session import make_engine, make_session_factory, session_scope
 from app.errors import SketchReidError
 from app.index.store import VectorIndex
-from app.ml.bundle.store import Bundle, Manifest
+from app.ml.bundle.manifest import Bundle, Manifest
 from app.ml.images import load_image
 from app.ml.infer.batching import InferenceQueue
 from app.services.blobs import BlobStore

@@ -24,8 +24,8 @@ from app.ml.bundle.onnx_int8 import (
     check_quantized_graph,
     cosines,
 )
-from app.ml.bundle.onnx_quantize import CalibrationImages, quantize_onnx
 from app.ml.bundle.onnx_parity import with_onnx
+from app.ml.bundle.onnx_quantize import CalibrationImages, quantize_onnx
 from app.ml.bundle.onnx_runtime import OnnxEmbedder
 from app.ml.bundle.store import Bundle, load_bundle, save_bundle
 from app.ml.data.calibration import folder_calibration

@@ -47,13 +47,17 @@ def _needs_torch(args: argparse.Namespace) -> int:
     return 2
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or with ``command`` only of the module that registers it:
+    `sketchreid serve` does not import the training code (nor PyTorch, when installed)."""
     parser = argparse.ArgumentParser(
         prog="sketchreid",
         description="Forensic sketch search: train, evaluate and serve sketch-to-photo re-id.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, commands in COMMAND_MODULES.items():
+        if command is not None and command not in commands:
+            continue
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -61,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             if exc.name not in TORCH_MODULES:
                 raise
-            for command in commands:
+            for stubbed in commands:
                 stub = sub.add_parser(
-                    command, help=f"({TORCH_MISSING})", add_help=False, prefix_chars="\x00"
+                    stubbed, help=f"({TORCH_MISSING})", add_help=False, prefix_chars="\x00"
                 )
                 stub.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
                 stub.set_defaults(func=_needs_torch)
@@ -73,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    known = {c for commands in COMMAND_MODULES.values() for c in commands}
+    parser = build_parser(argv[0] if argv and argv[0] in known else None)
     args = parser.parse_args(argv)
     args.argv = argv
     try:

@@ -74,7 +74,7 @@ def test_prepared_files_serve_the_pytorch_vectors(prepared: Path) -> None:
     assert np.abs(want - have).max() <= 1
 
 
-def test_prepared_int8_is_checked_against_the_prepared_fp32_graphs(prepared: Path) -> None:
+def test_prepared_int8_serves_int8_arithmetic(prepared: Path) -> None:
     served = load_prepared(prepared, "int8")
     assert served is not None and served.inference == {"backend": "onnx", "precision": "int8"}
     fp32 = load_prepared(prepared, "fp32")

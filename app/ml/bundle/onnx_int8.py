@@ -13,11 +13,10 @@ is held to three checks instead, at quantisation and at every load:
   calibration, or graphs of other weights, make it collapse), and the largest difference must
   exceed :data:`INT8_MIN_DIFFERENCE` (fp32 arithmetic behind an int8 label would not).
 
-The fp32 reference is the bundle's PyTorch networks where PyTorch runs
-(:func:`app.ml.bundle.onnx_parity.with_onnx`, quantisation) and, where the service serves a
-bundle's prepared files without PyTorch (:mod:`app.ml.bundle.prepared`), the bundle's prepared
-fp32 graphs, which were held to PyTorch's outputs when they were exported. Nothing here
-imports PyTorch.
+The fp32 reference is whatever embedder the caller passes: the bundle's PyTorch networks
+(:func:`app.ml.bundle.onnx_parity.with_onnx`, quantisation). A bundle's prepared int8 files
+(:mod:`app.ml.bundle.prepared`) are held to these checks when written and, at load, to their
+sha256s and :func:`check_quantized_graph`. Nothing here imports PyTorch.
 """
 
 from __future__ import annotations

@@ -157,3 +157,10 @@ def test_verify_and_info_name_the_prepared_files(
     assert "OK prepared fp32" in out and "OK prepared int8" in out
     assert main(["model", "info", str(prepared)]) == 0
     assert "prepared    onnx/fp32, onnx/int8" in capsys.readouterr().out
+
+
+def test_prepared_folders_are_readable_by_other_users(prepared: Path) -> None:
+    """A container serves the bundle as its own user: folders made owner-only by mkdtemp
+    would stop the start with a permission error."""
+    for precision in ("fp32", "int8"):
+        assert prepared_dir(prepared, precision).stat().st_mode & 0o005 == 0o005

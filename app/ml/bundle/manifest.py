@@ -111,7 +111,10 @@ def _fsync_write(path: Path, text: str) -> None:
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``, moving an existing ``out`` aside first."""
+    """Rename ``tmp`` to ``out``, moving an existing ``out`` aside first. ``tmp`` (from
+    ``mkdtemp``, owner-only) becomes readable by all, like the files in it: bundles are read by
+    other users (a container's service user)."""
+    tmp.chmod(0o755)
     backup = None
     if out.exists():
         backup = out.parent / f".{out.name}.old-{os.getpid()}-{threading.get_ident()}"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from service.helpers import build_tiny_bundle, person_image, sketch_png
+from service.helpers import person_image, sketch_png
 
 from app.cli.main import main
 from app.errors import BundleError
@@ -20,20 +20,20 @@ from app.ml.bundle.onnx_files import ONNX_MANIFEST, read_onnx_manifest
 from app.ml.bundle.onnx_runtime import OnnxEmbedder, OnnxTranslator
 from app.ml.bundle.prepared import load_prepared, prepared_dir
 from app.ml.bundle.store import Bundle, load_bundle
-from app.ml.data.synth import generate_synthetic
 from app.ml.images import load_image
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny bundle prepared in fp32 and int8 (calibrated on a few synthetic people)."""
-    root = tmp_path_factory.mktemp("prepared")
-    bundle = build_tiny_bundle(root / "tiny")
-    generate_synthetic(root / "people", 6, seed=3)
-    args = ["model", "prepare", str(bundle), "--int8", "--calibration-root", str(root / "people")]
-    assert main([*args, "--images", "6"]) == 0
+def prepared(
+    random_bundle_dir: Path, synth_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A copy of the random-weight test bundle (one resnet8 member and a translator), prepared
+    in fp32 and int8 (calibrated on the 12 synthetic people, as tests/test_onnx_int8.py)."""
+    bundle = Path(shutil.copytree(random_bundle_dir, tmp_path_factory.mktemp("prepared") / "b"))
+    args = ["model", "prepare", str(bundle), "--int8", "--calibration-root", str(synth_root)]
+    assert main(args) == 0
     return bundle
 
 
@@ -84,9 +84,8 @@ def test_prepared_int8_serves_int8_arithmetic(prepared: Path) -> None:
     assert np.abs(have - want).max() > 1e-4  # int8 arithmetic, not fp32 behind a label
 
 
-def test_a_bundle_without_prepared_files_gives_none(tmp_path: Path) -> None:
-    bundle = build_tiny_bundle(tmp_path / "plain")
-    assert load_prepared(bundle, "fp32") is None
+def test_a_bundle_without_prepared_files_gives_none(random_bundle_dir: Path) -> None:
+    assert load_prepared(random_bundle_dir, "fp32") is None
 
 
 def _rewrite(path: Path, change: dict[str, object]) -> None:
@@ -96,9 +95,9 @@ def _rewrite(path: Path, change: dict[str, object]) -> None:
 
 
 def test_an_altered_onnx_file_is_refused(copy: Path) -> None:
-    graph = prepared_dir(copy, "fp32") / "m0.onnx"
+    graph = prepared_dir(copy, "fp32") / "resnet8.onnx"
     graph.write_bytes(graph.read_bytes()[:-1] + b"\0")
-    with pytest.raises(BundleError, match=r"m0\.onnx: sha256 mismatch"):
+    with pytest.raises(BundleError, match=r"resnet8\.onnx: sha256 mismatch"):
         load_prepared(copy, "fp32")
 
 
@@ -112,9 +111,9 @@ def test_a_rewritten_record_is_refused_by_the_manifest(copy: Path) -> None:
 
 
 def test_an_altered_weight_file_is_refused(copy: Path) -> None:
-    weights = copy / "m0.pt"
+    weights = copy / "resnet8.pt"
     weights.write_bytes(weights.read_bytes() + b"\0")
-    with pytest.raises(BundleError, match=r"m0\.pt: sha256 mismatch"):
+    with pytest.raises(BundleError, match=r"resnet8\.pt: sha256 mismatch"):
         load_prepared(copy, "fp32")
 
 
@@ -130,9 +129,9 @@ def test_int8_files_that_are_fp32_graphs_are_refused(copy: Path) -> None:
     from app.ml.bundle.manifest import _sha256, update_manifest
 
     int8, fp32 = prepared_dir(copy, "int8"), prepared_dir(copy, "fp32")
-    shutil.copyfile(fp32 / "m0.onnx", int8 / "m0.onnx")
+    shutil.copyfile(fp32 / "resnet8.onnx", int8 / "resnet8.onnx")
     record = json.loads((int8 / ONNX_MANIFEST).read_text())
-    record["members"][0]["sha256"] = _sha256(int8 / "m0.onnx")
+    record["members"][0]["sha256"] = _sha256(int8 / "resnet8.onnx")
     (int8 / ONNX_MANIFEST).write_text(json.dumps(record))
     onnx = dict(read_manifest(copy).onnx)
     onnx["int8"] = _sha256(int8 / ONNX_MANIFEST)

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         if not args.no_onnx:
             from app.ml.bundle.onnx_export import export_onnx
-            from app.ml.bundle.onnx_runtime import with_onnx
+            from app.ml.bundle.onnx_parity import with_onnx
 
             start = time.perf_counter()
             export_onnx(backends["torch fp32"], tmp_path / "onnx")

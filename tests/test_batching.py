@@ -16,7 +16,7 @@ from PIL import Image
 from service.helpers import Counting, concurrently
 
 from app.ml.infer.batching import InferenceQueue, QueueClosedError, QueueFullError
-from app.ml.infer.embedder import Embedder
+from app.ml.infer.torch_embedder import Embedder
 from app.ml.models.resnet_cifar import MemberSpec, build_member
 
 torch.set_num_threads(1)

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 
 from app.errors import BundleError
 from app.ml.bundle.store import Bundle, load_bundle, save_bundle, update_manifest
-from app.ml.infer.embedder import Embedder, Translator
+from app.ml.infer.torch_embedder import Embedder, Translator
 from app.ml.models.cyclegan import GeneratorSpec, build_generator
 from app.ml.models.resnet_cifar import MemberSpec, build_member
 
@@ -104,7 +104,7 @@ def test_round_trip_embeddings(loaded: Bundle, nets: dict, images: list[Image.Im
             loaded.embedder.embed(images, modality), original.embed(images, modality)
         )
     assert len(loaded.members) == 2 and not loaded.members[0].training
-    again = Bundle.load(loaded.path)
+    again = load_bundle(loaded.path)
     assert again.manifest == manifest
 
 

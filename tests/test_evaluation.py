@@ -31,7 +31,8 @@ from app.ml.data.splits import random_splits
 from app.ml.evaluation.evaluate import Embedded, RerankParams, distances, embed_test_set, score
 from app.ml.evaluation.testset import fused_queries
 from app.ml.images import load_image
-from app.ml.infer.embedder import Embedder, fuse_views
+from app.ml.infer.embedder import fuse_views
+from app.ml.infer.torch_embedder import Embedder
 from app.ml.retrieval.metrics import ranking_result
 from app.ml.retrieval.rerank import k_reciprocal_rerank
 

@@ -18,8 +18,8 @@ from app.core.config import load_settings
 from app.errors import SketchReidError
 from app.ml.bundle.store import Bundle, load_bundle, save_bundle
 from app.ml.data.synth import generate_synthetic
-from app.ml.infer.embedder import Embedder, Translator
 from app.ml.infer.precision import cpu_has_bf16
+from app.ml.infer.torch_embedder import Embedder, Translator
 from app.ml.models.cyclegan import GeneratorSpec, build_generator
 from app.ml.models.resnet_cifar import MemberSpec, build_member
 

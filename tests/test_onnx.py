@@ -16,7 +16,8 @@ from app.cli.main import main
 from app.errors import BundleError
 from app.ml.bundle.onnx_export import export_onnx
 from app.ml.bundle.onnx_files import ONNX_MANIFEST, read_onnx_manifest
-from app.ml.bundle.onnx_runtime import OnnxEmbedder, OnnxTranslator, with_onnx
+from app.ml.bundle.onnx_parity import with_onnx
+from app.ml.bundle.onnx_runtime import OnnxEmbedder, OnnxTranslator
 from app.ml.bundle.store import Bundle, load_bundle, save_bundle
 from app.ml.data.synth import generate_synthetic
 from app.ml.infer.embedder import BaseEmbedder, BaseTranslator

@@ -80,3 +80,49 @@ def test_batches() -> None:
     batch = to_batch(imgs, (8, 4))
     assert batch.dtype == torch.float32 and batch.shape == (3, 3, 8, 4)
     torch.testing.assert_close(batch[1], to_tensor(imgs[1], (8, 4)))
+
+
+# ----------------------------------------------------------------- one definition, two forms
+
+
+def _photos(n: int = 6) -> list[Image.Image]:
+    rng = np.random.default_rng(7)
+    return [
+        Image.fromarray(rng.integers(0, 256, (90 + 7 * i, 41 + 3 * i, 3), dtype=np.uint8))
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("grey", [False, True])
+def test_the_numpy_preprocessing_gives_the_tensors_of_the_torch_path(grey: bool) -> None:
+    """The service (numpy, no PyTorch) and training/evaluation (tensors) preprocess alike,
+    bit for bit: resize, grey, normalisation and the flip-TTA batch."""
+    from app.ml.infer.torch_embedder import Embedder
+    from app.ml.models.resnet_cifar import MemberSpec, build_member
+    from app.ml.transforms import image_to_array, normalize_array, to_uint8_array
+
+    images = _photos()
+    arrays = to_uint8_array(images, (64, 32), grey=grey)
+    tensors = to_uint8_batch(images, (64, 32), grey=grey)
+    assert np.array_equal(arrays, tensors.numpy())
+    assert np.array_equal(image_to_array(images[0], (64, 32), grey), tensors[0].numpy())
+    mean, std = (0.3, 0.5, 0.7), (0.2, 0.25, 0.3)
+    assert np.array_equal(normalize_array(arrays, mean, std), normalize(tensors, mean, std).numpy())
+    assert np.array_equal(normalize_array(arrays[0]), normalize(tensors[0]).numpy())
+
+    member = build_member(MemberSpec(arch="resnet8", num_classes=3, fc_dim=8))
+    embedder = Embedder([member], (64, 32), mean, std, tta_flip=True)
+    want = normalize(tensors, mean, std)
+    want = torch.cat([want, torch.flip(want, dims=[3])], 0)
+    assert np.array_equal(embedder.network_input(arrays), want.numpy())
+
+
+def test_the_translator_scaling_matches_the_cyclegans() -> None:
+    from app.ml.models.cyclegan import from_gan_output, to_gan_input
+    from app.ml.transforms import gan_input, gan_output
+
+    batch = torch.randint(0, 256, (3, 3, 8, 4), dtype=torch.uint8)
+    assert np.array_equal(gan_input(batch.numpy()), to_gan_input(batch).numpy())
+    # Generator outputs, including exact half levels (rounded half to even) and overshoot.
+    out = torch.cat([torch.rand(200) * 2.2 - 1.1, (torch.arange(0, 256) + 0.5) / 127.5 - 1.0])
+    assert np.array_equal(gan_output(out.numpy()), from_gan_output(out).numpy())

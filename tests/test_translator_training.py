@@ -19,7 +19,7 @@ from app.cli.main import main
 from app.ml.bundle.store import read_manifest
 from app.ml.data.pku import load_pku_sketch
 from app.ml.images import load_image
-from app.ml.infer.embedder import Translator
+from app.ml.infer.torch_embedder import Translator
 from app.ml.models.cyclegan import to_gan_input
 from app.ml.train.config import TranslatorConfig
 from app.ml.train.translator import train_translator

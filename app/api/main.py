@@ -31,7 +31,7 @@ from app.api.schemas import API_PREFIX, COMMON_ERRORS, error_responses
 from app.api.throttle import AuthThrottle
 from app.core.config import Settings, get_settings
 from app.core.memory import map_large_allocations
-from app.ml.bundle.store import Bundle
+from app.ml.bundle.manifest import Bundle
 from app.services.context import (
     ServiceContext,
     close_context,

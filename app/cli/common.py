@@ -11,7 +11,7 @@ from pathlib import Path
 from app.errors import UserInputError
 from app.ml.data.pku import PKUSketchDataset, load_pku_sketch
 from app.ml.data.splits import Split, all_test_split, load_split_file, random_splits
-from app.ml.models.resnet_cifar import blocks_per_stage
+from app.ml.models.specs import blocks_per_stage
 
 _ARCH = re.compile(r"^resnet(\d+)$")
 

@@ -1,6 +1,7 @@
-"""`sketchreid model info|verify|annotate BUNDLE`, `model export-onnx BUNDLE OUT`,
-`model quantize BUNDLE OUT`, `model combine OUT BUNDLE...`: inspect, check, annotate, export,
-quantise and combine model bundles."""
+"""`sketchreid model info|verify|annotate|prepare BUNDLE`, `model export-onnx BUNDLE OUT`,
+`model quantize BUNDLE OUT`, `model combine OUT BUNDLE...`: inspect, check, annotate, prepare
+for serving, export, quantise and combine model bundles. ``info``, ``annotate`` and a
+``verify`` of a bundle's prepared ONNX files run without PyTorch; the rest need it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from app.cli.common import command_line, positive_int
 from app.errors import UserInputError
-from app.ml.bundle.store import Manifest, load_bundle, read_manifest, update_manifest
+from app.ml.bundle.manifest import Manifest, read_manifest, update_manifest
 from app.ml.data.calibration import DEFAULT_CALIBRATION_IMAGES
 from app.ml.infer.query_views import QUERY_VIEWS, bundle_view
 
@@ -26,9 +27,42 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     info.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
     info.set_defaults(func=cmd_info)
 
-    verify = sub.add_parser("verify", help="check checksums and load every network")
+    verify = sub.add_parser(
+        "verify",
+        help="check checksums and load every network (without PyTorch: check the weights' "
+        "checksums and load the bundle's prepared ONNX files)",
+    )
     verify.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
     verify.set_defaults(func=cmd_verify)
+
+    prepare = sub.add_parser(
+        "prepare",
+        help="write the ONNX files the service runs into BUNDLE/onnx/fp32 (and, with --int8, "
+        "BUNDLE/onnx/int8), checked against PyTorch, and record their sha256 in the manifest: "
+        "the service then starts from them without exporting and without PyTorch",
+    )
+    prepare.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
+    prepare.add_argument(
+        "--int8",
+        action="store_true",
+        help="also quantise the members to int8 (as `model quantize`; PRECISION=int8 serves "
+        "them); without it, prepared int8 files are removed",
+    )
+    prepare.add_argument(
+        "--calibration-root",
+        type=Path,
+        metavar="DIR",
+        help="--int8: calibrate on the photos and sketches of this PKU-Sketch-layout folder "
+        "(default: synthetic people)",
+    )
+    prepare.add_argument(
+        "--images",
+        type=positive_int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        metavar="N",
+        help=f"--int8: at most N photos and N sketches (default {DEFAULT_CALIBRATION_IMAGES})",
+    )
+    prepare.set_defaults(func=cmd_prepare)
 
     export = sub.add_parser(
         "export-onnx",
@@ -176,6 +210,8 @@ def format_manifest(manifest: Manifest) -> str:
         + ("" if manifest.query_view else " (default)")
         + (f", translation weight {manifest.translation_weight:g}" if view == "fused" else "")
     )
+    prepared = ", ".join(f"onnx/{p}" for p in sorted(manifest.onnx))
+    lines.append(f"prepared    {prepared or 'none (the service exports at start: model prepare)'}")
     if manifest.evaluation:
         lines.append("evaluation")
         lines += [f"  {k}: {_fmt_value(v)}" for k, v in sorted(manifest.evaluation.items())]
@@ -191,6 +227,20 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from app.ml.bundle.prepared import load_prepared
+
+    manifest = read_manifest(args.bundle)
+    for precision in sorted(manifest.onnx):
+        served = load_prepared(args.bundle, precision)  # type: ignore[arg-type]
+        assert served is not None
+        print(f"OK prepared {precision} ONNX files: checksums verified, sessions load")
+    try:
+        from app.ml.bundle.store import load_bundle
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("torch", "torchvision") or not manifest.onnx:
+            raise
+        print("PyTorch is not installed: the .pt weights were checked by sha256, not loaded")
+        return 0
     bundle = load_bundle(args.bundle)
     translator = "with translator" if bundle.translator is not None else "no translator"
     print(
@@ -200,9 +250,50 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from app.ml.bundle.onnx_export import export_onnx
+    from app.ml.bundle.onnx_files import OnnxPrecision
+    from app.ml.bundle.onnx_quantize import quantize_onnx
+    from app.ml.bundle.onnx_runtime import onnxruntime_available
+    from app.ml.bundle.prepared import prepared_dir, record_prepared
+    from app.ml.bundle.store import load_bundle
+    from app.ml.data.calibration import calibration_images
+
+    if not onnxruntime_available():
+        raise UserInputError("prepare needs onnx and onnxruntime: pip install 'sketch-reid[onnx]'")
+    bundle = load_bundle(args.bundle)
+    fp32_dir = prepared_dir(args.bundle, "fp32")
+    record = export_onnx(bundle, fp32_dir, overwrite=True)
+    parity = ", ".join(f"{k} {v:.1e}" for k, v in sorted(record.parity.items()))
+    print(f"wrote {fp32_dir} (fp32; parity with PyTorch: {parity})")
+    precisions: list[OnnxPrecision] = ["fp32"]
+    if args.int8:
+        images = calibration_images(args.calibration_root, args.images)
+        int8_dir = prepared_dir(args.bundle, "int8")
+        record = quantize_onnx(
+            bundle,
+            fp32_dir,
+            int8_dir,
+            images.photos,
+            images.sketches,
+            source=images.source,
+            overwrite=True,
+        )
+        print(
+            f"wrote {int8_dir} (int8, calibrated on {images.source}; lowest cosine to "
+            f"PyTorch fp32 {record.parity['embedding_min_cosine']:.4f})"
+        )
+        precisions.append("int8")
+    manifest = record_prepared(args.bundle, precisions)
+    digests = ", ".join(f"{k} {v[:12]}…" for k, v in sorted(manifest.onnx.items()))
+    print(f"recorded in {Path(args.bundle) / 'manifest.json'}: onnx {digests}")
+    return 0
+
+
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from app.ml.bundle.onnx_export import export_onnx
     from app.ml.bundle.onnx_runtime import onnxruntime_available
+    from app.ml.bundle.store import load_bundle
 
     if not onnxruntime_available():
         raise UserInputError(
@@ -224,6 +315,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from app.ml.bundle.onnx_quantize import quantize_bundle
     from app.ml.bundle.onnx_runtime import onnxruntime_available
+    from app.ml.bundle.store import load_bundle
     from app.ml.data.calibration import calibration_images
 
     if not onnxruntime_available():

@@ -1,25 +1,36 @@
 """Image preprocessing shared by training, evaluation and the service.
 
-Images become uint8 ``[3, H, W]`` tensors at a fixed size (:func:`image_to_uint8`); batches
-of those are normalised to float32 with the manifest's mean/std (:func:`normalize`) on
-whatever device they live. Keeping the uint8 stage separate lets datasets cache compact
-tensors and lets augmentation run on tensors before normalisation.
+Images become uint8 ``[3, H, W]`` arrays at a fixed size (:func:`image_to_array`); batches of
+those are normalised to float32 with the manifest's mean/std (:func:`normalize_array`).
+Keeping the uint8 stage separate lets datasets cache compact tensors and lets augmentation run
+on tensors before normalisation.
+
+The definitions are numpy and PIL, so the service runs without PyTorch (ONNX Runtime serving,
+docs/service.md). The PyTorch helpers below (:func:`image_to_uint8`, :func:`to_uint8_batch`,
+:func:`normalize`, ...) are those same arrays as tensors, for training and evaluation; they
+import PyTorch when called. ``normalize`` repeats :func:`normalize_array`'s arithmetic on the
+tensor's own device (training normalises augmented batches on the GPU); tests/test_transforms.py
+holds the two equal, as it holds :func:`gan_input` / :func:`gan_output` equal to the CycleGAN's
+tensor versions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 DEFAULT_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
-def image_to_uint8(image: Image.Image, size: tuple[int, int], grey: bool = False) -> torch.Tensor:
-    """Resize ``image`` to ``size`` = (H, W) and return a uint8 tensor ``[3, H, W]``.
+def image_to_array(image: Image.Image, size: tuple[int, int], grey: bool = False) -> np.ndarray:
+    """Resize ``image`` to ``size`` = (H, W) and return a uint8 array ``[3, H, W]``.
 
     Resizing uses PIL bilinear filtering with antialiasing. With ``grey=True`` the image is
     converted to luminance ("L") and replicated to three equal channels.
@@ -33,7 +44,64 @@ def image_to_uint8(image: Image.Image, size: tuple[int, int], grey: bool = False
     array = np.asarray(img, dtype=np.uint8)
     if grey:
         array = np.repeat(array[:, :, None], 3, axis=2)
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def to_uint8_array(
+    images: Sequence[Image.Image], size: tuple[int, int], grey: bool = False
+) -> np.ndarray:
+    """Several images -> uint8 ``[N, 3, H, W]`` (``[0, 3, H, W]`` for an empty sequence)."""
+    if not images:
+        return np.empty((0, 3, int(size[0]), int(size[1])), dtype=np.uint8)
+    return np.stack([image_to_array(im, size, grey=grey) for im in images])
+
+
+def normalize_array(
+    batch: np.ndarray,
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
+) -> np.ndarray:
+    """uint8 ``[N, 3, H, W]`` (or ``[3, H, W]``) -> float32 ``(x / 255 - mean) / std``."""
+    if batch.ndim not in (3, 4) or batch.shape[-3] != 3:
+        raise ValueError(f"expected [3,H,W] or [N,3,H,W], got shape {tuple(batch.shape)}")
+    mean_a = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std_a = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    x = batch.astype(np.float32) / np.float32(255.0)
+    x -= mean_a
+    x /= std_a
+    return x
+
+
+def gan_input(batch_uint8: np.ndarray) -> np.ndarray:
+    """uint8 ``[..., 3, H, W]`` -> float32 in [-1, 1], what the translator's generator takes."""
+    x = batch_uint8.astype(np.float32) / np.float32(127.5)
+    x -= np.float32(1.0)
+    return x
+
+
+def gan_output(batch: np.ndarray) -> np.ndarray:
+    """The generator's output in [-1, 1] -> uint8 (rounded half to even, clamped)."""
+    x = (np.asarray(batch, dtype=np.float32) + np.float32(1.0)) * np.float32(127.5)
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- PyTorch
+
+
+def image_to_uint8(image: Image.Image, size: tuple[int, int], grey: bool = False) -> torch.Tensor:
+    """:func:`image_to_array` as a uint8 tensor ``[3, H, W]``."""
+    import torch
+
+    return torch.from_numpy(image_to_array(image, size, grey=grey))
+
+
+def to_uint8_batch(
+    images: Sequence[Image.Image], size: tuple[int, int], grey: bool = False
+) -> torch.Tensor:
+    """:func:`to_uint8_array` as a uint8 tensor ``[N, 3, H, W]``."""
+    import torch
+
+    return torch.from_numpy(to_uint8_array(images, size, grey=grey))
 
 
 def normalize(
@@ -41,10 +109,10 @@ def normalize(
     mean: Sequence[float] = DEFAULT_MEAN,
     std: Sequence[float] = DEFAULT_STD,
 ) -> torch.Tensor:
-    """Turn uint8 ``[N, 3, H, W]`` (or ``[3, H, W]``) into float32 ``(x / 255 - mean) / std``.
+    """:func:`normalize_array` for a uint8 tensor ``[N, 3, H, W]`` (or ``[3, H, W]``), on the
+    tensor's own device."""
+    import torch
 
-    The result is on the same device as ``batch``.
-    """
     if batch.dim() not in (3, 4) or batch.shape[-3] != 3:
         raise ValueError(f"expected [3,H,W] or [N,3,H,W], got shape {tuple(batch.shape)}")
     shape = (3, 1, 1)
@@ -63,15 +131,6 @@ def to_tensor(
 ) -> torch.Tensor:
     """One image -> normalised float32 ``[3, H, W]`` (resize, optional grey, normalise)."""
     return normalize(image_to_uint8(image, size, grey=grey), mean, std)
-
-
-def to_uint8_batch(
-    images: Sequence[Image.Image], size: tuple[int, int], grey: bool = False
-) -> torch.Tensor:
-    """Several images -> uint8 ``[N, 3, H, W]`` (``[0, 3, H, W]`` for an empty sequence)."""
-    if not images:
-        return torch.empty((0, 3, int(size[0]), int(size[1])), dtype=torch.uint8)
-    return torch.stack([image_to_uint8(im, size, grey=grey) for im in images])
 
 
 def to_batch(

@@ -35,7 +35,7 @@ from app.db.session import DbLimits, make_engine, make_session_factory, session_
 from app.errors import SketchReidError
 from app.index.pgvector import PgVectorIndex
 from app.index.store import VectorIndex
-from app.ml.bundle.store import Bundle, Manifest
+from app.ml.bundle.manifest import Bundle, Manifest
 from app.ml.images import DecodeBudget, load_image
 from app.ml.infer.batching import InferenceQueue
 from app.queue.producer import IngestQueue

@@ -1,17 +1,24 @@
 """The served model: the bundle loaded with the configured precision and backend.
 
-With the ONNX backend the networks are exported once into ``DATA_DIR/onnx/<digest>`` (the
-digest names the bundle weights they come from) and, at every start, checked against the
-bundle: the export's record must name the bundle's weight sha256s, every ``.onnx`` file must
-match its own sha256 and the outputs must match the PyTorch networks on a probe batch
-(:func:`app.ml.bundle.onnx_runtime.with_onnx`). The bundle's weights themselves are verified by
-:func:`app.ml.bundle.store.load_bundle` first, so every check ends at the manifest. A missing,
-stale or altered export is made again from the verified weights.
+A bundle that carries prepared ONNX files for the precision asked (``BUNDLE/onnx/fp32``,
+``BUNDLE/onnx/int8``: ``sketchreid model prepare``) is served from them by ONNX Runtime when
+``BACKEND`` is onnx or auto, the device the CPU and the precision fp32 or int8: checked by
+sha256 from the manifest down (:mod:`app.ml.bundle.prepared`), no export, no PyTorch imported,
+ready in about a second. A prepared file that fails its check stops the start, as a bad weight
+file does. Everything below is for bundles without prepared files (and needs PyTorch).
+
+Without prepared files, with the ONNX backend the networks are exported once into
+``DATA_DIR/onnx/<digest>`` (the digest names the bundle weights they come from) and, at every
+start, checked against the bundle: the export's record must name the bundle's weight sha256s,
+every ``.onnx`` file must match its own sha256 and the outputs must match the PyTorch networks
+on a probe batch (:func:`app.ml.bundle.onnx_parity.with_onnx`). The bundle's weights themselves
+are verified by :func:`app.ml.bundle.store.load_bundle` first, so every check ends at the
+manifest. A missing, stale or altered export is made again from the verified weights.
 
 ``PRECISION=int8`` serves the int8 graphs of ``DATA_DIR/onnx/<digest>-int8``
 (:mod:`app.ml.bundle.onnx_quantize`), quantised from that fp32 export and calibrated on
 ``INT8_CALIBRATION_DIR`` (or synthetic people) when the folder is absent, stale or altered,
-and checked at every start by :func:`~app.ml.bundle.onnx_runtime.with_onnx` (QDQ graphs, cosine
+and checked at every start by :func:`~app.ml.bundle.onnx_parity.with_onnx` (QDQ graphs, cosine
 to PyTorch fp32 on its probe). A failure there stops the start: int8 asked for is never
 silently served as fp32.
 """
@@ -21,10 +28,16 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.core.config import Settings
 from app.errors import BundleError, SketchReidError
-from app.ml.bundle.store import Bundle, load_bundle
+from app.ml.bundle.manifest import Bundle
+
+if TYPE_CHECKING:
+    from app.ml.bundle.onnx_files import OnnxPrecision
+
+TORCH_MODULES = ("torch", "torchvision")
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +45,7 @@ log = logging.getLogger(__name__)
 def onnx_cache_dir(settings: Settings, bundle: Bundle) -> Path:
     from app.ml.bundle.onnx_files import onnx_digest
 
-    return settings.onnx_dir / onnx_digest(bundle)
+    return settings.onnx_dir / onnx_digest(bundle.manifest)
 
 
 def int8_cache_dir(settings: Settings, bundle: Bundle) -> Path:
@@ -57,7 +70,7 @@ def _export(settings: Settings, bundle: Bundle) -> Path:
 
 
 def _onnx_bundle(settings: Settings, bundle: Bundle) -> Bundle:
-    from app.ml.bundle.onnx_runtime import with_onnx
+    from app.ml.bundle.onnx_parity import with_onnx
 
     folder = onnx_cache_dir(settings, bundle)
     if folder.exists():
@@ -76,7 +89,7 @@ def _fp32_export(settings: Settings, bundle: Bundle) -> Path:
     folder = onnx_cache_dir(settings, bundle)
     if folder.exists():
         try:
-            verify_onnx_dir(folder, bundle, "fp32")
+            verify_onnx_dir(folder, bundle.manifest, "fp32")
             return folder
         except BundleError as exc:
             log.warning("exporting the model to ONNX again: %s", exc)
@@ -84,8 +97,8 @@ def _fp32_export(settings: Settings, bundle: Bundle) -> Path:
 
 
 def _int8_bundle(settings: Settings, bundle: Bundle) -> Bundle:
+    from app.ml.bundle.onnx_parity import with_onnx
     from app.ml.bundle.onnx_quantize import quantize_onnx
-    from app.ml.bundle.onnx_runtime import with_onnx
     from app.ml.data.calibration import calibration_images
 
     folder = int8_cache_dir(settings, bundle)
@@ -116,9 +129,53 @@ def _int8_bundle(settings: Settings, bundle: Bundle) -> Bundle:
     return with_onnx(bundle, folder, "int8")
 
 
-def load_model(settings: Settings) -> Bundle:
-    """Load and verify ``MODEL_DIR`` and run it as ``BACKEND`` / ``PRECISION`` say."""
+def _prepared_bundle(settings: Settings) -> Bundle | None:
+    """The bundle served from its prepared ONNX files, or None when the settings ask for
+    something else (PyTorch, bf16, a GPU) or the bundle carries none for the precision."""
     from app.ml.bundle.onnx_runtime import onnxruntime_available
+    from app.ml.bundle.prepared import load_prepared
+
+    precision = settings.PRECISION
+    if settings.BACKEND == "torch" or precision not in ("fp32", "int8"):
+        return None
+    if not settings.MODEL_DEVICE.startswith("cpu") or not onnxruntime_available():
+        return None
+    wanted: OnnxPrecision = "int8" if precision == "int8" else "fp32"
+    start = time.perf_counter()
+    bundle = load_prepared(settings.MODEL_DIR, wanted)
+    if bundle is not None:
+        log.info(
+            "serving the bundle's prepared %s ONNX files (checked in %.2f s)",
+            wanted,
+            time.perf_counter() - start,
+        )
+    return bundle
+
+
+def load_model(settings: Settings) -> Bundle:
+    """Load and verify ``MODEL_DIR`` and run it as ``BACKEND`` / ``PRECISION`` say: from the
+    bundle's prepared ONNX files when it carries them, else from its PyTorch weights."""
+    prepared = _prepared_bundle(settings)
+    if prepared is not None:
+        return prepared
+    try:
+        return _torch_model(settings)
+    except ModuleNotFoundError as exc:
+        if exc.name not in TORCH_MODULES:
+            raise
+        raise SketchReidError(
+            f"{settings.MODEL_DIR} carries no prepared ONNX files for BACKEND="
+            f"{settings.BACKEND} PRECISION={settings.PRECISION}, and serving its PyTorch "
+            "weights needs PyTorch, which is not installed: run `sketchreid model prepare "
+            "BUNDLE` where PyTorch is, or pip install 'sketch-reid[train]'"
+        ) from exc
+
+
+def _torch_model(settings: Settings) -> Bundle:
+    """The bundle loaded from its PyTorch weights (and exported/quantised into DATA_DIR/onnx
+    for the ONNX backend)."""
+    from app.ml.bundle.onnx_runtime import onnxruntime_available
+    from app.ml.bundle.store import load_bundle
 
     precision = settings.PRECISION
     bundle = load_bundle(
@@ -139,7 +196,7 @@ def load_model(settings: Settings) -> Bundle:
     if not onnxruntime_available():
         log.info("BACKEND=auto: onnxruntime is not installed, running PyTorch")
         return bundle
-    if bundle.embedder.device.type != "cpu" or bundle.embedder.precision != "fp32":
+    if str(bundle.embedder.device) != "cpu" or bundle.embedder.precision != "fp32":
         return bundle
     try:
         return _onnx_bundle(settings, bundle)

@@ -1,17 +1,19 @@
 """Export a bundle's networks to ONNX, with a record that ties each file to its source.
 
 ``export_onnx(bundle, OUT)`` writes ``<member>.onnx`` per ensemble member (the raw embedding:
-what :func:`app.ml.infer.embedder.member_embedding` returns), ``translator.onnx`` when the bundle
-has a generator, and ``onnx.json``: each file's sha256, the sha256 of the bundle weights it
-was exported from, the opset, and the parity measured right after export against the
-PyTorch networks (:func:`app.ml.bundle.onnx_runtime.check_parity`). Preprocessing, flip
-test-time augmentation and normalisation stay outside the graphs, in the code that both
-backends share (:class:`app.ml.infer.embedder.BaseEmbedder`).
+what :func:`app.ml.infer.torch_embedder.member_embedding` returns), ``translator.onnx`` when the
+bundle has a generator, and ``onnx.json``: each file's sha256, the sha256 of the bundle weights
+it was exported from, the opset, and the parity measured right after export against the PyTorch
+networks (:func:`app.ml.bundle.onnx_parity.check_parity`). Preprocessing, flip test-time
+augmentation and normalisation stay outside the graphs, in the code that both backends share
+(:class:`app.ml.infer.embedder.BaseEmbedder`).
 
 The exporter is PyTorch's TorchScript-based one (``dynamo=False``): on this project's 2-core
 CPU the torch.export-based exporter took 76-200 s for a ResNet-8 against 6.5 s, and both
 give the same graph for these networks. Correctness does not rest on the exporter: every
-export and every load is checked for parity against the verified PyTorch weights.
+export is checked for parity against the verified PyTorch weights, and so is every load of an
+export folder (:func:`app.ml.bundle.onnx_parity.with_onnx`) except a bundle's prepared files,
+which the sha256s recorded in its manifest tie to this check (:mod:`app.ml.bundle.prepared`).
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from app.ml.bundle.onnx_files import (
     OnnxMember,
     _record_json,
 )
-from app.ml.bundle.onnx_runtime import check_parity, load_sessions
+from app.ml.bundle.onnx_parity import check_parity
+from app.ml.bundle.onnx_runtime import load_sessions
 from app.ml.bundle.store import Bundle, _fsync_write, _replace_dir, _sha256
-from app.ml.infer.embedder import member_embedding
+from app.ml.infer.torch_embedder import member_embedding
 from app.ml.models.resnet_cifar import SpatialPyramidPool
 
 
@@ -169,7 +172,8 @@ def export_onnx(
             translator=translator,
             parity={},
         )
-        record.parity = check_parity(bundle, *load_sessions(tmp, record, bundle))
+        sessions = load_sessions(tmp, record, manifest, torch.get_num_threads())
+        record.parity = check_parity(bundle, *sessions)
         _fsync_write(tmp / ONNX_MANIFEST, _record_json(record))
         _replace_dir(tmp, out)
     except BaseException:

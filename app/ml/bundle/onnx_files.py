@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from app.errors import BundleError
-from app.ml.bundle.store import Bundle, _sha256
+from app.ml.bundle.manifest import Manifest, _sha256
 
 ONNX_MANIFEST = "onnx.json"
 ONNX_FORMAT_VERSION = 1
@@ -89,10 +89,9 @@ class OnnxManifest(BaseModel):
     quantization: OnnxQuantization | None = None
 
 
-def onnx_digest(bundle: Bundle) -> str:
+def onnx_digest(m: Manifest) -> str:
     """16 hex digits naming the weights (members and translator) that exports come from: the
     name of a cache folder of ONNX files."""
-    m = bundle.manifest
     sources = [e.sha256 for e in m.members] + ([m.translator.sha256] if m.translator else [])
     return hashlib.sha256(" ".join(sources).encode()).hexdigest()[:16]
 
@@ -112,14 +111,14 @@ def read_onnx_manifest(onnx_dir: str | os.PathLike[str]) -> OnnxManifest:
 
 
 def verify_onnx_dir(
-    onnx_dir: Path, bundle: Bundle, precision: OnnxPrecision | None = None
+    onnx_dir: Path, manifest: Manifest, precision: OnnxPrecision | None = None
 ) -> OnnxManifest:
-    """Check that ``onnx_dir`` was exported from exactly ``bundle``'s weights, that every
+    """Check that ``onnx_dir`` was exported from exactly the weights ``manifest`` lists
+    (a bundle's), that every
     file (an int8 folder's probe included) matches its recorded sha256 and, when
     ``precision`` is given, that the folder holds that precision; returns the record or
     raises :class:`BundleError`."""
     record = read_onnx_manifest(onnx_dir)
-    manifest = bundle.manifest
     if record.format_version != ONNX_FORMAT_VERSION:
         raise BundleError(f"{onnx_dir / ONNX_MANIFEST}: format {record.format_version} unknown")
     if (record.precision == "int8") != (record.quantization is not None):
@@ -139,7 +138,7 @@ def verify_onnx_dir(
     if want != have or want_t != have_t:
         raise BundleError(
             f"{onnx_dir}: exported from other weights than the bundle {manifest.name} "
-            f"{manifest.version} at {bundle.path}; export it again"
+            f"{manifest.version}; export it again"
         )
     files: list[OnnxFile] = [*record.members]
     if record.translator is not None:

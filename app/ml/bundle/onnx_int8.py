@@ -9,19 +9,24 @@ is held to three checks instead, at quantisation and at every load:
   fp32 graphs (a copy, or a quantiser that silently did nothing) is refused;
 * :func:`check_int8_parity` on the folder's probe (``probe.npy``: preprocessed calibration
   photos, grey sketches and translations as uint8): the lowest cosine between an image's int8
-  and PyTorch fp32 embeddings must reach :data:`INT8_MIN_COSINE` (wrong preprocessing at
+  and fp32 embeddings must reach :data:`INT8_MIN_COSINE` (wrong preprocessing at
   calibration, or graphs of other weights, make it collapse), and the largest difference must
   exceed :data:`INT8_MIN_DIFFERENCE` (fp32 arithmetic behind an int8 label would not).
+
+The fp32 reference is whatever embedder the caller passes: the bundle's PyTorch networks
+(:func:`app.ml.bundle.onnx_parity.with_onnx`, quantisation). A bundle's prepared int8 files
+(:mod:`app.ml.bundle.prepared`) are held to these checks when written and, at load, to their
+sha256s and :func:`check_quantized_graph`. Nothing here imports PyTorch.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from app.errors import BundleError
-from app.ml.bundle.store import Bundle, manifest_embedder
+from app.ml.bundle.onnx_files import PROBE_FILE, OnnxManifest
 from app.ml.infer.embedder import BaseEmbedder
 
 INT8_MIN_COSINE = 0.98
@@ -63,30 +68,53 @@ def check_quantized_graph(path: Path) -> int:
     return len(weighted)
 
 
-def cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine of two batches of embeddings."""
-    return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=1)
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.sum(a * b, axis=1) / np.maximum(norms, 1e-8)
 
 
 def check_int8_parity(
-    bundle: Bundle, embedder: BaseEmbedder, probe: torch.Tensor
+    reference: BaseEmbedder, embedder: BaseEmbedder, probe: np.ndarray
 ) -> dict[str, float]:
-    """Lowest cosine and largest difference between ``embedder`` (int8) and the bundle's
-    PyTorch fp32 embeddings of the uint8 ``probe``; raises :class:`BundleError` below
+    """Lowest cosine and largest difference between ``embedder`` (int8) and the fp32
+    ``reference``'s embeddings of the uint8 ``probe``; raises :class:`BundleError` below
     :data:`INT8_MIN_COSINE` or at most :data:`INT8_MIN_DIFFERENCE`."""
-    reference = manifest_embedder(bundle.manifest, bundle.members, "cpu", "fp32")
-    want = reference.embed_tensor(probe)
-    have = embedder.embed_tensor(probe)
+    want = reference.embed_array(probe)
+    have = embedder.embed_array(probe)
     low = float(cosines(have, want).min())
-    diff = float((have - want).abs().max())
+    diff = float(np.abs(have - want).max())
     if low < INT8_MIN_COSINE:
         raise BundleError(
-            f"int8 embeddings are too far from PyTorch fp32: lowest cosine {low:.4f} on "
-            f"{len(probe)} probe images (< {INT8_MIN_COSINE}); calibrate again"
+            f"int8 embeddings are too far from fp32 ({reference.backend}): lowest cosine "
+            f"{low:.4f} on {len(probe)} probe images (< {INT8_MIN_COSINE}); calibrate again"
         )
     if diff <= INT8_MIN_DIFFERENCE:
         raise BundleError(
-            f"int8 embeddings equal PyTorch fp32 (largest difference {diff:.1e}): the graphs "
-            "do not run in int8"
+            f"int8 embeddings equal fp32 ({reference.backend}; largest difference {diff:.1e}): "
+            "the graphs do not run in int8"
         )
     return {"embedding_min_cosine": low, "embedding_max_abs": diff}
+
+
+def read_probe(folder: Path, size: tuple[int, int]) -> np.ndarray:
+    """The int8 folder's probe images: uint8 ``[N, 3, H, W]`` at the bundle's input size."""
+    try:
+        probe = np.load(folder / PROBE_FILE, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{folder / PROBE_FILE}: unreadable ({exc})") from exc
+    if probe.dtype != np.uint8 or probe.ndim != 4 or tuple(probe.shape[1:]) != (3, *size):
+        raise BundleError(f"{folder / PROBE_FILE}: not uint8 [N,3,{size[0]},{size[1]}] images")
+    return probe
+
+
+def check_int8(
+    folder: Path, record: OnnxManifest, embedder: BaseEmbedder, reference: BaseEmbedder
+) -> dict[str, float]:
+    """The int8 checks on a verified int8 folder: every member graph quantised, the folder's
+    probe within the int8 bounds of the fp32 ``reference``."""
+    for member in record.members:
+        check_quantized_graph(folder / member.file)
+    return check_int8_parity(reference, embedder, read_probe(folder, embedder.input_size))

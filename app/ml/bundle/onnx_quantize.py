@@ -15,7 +15,7 @@ Choices, following ONNX Runtime's guidance for x86 CPUs (``quantize_static``'s d
 * ``reduce_range`` (7-bit weights) only on a CPU without VNNI (:func:`cpu_has_vnni`), where
   AVX2's ``VPMADDUBSW`` can saturate its 16-bit sums of u8 x s8 products;
 * MinMax calibration on real inputs, fed exactly as the graphs receive them: the images go
-  through the project's preprocessing (:func:`app.ml.transforms.to_uint8_batch`, grey for
+  through the project's preprocessing (:func:`app.ml.transforms.to_uint8_array`, grey for
   sketches when the bundle says so) and :meth:`BaseEmbedder.network_input` (normalisation and
   the mirror images of flip TTA). Photos, sketches and, with a translator, the translations of
   the sketches (what the ``translated`` view embeds) are all calibrated on;
@@ -36,7 +36,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from app.errors import BundleError, SketchReidError
@@ -51,11 +50,12 @@ from app.ml.bundle.onnx_files import (
     verify_onnx_dir,
 )
 from app.ml.bundle.onnx_int8 import check_int8_parity, check_quantized_graph
-from app.ml.bundle.onnx_runtime import check_translator_parity, load_sessions
+from app.ml.bundle.onnx_parity import check_translator_parity, reference_embedder
+from app.ml.bundle.onnx_runtime import load_sessions
 from app.ml.bundle.store import Bundle, _fsync_write, _replace_dir, _sha256
 from app.ml.infer.embedder import BaseEmbedder
 from app.ml.infer.precision import cpu_has_vnni
-from app.ml.transforms import to_uint8_batch
+from app.ml.transforms import to_uint8_array
 
 CALIBRATION_BATCH = 32
 PROBE_PER_KIND = 8
@@ -76,27 +76,27 @@ class CalibrationImages:
                 f"{len(sketches)} sketch(es)"
             )
         m = bundle.manifest
-        self.photos = to_uint8_batch(photos, m.input_size)
-        self.sketches = to_uint8_batch(sketches, m.input_size, grey=m.sketch_grey)
-        self.translated = to_uint8_batch([], m.input_size)
+        self.photos = to_uint8_array(photos, m.input_size)
+        self.sketches = to_uint8_array(sketches, m.input_size, grey=m.sketch_grey)
+        self.translated = to_uint8_array([], m.input_size)
         if bundle.translator is not None:
             fakes = bundle.translator.translate_batch(list(sketches))
-            self.translated = to_uint8_batch(fakes, m.input_size)
+            self.translated = to_uint8_array(fakes, m.input_size)
 
     @property
-    def kinds(self) -> list[torch.Tensor]:
+    def kinds(self) -> list[np.ndarray]:
         return [t for t in (self.photos, self.sketches, self.translated) if len(t)]
 
-    def probe(self) -> torch.Tensor:
+    def probe(self) -> np.ndarray:
         """The first :data:`PROBE_PER_KIND` images of each kind."""
-        return torch.cat([t[:PROBE_PER_KIND] for t in self.kinds])
+        return np.concatenate([t[:PROBE_PER_KIND] for t in self.kinds])
 
     def network_inputs(self, embedder: BaseEmbedder) -> Iterator[np.ndarray]:
         """float32 batches exactly as ``embedder`` hands them to the member graphs."""
         for images in self.kinds:
             for start in range(0, len(images), CALIBRATION_BATCH):
                 x = embedder.network_input(images[start : start + CALIBRATION_BATCH])
-                yield np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)
+                yield np.ascontiguousarray(x, dtype=np.float32)
 
 
 class _Reader:
@@ -160,7 +160,7 @@ def quantize_onnx(
     import onnxruntime
 
     src = Path(fp32_dir)
-    fp32 = verify_onnx_dir(src, bundle, "fp32")
+    fp32 = verify_onnx_dir(src, bundle.manifest, "fp32")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BundleError(f"{out} exists and is not a folder")
@@ -182,7 +182,7 @@ def quantize_onnx(
         if fp32.translator is not None:
             shutil.copyfile(src / fp32.translator.file, tmp / fp32.translator.file)
         probe = images.probe()
-        np.save(tmp / PROBE_FILE, probe.numpy(), allow_pickle=False)
+        np.save(tmp / PROBE_FILE, probe, allow_pickle=False)
         record = fp32.model_copy(
             update={
                 "members": members,
@@ -208,8 +208,8 @@ def quantize_onnx(
                 ),
             }
         )
-        embedder, translator = load_sessions(tmp, record, bundle)
-        record.parity = check_int8_parity(bundle, embedder, probe)
+        embedder, translator = load_sessions(tmp, record, bundle.manifest)
+        record.parity = check_int8_parity(reference_embedder(bundle), embedder, probe)
         if translator is not None:
             record.parity.update(check_translator_parity(bundle, translator))
         _fsync_write(tmp / ONNX_MANIFEST, _record_json(record))

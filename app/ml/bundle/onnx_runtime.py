@@ -3,37 +3,29 @@
 :class:`OnnxEmbedder` and :class:`OnnxTranslator` subclass the shared
 :class:`app.ml.infer.embedder.BaseEmbedder` / :class:`~app.ml.infer.embedder.BaseTranslator`, so
 preprocessing, flip test-time augmentation, normalisation and batching are the same code;
-only the networks run in ONNX Runtime (CPU, fp32 or int8 graphs, as many threads as PyTorch
-uses).
+only the networks run in ONNX Runtime (CPU, fp32 or int8 graphs). Nothing here imports
+PyTorch: the service runs these from a bundle's prepared files
+(:mod:`app.ml.bundle.prepared`) where PyTorch is not installed.
 
-:func:`with_onnx` is the way in: it verifies an export folder against the bundle
-(:func:`app.ml.bundle.onnx_files.verify_onnx_dir`: source weights and sha256 of each file) and
-then checks parity against the bundle's PyTorch networks on a fixed probe batch, so what is
-served computes the same function as the verified weights. An int8 folder
-(:mod:`app.ml.bundle.onnx_quantize`) cannot meet fp32 parity; it is held to the int8 checks of
-:mod:`app.ml.bundle.onnx_int8` instead (quantised graphs, cosine to fp32 on its probe).
+:func:`load_sessions` opens the files of a verified folder and checks nothing; the ways in
+check first: :func:`app.ml.bundle.prepared.load_prepared` (a bundle's prepared folders, by
+sha256 from the manifest down) and :func:`app.ml.bundle.onnx_parity.with_onnx` (any export
+folder, by sha256 and parity with the bundle's PyTorch networks).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from app.errors import BundleError, SketchReidError
-from app.ml.bundle.onnx_files import PROBE_FILE, OnnxManifest, OnnxPrecision, verify_onnx_dir
-from app.ml.bundle.onnx_int8 import check_int8_parity, check_quantized_graph
-from app.ml.bundle.store import Bundle, manifest_embedder
-from app.ml.infer.embedder import Backend, BaseEmbedder, BaseTranslator, Embedder, Translator
+from app.ml.bundle.manifest import Manifest
+from app.ml.bundle.onnx_files import OnnxManifest
+from app.ml.infer.embedder import Backend, BaseEmbedder, BaseTranslator
 from app.ml.infer.precision import RunPrecision
-
-# Parity bounds, PyTorch fp32 vs ONNX Runtime: combined unit-length embeddings (measured
-# ~1e-6 on the shipped ResNet-56) and generator outputs in [-1, 1] (1e-3 is 0.13 of a level).
-EMBEDDING_ATOL = 1e-4
-TRANSLATOR_ATOL = 1e-3
-PROBE_IMAGES = 8
 
 
 def onnxruntime_available() -> bool:
@@ -44,7 +36,16 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def _session(path: Path) -> Any:
+def default_threads() -> int:
+    """Intra-op threads for a session: ``OMP_NUM_THREADS`` when set (what PyTorch's own
+    default follows), else 0 (ONNX Runtime's default: one per physical core)."""
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
+    except ValueError:
+        return 0
+
+
+def _session(path: Path, threads: int) -> Any:
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -52,7 +53,7 @@ def _session(path: Path) -> Any:
             "the ONNX backend needs onnxruntime: pip install 'sketch-reid[onnx]'"
         ) from exc
     options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, torch.get_num_threads())
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -60,9 +61,9 @@ def _session(path: Path) -> Any:
         raise BundleError(f"{path}: ONNX Runtime cannot load it ({str(exc)[:300]})") from exc
 
 
-def _run(session: Any, x: torch.Tensor) -> torch.Tensor:
-    array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-    return torch.from_numpy(session.run(None, {"x": array})[0])
+def _run(session: Any, x: np.ndarray) -> np.ndarray:
+    array = np.ascontiguousarray(x, dtype=np.float32)
+    return np.asarray(session.run(None, {"x": array})[0], dtype=np.float32)
 
 
 class OnnxEmbedder(BaseEmbedder):
@@ -85,19 +86,14 @@ class OnnxEmbedder(BaseEmbedder):
         if not sessions or len(sessions) != len(member_dims):
             raise ValueError("OnnxEmbedder needs one session and one dimension per member")
         super().__init__(
-            input_size,
-            mean,
-            std,
-            sketch_grey=sketch_grey,
-            tta_flip=tta_flip,
-            device=torch.device("cpu"),
+            input_size, mean, std, sketch_grey=sketch_grey, tta_flip=tta_flip, device="cpu"
         )
         self.precision = precision
         self.sessions = sessions
         self.member_dims = list(member_dims)
         self.dim = sum(self.member_dims)
 
-    def _raw_members(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _raw_members(self, x: np.ndarray) -> list[np.ndarray]:
         return [_run(session, x) for session in self.sessions]
 
 
@@ -108,123 +104,32 @@ class OnnxTranslator(BaseTranslator):
     precision: Literal["bf16", "fp32"] = "fp32"
 
     def __init__(self, session: Any, input_size: tuple[int, int]) -> None:
-        super().__init__(input_size, torch.device("cpu"))
+        super().__init__(input_size, "cpu")
         self.session = session
 
-    def _generate(self, x: torch.Tensor) -> torch.Tensor:
+    def _generate(self, x: np.ndarray) -> np.ndarray:
         return _run(self.session, x)
 
 
 def load_sessions(
-    onnx_dir: Path, record: OnnxManifest, bundle: Bundle
+    onnx_dir: Path, record: OnnxManifest, manifest: Manifest, threads: int | None = None
 ) -> tuple[OnnxEmbedder, OnnxTranslator | None]:
     """ONNX Runtime embedder and translator for the files ``record`` lists (no checks); the
-    embedder's precision is the record's."""
-    m = bundle.manifest
+    embedder's precision is the record's. ``threads``: intra-op threads a session
+    (default :func:`default_threads`)."""
+    n = default_threads() if threads is None else threads
     embedder = OnnxEmbedder(
-        [_session(onnx_dir / member.file) for member in record.members],
+        [_session(onnx_dir / member.file, n) for member in record.members],
         [member.dim for member in record.members],
-        m.input_size,
-        m.mean,
-        m.std,
-        sketch_grey=m.sketch_grey,
-        tta_flip=m.tta_flip,
+        manifest.input_size,
+        manifest.mean,
+        manifest.std,
+        sketch_grey=manifest.sketch_grey,
+        tta_flip=manifest.tta_flip,
         precision=record.precision,
     )
     translator = None
-    if record.translator is not None and m.translator is not None:
-        session = _session(onnx_dir / record.translator.file)
-        translator = OnnxTranslator(session, m.translator.spec.input_size)
+    if record.translator is not None and manifest.translator is not None:
+        session = _session(onnx_dir / record.translator.file, n)
+        translator = OnnxTranslator(session, manifest.translator.spec.input_size)
     return embedder, translator
-
-
-def _probe(size: tuple[int, int]) -> torch.Tensor:
-    """Fixed uint8 probe images: noise and smooth gradients (seeded, same on every run)."""
-    gen = torch.Generator().manual_seed(0)
-    noise = torch.randint(0, 256, (PROBE_IMAGES // 2, 3, *size), generator=gen, dtype=torch.uint8)
-    ramp = torch.linspace(0, 255, size[0] * size[1]).reshape(1, 1, *size)
-    smooth = (ramp * torch.rand((PROBE_IMAGES // 2, 3, 1, 1), generator=gen)).to(torch.uint8)
-    return torch.cat([noise, smooth])
-
-
-def _reference(bundle: Bundle) -> Embedder:
-    """The bundle's PyTorch networks on the CPU in fp32: what every ONNX file answers to."""
-    return manifest_embedder(bundle.manifest, bundle.members, "cpu", "fp32")
-
-
-def check_translator_parity(bundle: Bundle, translator: OnnxTranslator) -> dict[str, float]:
-    """Max abs difference between the ONNX translator and the bundle's PyTorch generator on
-    the probe batch; raises :class:`BundleError` beyond :data:`TRANSLATOR_ATOL`."""
-    m = bundle.manifest
-    if bundle.generator is None or m.translator is None:
-        return {}
-    size = m.translator.spec.input_size
-    x = _probe(size).float().div(127.5).sub(1.0)
-    torch_out = Translator(bundle.generator, size, device="cpu").generate(x)
-    tdiff = float((translator.generate(x) - torch_out).abs().max())
-    if tdiff > TRANSLATOR_ATOL:
-        raise BundleError(
-            f"ONNX translator output differs from PyTorch by {tdiff:.2e} (> {TRANSLATOR_ATOL:.0e})"
-        )
-    return {"translator_max_abs": tdiff}
-
-
-def check_parity(
-    bundle: Bundle, embedder: OnnxEmbedder, translator: OnnxTranslator | None
-) -> dict[str, float]:
-    """Max abs differences between ONNX Runtime (fp32) and the bundle's PyTorch fp32
-    networks on the probe batch; raises :class:`BundleError` beyond :data:`EMBEDDING_ATOL` /
-    :data:`TRANSLATOR_ATOL`."""
-    probe = _probe(bundle.manifest.input_size)
-    want = _reference(bundle).embed_tensor(probe)
-    diff = float((embedder.embed_tensor(probe) - want).abs().max())
-    result = {"embedding_max_abs": diff}
-    if diff > EMBEDDING_ATOL:
-        raise BundleError(
-            f"ONNX embeddings differ from PyTorch by {diff:.2e} (> {EMBEDDING_ATOL:.0e})"
-        )
-    if translator is not None:
-        result.update(check_translator_parity(bundle, translator))
-    return result
-
-
-def check_int8(
-    bundle: Bundle, folder: Path, record: OnnxManifest, embedder: OnnxEmbedder
-) -> dict[str, float]:
-    """The int8 checks of :mod:`app.ml.bundle.onnx_int8` on a verified int8 folder: every
-    member graph quantised, the folder's probe within the int8 bounds of PyTorch fp32."""
-    for member in record.members:
-        check_quantized_graph(folder / member.file)
-    try:
-        probe = torch.from_numpy(np.load(folder / PROBE_FILE, allow_pickle=False))
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{folder / PROBE_FILE}: unreadable ({exc})") from exc
-    size = bundle.manifest.input_size
-    if probe.dtype != torch.uint8 or probe.dim() != 4 or tuple(probe.shape[1:]) != (3, *size):
-        raise BundleError(f"{folder / PROBE_FILE}: not uint8 [N,3,{size[0]},{size[1]}] images")
-    return check_int8_parity(bundle, embedder, probe)
-
-
-def with_onnx(
-    bundle: Bundle, onnx_dir: str | Path, precision: OnnxPrecision | None = None
-) -> Bundle:
-    """``bundle`` with its embedder and translator run by ONNX Runtime from ``onnx_dir``,
-    after checking the files against the bundle and the outputs against its PyTorch
-    networks: fp32 folders to :data:`EMBEDDING_ATOL`, int8 folders (``precision`` in their
-    record, ``inference`` then says int8) by :func:`check_int8`. ``precision`` given: the
-    folder must hold that precision."""
-
-    folder = Path(onnx_dir)
-    record = verify_onnx_dir(folder, bundle, precision)
-    embedder, translator = load_sessions(folder, record, bundle)
-    if record.precision == "int8":
-        check_int8(bundle, folder, record, embedder)
-        if translator is not None:
-            check_translator_parity(bundle, translator)
-    else:
-        check_parity(bundle, embedder, translator)
-    if bundle.translator is not None and translator is None:
-        raise BundleError(f"{folder}: the bundle has a translator but the export does not")
-    return Bundle(
-        bundle.path, bundle.manifest, bundle.members, embedder, translator, bundle.generator
-    )

@@ -5,119 +5,55 @@ sketch -> photo generator (``translator.pt``). The manifest records each file's
 architecture and sha256; :func:`load_bundle` verifies both, so a corrupt or inconsistent
 bundle fails with :class:`app.errors.BundleError` naming the file and the problem.
 
-A loaded :class:`Bundle` carries an :class:`app.ml.infer.embedder.Embedder` (the one embedding
-path) and optionally an :class:`app.ml.infer.embedder.Translator`, running at the precision asked
-for; this module only stores, verifies and loads the networks. :func:`app.ml.bundle.onnx_runtime.
-with_onnx` swaps them for ONNX Runtime ones checked against these.
+A loaded :class:`Bundle` carries an :class:`app.ml.infer.torch_embedder.Embedder` (the one
+embedding path) and optionally an :class:`app.ml.infer.torch_embedder.Translator`, running at
+the precision asked for; this module only stores, verifies and loads the networks.
+:func:`app.ml.bundle.onnx_parity.with_onnx` swaps them for ONNX Runtime ones checked against
+these. The manifest schema, reading it and :class:`Bundle` live in :mod:`app.ml.bundle.manifest`
+(no PyTorch there) and are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import re
 import shutil
 import tempfile
-import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from app.errors import BundleError
-from app.ml.infer.embedder import BaseEmbedder, BaseTranslator, Embedder, Translator
+from app.ml.bundle.manifest import (
+    _NAME_RE,
+    MANIFEST_FILE,
+    TRANSLATOR_FILE,
+    Bundle,
+    Manifest,
+    MemberEntry,
+    TranslatorEntry,
+    _fsync_write,
+    _manifest_json,
+    _replace_dir,
+    _sha256,
+    checked_file,
+    read_manifest,
+)
+from app.ml.bundle.manifest import update_manifest as update_manifest
 from app.ml.infer.precision import Precision
-from app.ml.infer.query_views import QueryView, bundle_view
+from app.ml.infer.query_views import QueryView
+from app.ml.infer.torch_embedder import Embedder, Translator
 from app.ml.models.cyclegan import GeneratorSpec, build_generator
 from app.ml.models.resnet_cifar import MemberSpec, build_member, count_parameters
 from app.ml.transforms import DEFAULT_MEAN, DEFAULT_STD
 
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
-MANIFEST_FILE = "manifest.json"
-TRANSLATOR_FILE = "translator.pt"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _STRIP_PREFIXES = ("module.", "_orig_mod.")
 
 
 # --------------------------------------------------------------------------- manifest
-
-
-class MemberEntry(BaseModel):
-    """One ensemble member: its architecture, weights file and provenance."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    spec: MemberSpec
-    weights: str
-    sha256: str
-    parameters: int
-    embedding_parameters: int
-    training: dict[str, Any] = Field(default_factory=dict)
-
-
-class TranslatorEntry(BaseModel):
-    """The sketch -> photo generator: architecture, weights file and provenance."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    spec: GeneratorSpec
-    weights: str
-    sha256: str
-    parameters: int
-    training: dict[str, Any] = Field(default_factory=dict)
-
-
-class Manifest(BaseModel):
-    """Contents of ``manifest.json``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    format_version: int = FORMAT_VERSION
-    name: str
-    version: str
-    created_at: str
-    input_size: tuple[int, int]
-    mean: tuple[float, float, float] = DEFAULT_MEAN
-    std: tuple[float, float, float] = DEFAULT_STD
-    sketch_grey: bool = True
-    tta_flip: bool = True
-    combine: Literal["concat-l2"] = "concat-l2"
-    members: list[MemberEntry] = Field(min_length=1)
-    translator: TranslatorEntry | None = None
-    # How the service embeds a query sketch by default (app.ml.infer.query_views); None: as
-    # translated when there is a translator, as drawn when not (bundles before the field).
-    query_view: Literal["sketch", "translated", "fused"] | None = None
-    # The translation's weight in a fused query: fuse_views(sketch, translation, (1 - w, w)).
-    translation_weight: float = Field(0.5, gt=0.0, lt=1.0)
-    training: dict[str, Any] = Field(default_factory=dict)
-    evaluation: dict[str, Any] = Field(default_factory=dict)
-    notes: list[str] = Field(default_factory=list)
-
-
-def _manifest_json(manifest: Manifest) -> str:
-    return json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_write(path: Path, text: str) -> None:
-    with path.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -286,93 +222,11 @@ def _triple(what: str, values: Sequence[float]) -> tuple[float, float, float]:
     return (float(values[0]), float(values[1]), float(values[2]))
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``, moving an existing ``out`` aside first."""
-    backup = None
-    if out.exists():
-        backup = out.parent / f".{out.name}.old-{os.getpid()}-{threading.get_ident()}"
-        os.replace(out, backup)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if backup is not None:
-            os.replace(backup, out)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
-def read_manifest(bundle_dir: str | os.PathLike[str]) -> Manifest:
-    """Parse and validate ``manifest.json`` (weights are not checked; see load_bundle)."""
-    root = Path(bundle_dir)
-    if not root.is_dir():
-        raise BundleError(f"bundle folder {root} does not exist")
-    path = root / MANIFEST_FILE
-    if not path.is_file():
-        raise BundleError(f"{path}: manifest file is missing")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise BundleError(f"{path}: expected a JSON object")
-    fmt = raw.get("format_version", FORMAT_VERSION)
-    if fmt not in SUPPORTED_FORMAT_VERSIONS:
-        raise BundleError(
-            f"{path}: format_version {fmt!r} is not supported "
-            f"(this program reads {list(SUPPORTED_FORMAT_VERSIONS)})"
-        )
-    try:
-        return Manifest.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
-            for err in exc.errors()[:5]
-        )
-        raise BundleError(f"{path}: invalid manifest: {problems}") from exc
-
-
-def update_manifest(bundle_dir: str | os.PathLike[str], **fields: Any) -> Manifest:
-    """Replace top-level manifest fields (e.g. ``evaluation=...``) and rewrite it atomically.
-
-    ``members``, ``translator`` and ``format_version`` describe the weight files and cannot
-    be changed this way.
-    """
-    frozen = {"members", "translator", "format_version"} & set(fields)
-    if frozen:
-        raise ValueError(f"update_manifest cannot change {sorted(frozen)}")
-    root = Path(bundle_dir)
-    current = read_manifest(root)
-    data = current.model_dump(mode="json")
-    data.update(fields)
-    try:
-        manifest = Manifest.model_validate(data)
-    except ValidationError as exc:
-        raise BundleError(f"{root / MANIFEST_FILE}: invalid update: {exc.errors()[:3]}") from exc
-    tmp = root / f".{MANIFEST_FILE}.tmp-{os.getpid()}-{threading.get_ident()}"
-    try:
-        _fsync_write(tmp, _manifest_json(manifest))
-        os.replace(tmp, root / MANIFEST_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return manifest
-
-
 # --------------------------------------------------------------------------- loading
 
 
 def _load_weights(root: Path, file_name: str, expected_sha: str) -> dict[str, torch.Tensor]:
-    if Path(file_name).name != file_name or file_name in ("", ".", ".."):
-        raise BundleError(f"{root / MANIFEST_FILE}: weights name {file_name!r} is not a plain file")
-    path = root / file_name
-    if not path.is_file():
-        raise BundleError(f"{path}: weights file is missing")
-    actual = _sha256(path)
-    if actual != expected_sha.lower():
-        raise BundleError(
-            f"{path}: sha256 mismatch (manifest {expected_sha[:12]}…, file {actual[:12]}…); "
-            "the file is corrupt or was replaced"
-        )
+    path = checked_file(root, file_name, expected_sha)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -382,58 +236,6 @@ def _load_weights(root: Path, file_name: str, expected_sha: str) -> dict[str, to
     ):
         raise BundleError(f"{path}: expected a plain state dict of tensors")
     return state
-
-
-class Bundle:
-    """A verified, loaded bundle: manifest, the PyTorch networks (``members``, ``generator``)
-    and what runs them (``embedder``, ``translator``: PyTorch, or ONNX Runtime after
-    :func:`app.ml.bundle.onnx_runtime.with_onnx`)."""
-
-    def __init__(
-        self,
-        path: Path,
-        manifest: Manifest,
-        members: list[nn.Module],
-        embedder: BaseEmbedder,
-        translator: BaseTranslator | None,
-        generator: nn.Module | None = None,
-    ) -> None:
-        self.path = path
-        self.manifest = manifest
-        self.members = members
-        self.generator = generator
-        self.embedder = embedder
-        self.translator = translator
-
-    @property
-    def name(self) -> str:
-        return self.manifest.name
-
-    @property
-    def version(self) -> str:
-        return self.manifest.version
-
-    @property
-    def view(self) -> QueryView:
-        """How this bundle embeds a query sketch unless a request says otherwise."""
-        return bundle_view(self.manifest.query_view, self.translator is not None)
-
-    @property
-    def inference(self) -> dict[str, str]:
-        """How embeddings are computed: backend (torch/onnx) and effective precision."""
-        return {"backend": self.embedder.backend, "precision": self.embedder.precision}
-
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike[str],
-        device: str | torch.device = "cpu",
-        precision: Precision = "fp32",
-    ) -> Bundle:
-        return load_bundle(path, device=device, precision=precision)
-
-    def __repr__(self) -> str:
-        return f"Bundle({self.name!r}, {self.version!r}, members={len(self.members)})"
 
 
 def load_bundle(

@@ -24,7 +24,7 @@ from app.ml.evaluation.distractors import (
 )
 from app.ml.evaluation.evaluate import RerankParams, embed_test_set, score
 from app.ml.evaluation.testset import fused_queries
-from app.ml.infer.embedder import Embedder
+from app.ml.infer.torch_embedder import Embedder
 from app.ml.retrieval.metrics import mean_std
 from app.ml.train.pipeline import TrainPlan, add_translator, save_members, train_members
 

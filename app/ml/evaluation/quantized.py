@@ -7,7 +7,7 @@ tested on in this evaluation; when the manifest records none, or none of them ha
 and sketches there, on synthetic people (:func:`app.ml.data.calibration.synthetic_calibration`).
 
 Quantised folders are cached in ``cache_dir/<weights digest>-int8`` and reused when they pass
-:func:`app.ml.bundle.onnx_runtime.with_onnx`'s int8 checks and were calibrated on the same
+:func:`app.ml.bundle.onnx_parity.with_onnx`'s int8 checks and were calibrated on the same
 images (the record's calibration source); otherwise they are made again.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from app.errors import BundleError
 from app.ml.bundle.onnx_files import onnx_digest, read_onnx_manifest
+from app.ml.bundle.onnx_parity import with_onnx
 from app.ml.bundle.onnx_quantize import quantize_bundle
-from app.ml.bundle.onnx_runtime import with_onnx
 from app.ml.bundle.store import Bundle
 from app.ml.data.calibration import CalibrationSet, folder_calibration, synthetic_calibration
 from app.ml.data.pku import PKUSketchDataset
@@ -43,7 +43,7 @@ def int8_bundle(
     bundle: Bundle, calibration: CalibrationSet, cache_dir: Path
 ) -> tuple[Bundle, Path]:
     """``bundle`` running int8 graphs from ``cache_dir`` (made there when needed)."""
-    folder = cache_dir / f"{onnx_digest(bundle)}-int8"
+    folder = cache_dir / f"{onnx_digest(bundle.manifest)}-int8"
     if folder.exists():
         try:
             record = read_onnx_manifest(folder)

@@ -8,15 +8,18 @@ CPU without bf16 units), ``fp32`` turns it off.
 ``int8`` is not a PyTorch precision: it names ONNX Runtime's statically quantised graphs
 (:mod:`app.ml.bundle.onnx_quantize`), so it is one of :data:`SERVING_PRECISIONS` (what the
 service and ``sketchreid evaluate`` accept) and never reaches :func:`autocast_dtype`.
+Importing this module does not import PyTorch (the service reads its precision names without
+it); :func:`autocast_dtype` does.
 """
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 Precision = Literal["auto", "bf16", "fp32"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -56,6 +59,8 @@ def cpu_has_vnni() -> bool:
 
 def autocast_dtype(device: torch.device, precision: Precision = "auto") -> torch.dtype | None:
     """The autocast dtype for ``device`` under ``precision``, or None for plain fp32."""
+    import torch
+
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp32":

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-NormName = Literal["instance", "batch", "none"]
+from app.ml.models.specs import GeneratorSpec as GeneratorSpec
+from app.ml.models.specs import NormName as NormName
 
 
 def norm_layer(norm: NormName, channels: int) -> nn.Module:
@@ -279,25 +279,6 @@ def to_gan_input(batch_uint8: torch.Tensor) -> torch.Tensor:
 def from_gan_output(batch: torch.Tensor) -> torch.Tensor:
     """Generator output in [-1, 1] -> uint8 (rounded, clamped; same device)."""
     return batch.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
-
-
-class GeneratorSpec(BaseModel):
-    """Architecture of the sketch -> photo generator (stored in the bundle manifest)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ngf: int = Field(64, gt=0)
-    n_blocks: int = Field(9, ge=0)
-    norm: NormName = "instance"
-    use_dropout: bool = False
-    input_size: tuple[int, int] = (128, 64)
-
-    @field_validator("input_size")
-    @classmethod
-    def _divisible_by_4(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if value[0] <= 0 or value[1] <= 0 or value[0] % 4 or value[1] % 4:
-            raise ValueError(f"input_size (H, W) must be positive multiples of 4, got {value}")
-        return value
 
 
 def build_generator(spec: GeneratorSpec) -> ResnetGenerator:

@@ -18,17 +18,17 @@ new set of identities with :meth:`ResNetCifar.load_backbone_state_dict` or
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-NAMED_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110)
+from app.ml.models.specs import NAMED_DEPTHS as NAMED_DEPTHS
+from app.ml.models.specs import MemberSpec as MemberSpec
+from app.ml.models.specs import blocks_per_stage as blocks_per_stage
+
 SPP_LEVELS: tuple[int, ...] = (1, 2, 4)
-_ARCH_RE = re.compile(r"^resnet(\d+)$")
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -115,15 +115,6 @@ def _classifier_init(layer: nn.Linear) -> None:
     nn.init.normal_(layer.weight, std=0.001)
     if layer.bias is not None:
         nn.init.zeros_(layer.bias)
-
-
-def blocks_per_stage(depth: int) -> int:
-    """``n`` for a 6n+2 depth; raises ValueError for an invalid depth."""
-    if depth < 8 or (depth - 2) % 6 != 0:
-        raise ValueError(
-            f"ResNet-CIFAR depth must be 6n+2 with n >= 1 (20, 32, 56, ...), got {depth}"
-        )
-    return (depth - 2) // 6
 
 
 class ResNetCifar(nn.Module):
@@ -230,53 +221,6 @@ class ResNetCifar(nn.Module):
         self.classifier = nn.Linear(self.fc_dim, num_classes).to(device=old.device, dtype=old.dtype)
         _classifier_init(self.classifier)
         self.num_classes = num_classes
-
-
-class MemberSpec(BaseModel):
-    """Architecture of one ensemble member (stored in the bundle manifest).
-
-    ``arch`` and ``depth`` must agree ("resnet56" <-> 56); give either one and the other is
-    filled in.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    arch: str
-    depth: int
-    fc_dim: int = Field(256, gt=0)
-    spp: bool = False
-    bn_neck: bool = False
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    num_classes: int = Field(gt=0)
-    input_size: tuple[int, int] = (64, 32)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _fill_arch_depth(cls, data: object) -> object:
-        if isinstance(data, dict):
-            data = dict(data)
-            if "arch" not in data and "depth" in data:
-                data["arch"] = f"resnet{data['depth']}"
-            elif "depth" not in data and isinstance(data.get("arch"), str):
-                match = _ARCH_RE.match(data["arch"])
-                if match:
-                    data["depth"] = int(match.group(1))
-        return data
-
-    @model_validator(mode="after")
-    def _check_arch(self) -> MemberSpec:
-        blocks_per_stage(self.depth)
-        match = _ARCH_RE.match(self.arch)
-        if not match or int(match.group(1)) != self.depth:
-            raise ValueError(f"arch {self.arch!r} does not match depth {self.depth}")
-        return self
-
-    @field_validator("input_size")
-    @classmethod
-    def _check_size(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if min(value) < 4:
-            raise ValueError(f"input_size must be at least 4×4, got {value}")
-        return value
 
 
 def build_member(spec: MemberSpec) -> ResNetCifar:

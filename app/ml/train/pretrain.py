@@ -30,7 +30,7 @@ from app.errors import BundleError, UserInputError
 from app.ml.bundle.store import _sha256
 from app.ml.data.market import load_market
 from app.ml.data.pku import Sample
-from app.ml.infer.embedder import Embedder
+from app.ml.infer.torch_embedder import Embedder
 from app.ml.models.resnet_cifar import MemberSpec, ResNetCifar, build_member
 from app.ml.retrieval.metrics import ranking_result
 from app.ml.train.reid import HealthFn
@@ -141,7 +141,7 @@ def holdout_retrieval(
     batch_size: int = 256,
 ) -> dict[str, float]:
     """Photo→photo cross-camera Rank-1/5 and mAP among the held-out crops, embedded through
-    the project's one embedding path (:class:`app.ml.infer.embedder.Embedder`)."""
+    the project's one embedding path (:class:`app.ml.infer.torch_embedder.Embedder`)."""
     embedder = Embedder([model], input_size, tta_flip=tta_flip, device=device)
     chunks = [
         embedder.embed_tensor(holdout.images[i : i + batch_size]).float().cpu()

@@ -2,7 +2,7 @@
 
 Every image goes through the project's one loader (:func:`app.ml.images.load_image`) and one
 resize (:func:`app.ml.transforms.image_to_uint8`); sketches are turned grey exactly as the
-:class:`app.ml.infer.embedder.Embedder` turns them grey at query time.
+:class:`app.ml.infer.torch_embedder.Embedder` turns them grey at query time.
 """
 
 from __future__ import annotations

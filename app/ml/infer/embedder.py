@@ -54,6 +54,18 @@ def fuse_views(*views: np.ndarray, weights: Sequence[float] | None = None) -> np
     return (total / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def modalities_of(modality: Modality | Sequence[Modality], count: int) -> list[Modality]:
+    """One modality per image: ``modality`` repeated when it is one, else checked to be one
+    known modality per image."""
+    listed: list[Modality] = [modality] * count if isinstance(modality, str) else list(modality)
+    if len(listed) != count:
+        raise ValueError(f"{len(listed)} modalities for {count} images")
+    for m in listed:
+        if m not in ("photo", "sketch"):
+            raise ValueError(f"modality must be 'photo' or 'sketch', got {m!r}")
+    return listed
+
+
 def member_embedding(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A member's raw (unnormalised) embedding: ``model.embed(x)`` or the second output of
     ``model(x)`` (or its only output). ONNX export runs the same function."""
@@ -190,21 +202,39 @@ class BaseEmbedder(ABC):
         with torch.inference_mode():
             return self._forward(batch_uint8)
 
+    def to_uint8(
+        self, images: Sequence[Image.Image], modality: Modality | Sequence[Modality] = "photo"
+    ) -> torch.Tensor:
+        """PIL images -> the uint8 ``[N, 3, H, W]`` batch :meth:`embed_tensor` takes: resized,
+        and grey where the image is a sketch (``modality`` one for all or one per image)."""
+        modalities = modalities_of(modality, len(images))
+        if not images:
+            return to_uint8_batch([], self.input_size)
+        return torch.stack(
+            [
+                image_to_uint8(im, self.input_size, grey=m == "sketch" and self.sketch_grey)
+                for im, m in zip(images, modalities, strict=True)
+            ]
+        )
+
     def embed(
         self,
         images: Sequence[Image.Image],
-        modality: Modality = "photo",
+        modality: Modality | Sequence[Modality] = "photo",
         batch_size: int = 64,
     ) -> np.ndarray:
-        """PIL images -> float32 ``(N, dim)`` L2-normalised embeddings."""
-        if modality not in ("photo", "sketch"):
-            raise ValueError(f"modality must be 'photo' or 'sketch', got {modality!r}")
+        """PIL images -> float32 ``(N, dim)`` L2-normalised embeddings.
+
+        ``modality`` is one for all images or one per image: sketches and photos then go
+        through the networks in the same forward pass (each preprocessed as its kind), as a
+        fused query's sketch and translation do (:mod:`app.ml.infer.query_views`)."""
+        modalities = modalities_of(modality, len(images))
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        grey = modality == "sketch" and self.sketch_grey
         chunks = [np.zeros((0, self.dim), dtype=np.float32)]
         for start in range(0, len(images), batch_size):
-            batch = to_uint8_batch(images[start : start + batch_size], self.input_size, grey=grey)
+            stop = start + batch_size
+            batch = self.to_uint8(images[start:stop], modalities[start:stop])
             chunks.append(self.embed_tensor(batch).cpu().numpy().astype(np.float32, copy=False))
         return np.concatenate(chunks, 0)
 

@@ -16,6 +16,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -190,7 +191,7 @@ def _prepare(
         source=data if source is None else source,
         sha256=sha256_hex(data),
         meta=meta,
-        image=image,
+        image=ctx.bundle.embedder.network_image(image, "photo"),
         size=_stored_size(data, image),
         timings={"decode": decode_ms},
     )
@@ -324,21 +325,23 @@ def _take(
         return IngestOutcome(name, "error", error=message, http_status=status), None
 
 
-def _embed_and_store(
-    ctx: ServiceContext,
-    session: Session,
-    prepared: list[tuple[int, _Prepared]],
-    outcomes: list[IngestOutcome],
-    created_by: int | None,
-) -> None:
-    if not prepared:
-        return
-    vectors = ctx.inference.embed(
+def _embed(ctx: ServiceContext, prepared: list[tuple[int, _Prepared]]) -> np.ndarray:
+    return ctx.inference.embed(
         ctx.bundle.embedder,
         [p.image for _, p in prepared],
         modality="photo",
         wait_s=BATCH_QUEUE_WAIT_S,
     )
+
+
+def _store_chunk(
+    ctx: ServiceContext,
+    session: Session,
+    prepared: list[tuple[int, _Prepared]],
+    vectors: np.ndarray,
+    outcomes: list[IngestOutcome],
+    created_by: int | None,
+) -> None:
     for (position, prep), vector in zip(prepared, vectors, strict=True):
         outcome = outcomes[position]
         try:
@@ -367,6 +370,14 @@ def _refused(name: str | None, why: str, sha256: str | None = None) -> IngestOut
     )
 
 
+@dataclass
+class _Chunk:
+    """A chunk of a batch whose files are decoded and whose embedding is under way."""
+
+    prepared: list[tuple[int, _Prepared]]
+    vectors: Future[np.ndarray] | None
+
+
 def ingest_many(
     ctx: ServiceContext,
     session: Session,
@@ -377,35 +388,57 @@ def ingest_many(
     """Store several crops, one transaction each; a bad file fails alone.
 
     Files are taken ``BATCH_DECODE_CHUNK`` at a time: each is read, checked and decoded (its
-    bytes dropped again when they come from a reader), then the chunk is embedded in one call
-    and stored file by file (reading the bytes again to write the blob). When the inference
-    queue stays full (:data:`BATCH_QUEUE_WAIT_S`), that chunk and the files after it are
-    refused with status 503 each; the files before it stay stored.
+    bytes dropped again when they come from a reader, its picture kept at the model's input
+    size), then the chunk is embedded in one call and stored file by file (reading the bytes
+    again to write the blob). A chunk is embedded while the chunk before it is stored and the
+    one after it decoded, so the model never waits for the disk and the database. When the
+    inference queue stays full (:data:`BATCH_QUEUE_WAIT_S`), that chunk and the files after
+    it are refused with status 503 each; the files before it stay stored.
     """
     outcomes: list[IngestOutcome] = []
     first_of: dict[str, int] = {}  # sha256 -> position of its first occurrence in this batch
-    busy: str | None = None  # why the inference queue refused a chunk: the rest is not tried
-    for start in range(0, len(files), BATCH_DECODE_CHUNK):
-        stop = min(start + BATCH_DECODE_CHUNK, len(files))
-        if busy is not None:
-            for position in range(start, stop):
-                name = files[position][0]
-                outcomes.append(_refused(name, busy))
-            continue
-        prepared: list[tuple[int, _Prepared]] = []
-        for position in range(start, stop):
-            name, source, meta = files[position]
-            outcome, prep = _take(ctx, session, position, name, source, meta, first_of)
-            outcomes.append(outcome)
-            if prep is not None:
-                prepared.append((position, prep))
+    busy: list[str] = []  # why the inference queue refused a chunk: the rest is not stored
+
+    def finish(chunk: _Chunk) -> None:
+        if chunk.vectors is None:
+            return
         try:
-            _embed_and_store(ctx, session, prepared, outcomes, created_by)
+            vectors = chunk.vectors.result()
         except (QueueFullError, QueueClosedError) as exc:  # nothing of this chunk was stored
-            busy = str(exc)
-            for position, prep in prepared:
-                outcomes[position] = _refused(prep.filename, busy, prep.sha256)
-        del prepared
+            busy.append(str(exc))
+        if busy:  # this chunk's embedding, or an earlier one's, was refused
+            for position, prep in chunk.prepared:
+                outcomes[position] = _refused(prep.filename, busy[0], prep.sha256)
+            return
+        _store_chunk(ctx, session, chunk.prepared, vectors, outcomes, created_by)
+
+    waiting: _Chunk | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="ingest-embed") as embedding:
+        try:
+            for start in range(0, len(files), BATCH_DECODE_CHUNK):
+                stop = min(start + BATCH_DECODE_CHUNK, len(files))
+                if busy:
+                    outcomes.extend(_refused(files[p][0], busy[0]) for p in range(start, stop))
+                    continue
+                prepared: list[tuple[int, _Prepared]] = []
+                for position in range(start, stop):
+                    name, source, meta = files[position]
+                    outcome, prep = _take(ctx, session, position, name, source, meta, first_of)
+                    outcomes.append(outcome)
+                    if prep is not None:
+                        prepared.append((position, prep))
+                chunk = _Chunk(
+                    prepared, embedding.submit(_embed, ctx, prepared) if prepared else None
+                )
+                if waiting is not None:
+                    finish(waiting)
+                waiting = chunk
+            if waiting is not None:
+                finish(waiting)
+        except BaseException:
+            if waiting is not None and waiting.vectors is not None:
+                waiting.vectors.cancel()
+            raise
     # Later copies of a file stored earlier in the same batch point at that item.
     by_sha = {o.sha256: o.item for o in outcomes if o.item is not None and o.sha256}
     for outcome in outcomes:

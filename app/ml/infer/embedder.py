@@ -217,6 +217,13 @@ class BaseEmbedder(ABC):
             ]
         )
 
+    def network_image(self, image: Image.Image, modality: Modality = "photo") -> Image.Image:
+        """``image`` at the input size, grey when it is a sketch: the pixels the networks see.
+        Embedding it gives the same vector as embedding ``image``, and it holds a few KB where
+        a decoded upload holds up to megabytes (batch uploads keep these while they wait)."""
+        pixels = self.to_uint8([image], modality)[0]
+        return Image.fromarray(np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()), "RGB")
+
     def embed(
         self,
         images: Sequence[Image.Image],

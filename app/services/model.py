@@ -22,6 +22,8 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+
 from app.core.config import Settings
 from app.errors import BundleError, SketchReidError
 from app.ml.bundle.store import Bundle, load_bundle
@@ -117,9 +119,12 @@ def _int8_bundle(settings: Settings, bundle: Bundle) -> Bundle:
 
 
 def load_model(settings: Settings) -> Bundle:
-    """Load and verify ``MODEL_DIR`` and run it as ``BACKEND`` / ``PRECISION`` say."""
+    """Load and verify ``MODEL_DIR`` and run it as ``BACKEND`` / ``PRECISION`` say, with
+    ``INFERENCE_THREADS`` intra-op threads."""
     from app.ml.bundle.onnx_runtime import onnxruntime_available
 
+    # Process-wide: PyTorch's passes, and ONNX Runtime's sessions take their count from it.
+    torch.set_num_threads(settings.inference_threads)
     precision = settings.PRECISION
     bundle = load_bundle(
         settings.MODEL_DIR,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from fastapi import APIRouter
 
 from app.api.deps import CtxDep, ReaderDep
@@ -24,6 +25,7 @@ def get_model(ctx: CtxDep, _key: ReaderDep) -> dict[str, Any]:
         "rerank_auto_min_items": ctx.settings.RERANK_AUTO_MIN_ITEMS,
         "rerank_candidates": ctx.settings.RERANK_CANDIDATES,
         "inference": ctx.bundle.inference,
+        "inference_threads": torch.get_num_threads(),
         "batching": ctx.inference.describe(),
         "index": {"type": ctx.index.index_type, "kind": ctx.index.kind, "items": len(ctx.index)},
         "manifest": ctx.bundle.manifest.model_dump(mode="json"),

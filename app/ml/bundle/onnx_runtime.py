@@ -3,8 +3,8 @@
 :class:`OnnxEmbedder` and :class:`OnnxTranslator` subclass the shared
 :class:`app.ml.infer.embedder.BaseEmbedder` / :class:`~app.ml.infer.embedder.BaseTranslator`, so
 preprocessing, flip test-time augmentation, normalisation and batching are the same code;
-only the networks run in ONNX Runtime (CPU, fp32 or int8 graphs, as many threads as PyTorch
-uses).
+only the networks run in ONNX Runtime (CPU, fp32 or int8 graphs, as many intra-op threads as
+PyTorch uses, which sleep rather than spin when idle).
 
 :func:`with_onnx` is the way in: it verifies an export folder against the bundle
 (:func:`app.ml.bundle.onnx_files.verify_onnx_dir`: source weights and sha256 of each file) and
@@ -54,6 +54,11 @@ def _session(path: Path) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, torch.get_num_threads())
     options.inter_op_num_threads = 1
+    # Idle intra-op threads sleep instead of spinning: a spinning thread holds a core that
+    # the request threads (decoding, the database) and other processes need; on the loaded
+    # 2-core machine spinning doubled both the wall and the CPU time of a pass
+    # (docs/results.md, "Threads").
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:

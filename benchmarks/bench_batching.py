@@ -18,7 +18,7 @@ Usage (from the repository root)::
 
 ``--backend onnx`` runs both parts on ONNX Runtime (what ``BACKEND=auto`` serves where
 onnxruntime is installed); ``--threads`` sets the intra-op threads of a pass, as the service's
-``INFERENCE_THREADS`` (PyTorch's and ONNX Runtime's; default: one per CPU). Without
+``INFERENCE_THREADS`` (PyTorch's and ONNX Runtime's; default: PyTorch's own count). Without
 ``--model`` the random-weight bundle of ``bench_service.py`` is built (ResNet-20,
 FC 256, CycleGAN generator ngf 32 / 6 blocks at 64x32).
 """
@@ -262,11 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="intra-op threads of a pass, as INFERENCE_THREADS (0: the service's default, "
-        "one per CPU)",
+        "PyTorch's own count: OMP_NUM_THREADS, else one per core)",
     )
     args = parser.parse_args(argv)
-    threads = load_settings(INFERENCE_THREADS=args.threads).inference_threads
-    torch.set_num_threads(threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="bench-batching-") as tmp:
         tmp_path = Path(tmp)
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                     MODEL_DIR=model,
                     DATA_DIR=tmp_path / "onnx",
                     BACKEND="onnx",
-                    INFERENCE_THREADS=threads,
+                    INFERENCE_THREADS=args.threads,
                 )
             )
         else:

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -98,9 +97,10 @@ class Settings(BaseSettings):
     # (docs/results.md, "Query-time re-ranking"). Models run on their own threads regardless.
     BLAS_THREADS: int = Field(default=1, ge=1, le=256)
     EMBED_BATCH_SIZE: int = Field(default=64, ge=1)
-    # Intra-op threads of each forward pass (PyTorch and ONNX Runtime); 0: one per CPU this
-    # process may run on. Passes never run two at a time (the model's lock, or the batching
-    # worker), so this is how a pass uses several cores (docs/results.md, "Threads").
+    # Intra-op threads of each forward pass (PyTorch and ONNX Runtime); 0: PyTorch's own
+    # count (OMP_NUM_THREADS when set, else one per core). Passes never run two at a time (the
+    # model's lock, or the batching worker), so this is how a pass uses several cores
+    # (docs/results.md, "Speed per core").
     INFERENCE_THREADS: int = Field(default=0, ge=0, le=256)
 
     # Dynamic batching (app.ml.infer.batching): concurrent searches and uploads share forward passes
@@ -175,16 +175,6 @@ class Settings(BaseSettings):
     @property
     def trusted_proxies(self) -> tuple[IPNetwork, ...]:
         return parse_networks(self.TRUSTED_PROXIES)
-
-    @property
-    def inference_threads(self) -> int:
-        """``INFERENCE_THREADS``, 0 resolved to the CPUs this process may run on."""
-        if self.INFERENCE_THREADS:
-            return self.INFERENCE_THREADS
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # not Linux
-            return max(1, os.cpu_count() or 1)
 
     @property
     def blob_dir(self) -> Path:

@@ -285,9 +285,9 @@ def ingest_image(
     return _store(ctx, session, prep, vector, created_by)
 
 
-# Files of a batch decoded (and held decoded) at once before one embedding call: bounds the
-# memory of a batch to one encoded file plus this many decoded images (each at most
-# DECODE_MAX_SIDE on its longest side).
+# Files of a batch decoded at once before one embedding call (each kept at the model's input
+# size): the memory of a batch is one encoded file, one decode, and two such chunks (one
+# being embedded, one being stored).
 BATCH_DECODE_CHUNK = 16
 # A batch upload's chunk waits this long for room in a full inference queue (searches and
 # single uploads are refused at once); then it and the files after it are refused (503 each).

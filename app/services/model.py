@@ -124,7 +124,8 @@ def load_model(settings: Settings) -> Bundle:
     from app.ml.bundle.onnx_runtime import onnxruntime_available
 
     # Process-wide: PyTorch's passes, and ONNX Runtime's sessions take their count from it.
-    torch.set_num_threads(settings.inference_threads)
+    if settings.INFERENCE_THREADS:
+        torch.set_num_threads(settings.INFERENCE_THREADS)
     precision = settings.PRECISION
     bundle = load_bundle(
         settings.MODEL_DIR,

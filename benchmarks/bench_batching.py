@@ -17,8 +17,9 @@ Usage (from the repository root)::
    Throughput is searches/s; latency the median and p95 of the request as the client saw it.
 
 ``--backend onnx`` runs both parts on ONNX Runtime (what ``BACKEND=auto`` serves where
-onnxruntime is installed); ``--torch-threads`` sets PyTorch's (and so ONNX Runtime's) intra-op
-threads. Without ``--model`` the random-weight bundle of ``bench_service.py`` is built (ResNet-20,
+onnxruntime is installed); ``--threads`` sets the intra-op threads of a pass, as the service's
+``INFERENCE_THREADS`` (PyTorch's and ONNX Runtime's; default: PyTorch's own count). Without
+``--model`` the random-weight bundle of ``bench_service.py`` is built (ResNet-20,
 FC 256, CycleGAN generator ngf 32 / 6 blocks at 64x32).
 """
 
@@ -256,18 +257,28 @@ def main(argv: list[str] | None = None) -> int:
         help="what runs the networks (onnx: exported into the temporary folder first)",
     )
     parser.add_argument(
-        "--torch-threads", type=int, default=0, help="torch intra-op threads (0: leave as is)"
+        "--threads",
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="intra-op threads of a pass, as INFERENCE_THREADS (0: the service's default, "
+        "PyTorch's own count: OMP_NUM_THREADS, else one per core)",
     )
     args = parser.parse_args(argv)
-    if args.torch_threads > 0:
-        torch.set_num_threads(args.torch_threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="bench-batching-") as tmp:
         tmp_path = Path(tmp)
         model = args.model or build_bundle(tmp_path / "model")
         if args.backend == "onnx":
             bundle = load_model(
-                load_settings(MODEL_DIR=model, DATA_DIR=tmp_path / "onnx", BACKEND="onnx")
+                load_settings(
+                    MODEL_DIR=model,
+                    DATA_DIR=tmp_path / "onnx",
+                    BACKEND="onnx",
+                    INFERENCE_THREADS=args.threads,
+                )
             )
         else:
             bundle = load_bundle(model)
@@ -285,13 +296,21 @@ def main(argv: list[str] | None = None) -> int:
                 latency=False,
             )
         if not args.skip_search:
+            searches = bench_search(model, bundle, tmp_path, args)
             print_table(
                 f"search, in-process app, gallery {args.gallery}, {args.searches} searches per "
                 "row (translate + embed + exact top 10; CPU ms per search)",
-                bench_search(model, bundle, tmp_path, args),
+                searches,
                 "search",
                 latency=True,
             )
+            lone = {r.label: r for r in searches if r.clients == 1}
+            for row in searches:
+                if row.clients > 1:
+                    print(
+                        f"{row.label}: {row.clients} clients / 1 client "
+                        f"{row.rate / lone[row.label].rate:.2f}x"
+                    )
         print(f"\n(total {time.perf_counter() - started:.0f} s)")
     return 0
 

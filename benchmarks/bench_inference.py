@@ -13,8 +13,9 @@ FC 256, CycleGAN generator ngf 32 / 6 blocks at 64x32). Inputs are synthetic peo
 (:func:`app.ml.data.synth.generate_synthetic`): their sketches are the queries, their photos
 the gallery. Per row:
 
-* one query: one image with flip test-time augmentation (two forward images), median of
-  ``--repeats`` calls after a warm-up;
+* one query: one search's embedding pass in the bundle's view (fused: the sketch and its
+  translation together, each with its mirror image under flip TTA; four network images), median
+  of ``--repeats`` calls after a warm-up;
 * batch: ``--batch`` gallery crops in one call, median of 3 calls -> ms and crops/s;
 * the backends take turns call by call (round-robin), so a busy machine slows them alike;
   beside the wall time, the process CPU time of the call (less sensitive to other jobs);
@@ -46,6 +47,7 @@ if str(ROOT) not in sys.path:
 
 from app.ml.bundle.store import Bundle, load_bundle, save_bundle  # noqa: E402
 from app.ml.data.synth import generate_synthetic  # noqa: E402
+from app.ml.infer.embedder import Modality  # noqa: E402
 from app.ml.infer.precision import cpu_has_bf16  # noqa: E402
 from app.ml.models.cyclegan import GeneratorSpec, build_generator  # noqa: E402
 from app.ml.models.resnet_cifar import MemberSpec, build_member  # noqa: E402
@@ -150,7 +152,16 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         size = m.input_size
-        one = image_to_uint8(sketches[0], size, grey=m.sketch_grey).unsqueeze(0)
+        # One search's pass in the bundle's view (app.ml.infer.query_views): the sketch, its
+        # translation, or both together (fused), each with its mirror image under flip TTA.
+        view = base.view
+        query_images: list[Image.Image] = [sketches[0]]
+        query_kinds: list[Modality] = ["sketch"]
+        if view != "sketch" and base.translator is not None:
+            translation = base.translator.translate(sketches[0])
+            query_images = [translation] if view == "translated" else [sketches[0], translation]
+            query_kinds = ["photo"] if view == "translated" else ["sketch", "photo"]
+        one = base.embedder.to_uint8(query_images, query_kinds)
         sketch = image_to_uint8(sketches[0], size, grey=True).unsqueeze(0)
         batch = to_uint8_batch((photos * (args.batch // len(photos) + 1))[: args.batch], size)
         ref_q = base.embedder.embed(sketches, "sketch")
@@ -216,7 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         if len(r) > 9:
             cells += f" {r[9]:.1f} ({r[10]:.1f}) | {r[11]} |"
         print(cells)
-    print(f"\nbatch = {args.batch} crops; 1 query = one image + its mirror (flip TTA)")
+    flips = " + their mirror images (flip TTA)" if m.tta_flip else ""
+    print(
+        f"\nbatch = {args.batch} crops; 1 query = the bundle's {view} view in one pass: "
+        f"{' + '.join(query_kinds)}{flips}"
+    )
     print("\nspeed ratios (wall time, higher is faster; CPU time in brackets):")
     by_name = {r[0]: r for r in rows}
     for r in rows:

@@ -227,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         help="inference backend, as SKETCHREID_BACKEND (default auto: what serve runs)",
     )
     parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "auto", "int8"],
+        help="inference precision, as SKETCHREID_PRECISION (int8: quantised at start)",
+    )
+    parser.add_argument(
         "--http", action="store_true", help="also against a live server (see the docstring)"
     )
     args = parser.parse_args(argv)
@@ -246,11 +252,13 @@ def main(argv: list[str] | None = None) -> int:
             RERANK_CANDIDATES=args.rerank_candidates,
             MAX_BATCH_FILES=max(args.batch, 1),
             BACKEND=args.backend,
+            PRECISION=args.precision,
         )
         bundle = load_model(settings)  # what `serve` runs: ONNX Runtime under BACKEND=auto
         print(
             f"model {bundle.name} {bundle.version}: dim {bundle.embedder.dim}, translator "
-            f"{bundle.translator is not None}; backend {bundle.inference['backend']}; index "
+            f"{bundle.translator is not None}; backend {bundle.inference['backend']} "
+            f"{bundle.inference['precision']}; index "
             f"{args.index_type}; torch threads "
             f"{torch.get_num_threads()}; database {db_url.split(':')[0]}"
         )

@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     # (docs/results.md, "Query-time re-ranking"). Models run on their own threads regardless.
     BLAS_THREADS: int = Field(default=1, ge=1, le=256)
     EMBED_BATCH_SIZE: int = Field(default=64, ge=1)
+    # Intra-op threads of each forward pass (PyTorch and ONNX Runtime); 0: PyTorch's own
+    # count (OMP_NUM_THREADS when set, else one per core). Passes never run two at a time (the
+    # model's lock, or the batching worker), so this is how a pass uses several cores
+    # (docs/results.md, "Speed per core").
+    INFERENCE_THREADS: int = Field(default=0, ge=0, le=256)
 
     # Dynamic batching (app.ml.infer.batching): concurrent searches and uploads share forward passes
     # of at most INFERENCE_MAX_BATCH images, gathered for at most INFERENCE_MAX_WAIT_MS after

@@ -22,6 +22,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -201,7 +202,7 @@ def _prepare(
         source=data if source is None else source,
         sha256=sha256_hex(data),
         meta=meta,
-        image=image,
+        image=ctx.bundle.embedder.network_image(image, "photo"),
         size=_stored_size(data, image),
         timings={"decode": decode_ms},
     )
@@ -326,9 +327,9 @@ def _publish_or_discard(ctx: ServiceContext, session: Session, items: list[Galle
         raise
 
 
-# Files of a batch decoded (and held decoded) at once before one embedding call: bounds the
-# memory of a batch to one encoded file plus this many decoded images (each at most
-# DECODE_MAX_SIDE on its longest side).
+# Files of a batch decoded at once before one embedding call (each kept at the model's input
+# size): the memory of a batch is one encoded file, one decode, and two such chunks (one
+# being embedded, one being stored).
 BATCH_DECODE_CHUNK = 16
 # A batch upload's chunk waits this long for room in a full inference queue (searches and
 # single uploads are refused at once); then it and the files after it are refused (503 each).
@@ -367,24 +368,23 @@ def _take(
         return IngestOutcome(name, "error", error=message, http_status=status), None
 
 
-def _embed_and_store(
-    ctx: ServiceContext,
-    session: Session,
-    prepared: list[tuple[int, _Prepared]],
-    outcomes: list[IngestOutcome],
-    created_by: int | None,
-) -> None:
-    if not prepared:
-        return
-    if ctx.queue is not None:
-        _store_queued(ctx, session, prepared, outcomes, created_by)
-        return
-    vectors = ctx.inference.embed(
+def _embed(ctx: ServiceContext, prepared: list[tuple[int, _Prepared]]) -> np.ndarray:
+    return ctx.inference.embed(
         ctx.bundle.embedder,
         [p.image for _, p in prepared],
         modality="photo",
         wait_s=BATCH_QUEUE_WAIT_S,
     )
+
+
+def _store_chunk(
+    ctx: ServiceContext,
+    session: Session,
+    prepared: list[tuple[int, _Prepared]],
+    vectors: np.ndarray,
+    outcomes: list[IngestOutcome],
+    created_by: int | None,
+) -> None:
     for (position, prep), vector in zip(prepared, vectors, strict=True):
         outcome = outcomes[position]
         try:
@@ -468,6 +468,30 @@ def _refuse_rest(
             outcomes[position] = _refused(outcome.filename, *busy, sha256=outcome.sha256)
 
 
+@dataclass
+class _Chunk:
+    """Files ``start:stop`` of a batch, decoded, with their embedding under way (None: nothing
+    to embed, or the cluster profile, where workers embed)."""
+
+    start: int
+    stop: int
+    prepared: list[tuple[int, _Prepared]]
+    vectors: Future[np.ndarray] | None = None
+
+
+def _refusal(exc: BaseException) -> tuple[str, int] | None:
+    """Why the rest of a batch is not tried after ``exc``, and the status each file not tried
+    gets; None for an error that is not about capacity or an outage."""
+    if isinstance(exc, QueueFullError | QueueClosedError | DecodeBusyError):
+        return str(exc), 503  # the model or the decoding budget stayed busy
+    if isinstance(exc, BrokerUnavailableError):
+        return str(exc), 503
+    outage = as_outage(exc) if isinstance(exc, Exception) else None
+    if outage is None:
+        return None
+    return str(outage), 507 if isinstance(outage, InsufficientStorageError) else 503
+
+
 def ingest_many(
     ctx: ServiceContext,
     session: Session,
@@ -478,51 +502,85 @@ def ingest_many(
     """Store several crops, one transaction each; a bad file fails alone.
 
     Files are taken ``BATCH_DECODE_CHUNK`` at a time: each is read, checked and decoded (its
-    bytes dropped again when they come from a reader), then the chunk is embedded in one call
-    and stored file by file (reading the bytes again to write the blob). When the inference
-    queue stays full (:data:`BATCH_QUEUE_WAIT_S`), that chunk and the files after it are
-    refused with status 503 each; the files before it stay stored. So are they when the
-    database fails (503, or 507 when its disk is full) or the disk fills (507): the file being
-    stored and the ones after it are refused, not tried one by one.
+    bytes dropped again when they come from a reader, its picture kept at the model's input
+    size), then the chunk is embedded in one call and stored file by file (reading the bytes
+    again to write the blob). A chunk is embedded while the chunk before it is stored and the
+    one after it decoded, so the model never waits for the disk and the database. With a
+    broker (the cluster profile) a chunk is stored as pending items and queued as one message
+    instead. When the inference queue stays full (:data:`BATCH_QUEUE_WAIT_S`) or the decoding
+    budget stays spent, that chunk and the files after it are refused with status 503 each;
+    the files before it stay stored. So are they when the database fails (503, or 507 when its
+    disk is full), the disk fills (507) or the broker does not take a chunk (503): the file
+    being stored and the ones after it are refused, not tried one by one.
     """
     outcomes: list[IngestOutcome] = []
     first_of: dict[str, int] = {}  # sha256 -> position of its first occurrence in this batch
-    # Why the rest of the batch is not tried (the inference queue refused a chunk, the database
-    # or the disk failed), and the status each file not tried gets.
-    busy: tuple[str, int] | None = None
-    for start in range(0, len(files), BATCH_DECODE_CHUNK):
-        stop = min(start + BATCH_DECODE_CHUNK, len(files))
-        if busy is not None:
-            for position in range(start, stop):
-                name = files[position][0]
-                outcomes.append(_refused(name, *busy))
-            continue
-        prepared: list[tuple[int, _Prepared]] = []
+    # Why the rest of the batch is not tried, and the status each file not tried gets.
+    refused: list[tuple[str, int]] = []
+
+    def refuse(chunk: _Chunk, why: tuple[str, int]) -> None:
+        if not refused:
+            refused.append(why)
+        _refuse_rest(outcomes, files, chunk.start, chunk.stop, refused[0])
+
+    def finish(chunk: _Chunk) -> None:
+        """Store a decoded chunk (after its embedding), or refuse what of it is not stored."""
+        if refused:  # an earlier chunk was refused: this one is not stored either
+            _refuse_rest(outcomes, files, chunk.start, chunk.stop, refused[0])
+            return
         try:
-            for position in range(start, stop):
-                name, source, meta = files[position]
-                outcome, prep = _take(ctx, session, position, name, source, meta, first_of)
-                outcomes.append(outcome)
-                if prep is not None:
-                    prepared.append((position, prep))
-            _embed_and_store(ctx, session, prepared, outcomes, created_by)
-        except (QueueFullError, QueueClosedError, DecodeBusyError) as exc:
-            busy = (str(exc), 503)  # the model or the decoding budget stayed busy
-            _refuse_rest(outcomes, files, start, stop, busy)
-        except BrokerUnavailableError as exc:
-            # the chunk's new rows and blobs were discarded: none of it is stored
-            busy = (str(exc), 503)
-            _refuse_rest(outcomes, files, start, stop, busy)
-            for position, prep in prepared:
-                outcomes[position] = _refused(prep.filename, *busy, sha256=prep.sha256)
+            if ctx.queue is not None:
+                _store_queued(ctx, session, chunk.prepared, outcomes, created_by)
+            elif chunk.vectors is not None:
+                vectors = chunk.vectors.result()
+                _store_chunk(ctx, session, chunk.prepared, vectors, outcomes, created_by)
         except Exception as exc:
-            outage = as_outage(exc)
-            if outage is None:
+            why = _refusal(exc)
+            if why is None:
                 raise
             session.rollback()
-            busy = (str(outage), 507 if isinstance(outage, InsufficientStorageError) else 503)
-            _refuse_rest(outcomes, files, start, stop, busy)
-        del prepared
+            refuse(chunk, why)
+            if isinstance(exc, BrokerUnavailableError):
+                # the chunk's new rows and blobs were discarded: none of it is stored
+                for position, prep in chunk.prepared:
+                    outcomes[position] = _refused(prep.filename, *why, sha256=prep.sha256)
+
+    waiting: _Chunk | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="ingest-embed") as embedding:
+        try:
+            for start in range(0, len(files), BATCH_DECODE_CHUNK):
+                chunk = _Chunk(start, min(start + BATCH_DECODE_CHUNK, len(files)), [])
+                if refused:
+                    _refuse_rest(outcomes, files, chunk.start, chunk.stop, refused[0])
+                    continue
+                try:
+                    for position in range(chunk.start, chunk.stop):
+                        name, source, meta = files[position]
+                        outcome, prep = _take(ctx, session, position, name, source, meta, first_of)
+                        outcomes.append(outcome)
+                        if prep is not None:
+                            chunk.prepared.append((position, prep))
+                except Exception as exc:
+                    why = _refusal(exc)
+                    if why is None:
+                        raise
+                    session.rollback()
+                    if waiting is not None:  # the chunk before was decoded whole: store it
+                        finish(waiting)
+                        waiting = None
+                    refuse(chunk, why)
+                    continue
+                if ctx.queue is None and chunk.prepared:
+                    chunk.vectors = embedding.submit(_embed, ctx, chunk.prepared)
+                if waiting is not None:
+                    finish(waiting)
+                waiting = chunk
+            if waiting is not None:
+                finish(waiting)
+        except BaseException:
+            if waiting is not None and waiting.vectors is not None:
+                waiting.vectors.cancel()
+            raise
     # Later copies of a file stored earlier in the same batch point at that item.
     by_sha = {o.sha256: o.item for o in outcomes if o.item is not None and o.sha256}
     for outcome in outcomes:

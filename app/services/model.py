@@ -26,6 +26,8 @@ silently served as fp32.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -129,6 +131,20 @@ def _int8_bundle(settings: Settings, bundle: Bundle) -> Bundle:
     return with_onnx(bundle, folder, "int8")
 
 
+def inference_threads(settings: Settings) -> int:
+    """Intra-op threads of a model pass: ``INFERENCE_THREADS`` when set, else PyTorch's count
+    where PyTorch is loaded, else ONNX Runtime's default (``OMP_NUM_THREADS``, else one per
+    core)."""
+    if settings.INFERENCE_THREADS:
+        return settings.INFERENCE_THREADS
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return int(torch.get_num_threads())
+    from app.ml.bundle.onnx_runtime import default_threads
+
+    return default_threads() or os.cpu_count() or 1
+
+
 def _prepared_bundle(settings: Settings) -> Bundle | None:
     """The bundle served from its prepared ONNX files, or None when the settings ask for
     something else (PyTorch, bf16, a GPU) or the bundle carries none for the precision."""
@@ -142,7 +158,7 @@ def _prepared_bundle(settings: Settings) -> Bundle | None:
         return None
     wanted: OnnxPrecision = "int8" if precision == "int8" else "fp32"
     start = time.perf_counter()
-    bundle = load_prepared(settings.MODEL_DIR, wanted)
+    bundle = load_prepared(settings.MODEL_DIR, wanted, settings.INFERENCE_THREADS or None)
     if bundle is not None:
         log.info(
             "serving the bundle's prepared %s ONNX files (checked in %.2f s)",
@@ -174,9 +190,14 @@ def load_model(settings: Settings) -> Bundle:
 def _torch_model(settings: Settings) -> Bundle:
     """The bundle loaded from its PyTorch weights (and exported/quantised into DATA_DIR/onnx
     for the ONNX backend)."""
+    import torch
+
     from app.ml.bundle.onnx_runtime import onnxruntime_available
     from app.ml.bundle.store import load_bundle
 
+    # Process-wide: PyTorch's passes, and ONNX Runtime's sessions take their count from it.
+    if settings.INFERENCE_THREADS:
+        torch.set_num_threads(settings.INFERENCE_THREADS)
     precision = settings.PRECISION
     bundle = load_bundle(
         settings.MODEL_DIR,

@@ -98,6 +98,7 @@ class Counting:
         self.inner = inner
         self.gate = gate
         self.calls: list[tuple[str, int]] = []
+        self.kinds: list[str] = []  # the modality of each image embedded, in order
         self.entered = threading.Event()
         self._lock = threading.Lock()
 
@@ -112,9 +113,19 @@ class Counting:
             assert self.gate.wait(30), "the test never opened the gate"
 
     def embed(
-        self, images: Sequence[Image.Image], modality: str = "photo", batch_size: int = 64
+        self,
+        images: Sequence[Image.Image],
+        modality: str | Sequence[str] = "photo",
+        batch_size: int = 64,
     ) -> np.ndarray:
-        self._record(modality, len(images))
+        """Recorded as the call's one modality, or ``mixed``; each image's in ``kinds``."""
+        kinds = [modality] * len(images) if isinstance(modality, str) else list(modality)
+        with self._lock:
+            self.kinds.extend(kinds)
+        one = len(set(kinds)) == 1
+        self._record(
+            modality if isinstance(modality, str) else kinds[0] if one else "mixed", len(images)
+        )
         return self.inner.embed(images, modality=modality, batch_size=batch_size)
 
     def translate_batch(

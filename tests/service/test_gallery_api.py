@@ -1,9 +1,19 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
+import numpy as np
+import pytest
 from fastapi.testclient import TestClient
+
+from app.db.models import Embedding
+from app.db.session import session_scope
+from app.ml.images import load_image
+from app.ml.infer.batching import QueueFullError
+from app.services import gallery
+from app.services.context import vector_from_bytes
 
 from .conftest import Keys, snapshot, upload
 from .helpers import jpeg, png
@@ -204,3 +214,83 @@ def test_batch_rejects_bad_metadata_and_too_many_files(
     with TestClient(create_app(make_settings(MAX_BATCH_FILES=1), bundle=bundle)) as small:
         r = small.post("/api/v1/gallery/batch", files=files, headers=keys.operator)
         assert r.status_code == 400 and "limit is 1" in r.json()["detail"]
+
+
+def _batch(client: TestClient, keys: Keys, files: list[tuple[str, bytes]]) -> dict[str, Any]:
+    r = client.post(
+        "/api/v1/gallery/batch",
+        files=[("images", (name, data, "image/jpeg")) for name, data in files],
+        headers=keys.operator,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def test_a_chunk_is_embedded_while_the_one_before_is_stored(
+    client: TestClient, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch uploads overlap the model and the disk (issue 21): while chunk k is stored,
+    chunk k+1's embedding is already under way; every file ends as it would alone."""
+    monkeypatch.setattr(gallery, "BATCH_DECODE_CHUNK", 2)
+    embedded: list[int] = []  # chunks whose embedding started, in order
+    real_embed, real_store = gallery._embed, gallery._store_chunk
+    started = threading.Condition()
+
+    def embed(ctx: Any, prepared: list[Any]) -> Any:
+        with started:
+            embedded.append(prepared[0][0])
+            started.notify_all()
+        return real_embed(ctx, prepared)
+
+    overlapped: list[bool] = []
+
+    def store(ctx: Any, session: Any, prepared: list[Any], *rest: Any) -> None:
+        first = prepared[0][0]
+        last = first == 4  # the third chunk (files 4 and 5) has no next one
+
+        def next_started() -> bool:
+            return last or max(embedded) > first
+
+        with started:  # the next chunk's embedding starts without waiting for this store
+            overlapped.append(started.wait_for(next_started, timeout=10))
+        real_store(ctx, session, prepared, *rest)
+
+    monkeypatch.setattr(gallery, "_embed", embed)
+    monkeypatch.setattr(gallery, "_store_chunk", store)
+    body = _batch(client, keys, [(f"{s}.jpg", jpeg(s)) for s in range(6)])
+    assert [x["status"] for x in body["results"]] == ["created"] * 6
+    assert overlapped == [True, True, True]
+    ctx = client.app.state.ctx  # type: ignore[attr-defined]
+    with session_scope(ctx.sessions) as session:
+        stored = {
+            int(e.item_id): vector_from_bytes(e.vector, ctx.dim)
+            for e in session.query(Embedding).all()
+        }
+    for seed, result in enumerate(body["results"]):
+        alone = ctx.bundle.embedder.embed([load_image(jpeg(seed))], modality="photo")[0]
+        np.testing.assert_allclose(stored[result["item"]["id"]], alone, rtol=0, atol=1e-5)
+
+
+def test_a_refused_chunk_refuses_the_rest_and_keeps_the_ones_before(
+    client: TestClient, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inference queue refusing the second chunk's embedding (while the first is being
+    stored): the first chunk stays stored, the second and third are 503, nothing of them is
+    left behind."""
+    monkeypatch.setattr(gallery, "BATCH_DECODE_CHUNK", 2)
+    real_embed = gallery._embed
+    calls: list[int] = []
+
+    def embed(ctx: Any, prepared: list[Any]) -> Any:
+        calls.append(len(prepared))
+        if len(calls) == 2:
+            raise QueueFullError("the server is busy (test)")
+        return real_embed(ctx, prepared)
+
+    monkeypatch.setattr(gallery, "_embed", embed)
+    body = _batch(client, keys, [(f"{s}.jpg", jpeg(s)) for s in range(6)])
+    assert [x["http_status"] for x in body["results"]] == [201, 201, 503, 503, 503, 503]
+    assert all("not stored, send it again" in x["error"] for x in body["results"][2:])
+    assert calls[:2] == [2, 2]  # (the third may have been embedded meanwhile: not stored)
+    state = snapshot(client)
+    assert state["items"] == 2 and len(state["blobs"]) == 2 and len(state["index"]) == 2

@@ -164,3 +164,31 @@ def test_int8_with_the_torch_backend_is_refused_with_a_reason() -> None:
         load_settings(BACKEND="torch", PRECISION="int8")
     with pytest.raises(SketchReidError, match="PRECISION=int8 runs on the CPU"):
         load_settings(BACKEND="auto", PRECISION="int8", MODEL_DEVICE="cuda")
+
+
+@pytest.mark.parametrize("threads", [1, 2, 0])
+def test_inference_threads_set_every_pass_and_idle_threads_sleep(
+    make_settings: Callable[..., Settings], keys: Keys, threads: int
+) -> None:
+    """INFERENCE_THREADS (0: PyTorch's own count, left as it is) is what PyTorch and each
+    ONNX Runtime session run with; the sessions' idle threads do not spin."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)  # neither 1 nor 2: 0 must leave it
+        settings = make_settings(BACKEND="onnx", INFERENCE_THREADS=threads)
+        want = threads or 3
+        served = load_model(settings)
+        assert torch.get_num_threads() == want
+        assert isinstance(served.embedder, OnnxEmbedder)
+        sessions = [*served.embedder.sessions, served.translator.session]  # type: ignore[union-attr]
+        for session in sessions:
+            options = session.get_session_options()
+            assert options.intra_op_num_threads == want
+            assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        with TestClient(create_app(settings, bundle=served)) as client:
+            model = client.get("/api/v1/model", headers=keys.investigator).json()
+        assert model["inference_threads"] == want
+    finally:
+        torch.set_num_threads(before)

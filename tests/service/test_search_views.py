@@ -18,7 +18,7 @@ from app.ml.bundle.store import Bundle, load_bundle, update_manifest
 from app.ml.images import load_image
 
 from .conftest import Keys, upload
-from .helpers import jpeg, sketch_png
+from .helpers import Counting, jpeg, sketch_png
 
 
 def _fill(client: TestClient, keys: Keys, n: int = 12) -> list[int]:
@@ -158,3 +158,33 @@ def test_a_view_needing_a_translator_falls_back_with_a_note(
         assert client.get("/api/v1/model", headers=keys.investigator).json()["query_view"] == (
             "sketch"
         )
+
+
+def test_a_fused_search_is_one_translation_and_one_embedding_pass(
+    make_settings: Callable[..., Settings], fused_bundle: Bundle, keys: Keys
+) -> None:
+    """The sketch and its translation go through the members together (issue 21), batching
+    on or off, with the query of the per-view path."""
+    embedder, translator = Counting(fused_bundle.embedder), Counting(fused_bundle.translator)
+    counted = Bundle(
+        fused_bundle.path,
+        fused_bundle.manifest,
+        fused_bundle.members,
+        embedder,  # type: ignore[arg-type]
+        translator,  # type: ignore[arg-type]
+        fused_bundle.generator,
+    )
+    ids: list[int] = []
+    for max_batch in (16, 1):  # batching on, then off (the same data folder and database)
+        settings = make_settings(INFERENCE_MAX_BATCH=max_batch, INFERENCE_MAX_WAIT_MS=2)
+        with TestClient(create_app(settings, bundle=counted)) as client:
+            ids = ids or _fill(client, keys, 6)
+            embedder.calls.clear()
+            translator.calls.clear()
+            body = _post(client, keys).json()
+        assert body["view"] == "fused"
+        assert translator.calls == [("translate", 1)]
+        assert embedder.calls == [("mixed", 2)], embedder.calls
+        expected, scores = _ranking(fused_bundle, ids, "fused")
+        assert [h["gallery_id"] for h in body["results"]] == expected
+        np.testing.assert_allclose([h["score"] for h in body["results"]], scores, atol=1e-4)

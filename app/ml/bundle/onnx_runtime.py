@@ -3,9 +3,9 @@
 :class:`OnnxEmbedder` and :class:`OnnxTranslator` subclass the shared
 :class:`app.ml.infer.embedder.BaseEmbedder` / :class:`~app.ml.infer.embedder.BaseTranslator`, so
 preprocessing, flip test-time augmentation, normalisation and batching are the same code;
-only the networks run in ONNX Runtime (CPU, fp32 or int8 graphs). Nothing here imports
-PyTorch: the service runs these from a bundle's prepared files
-(:mod:`app.ml.bundle.prepared`) where PyTorch is not installed.
+only the networks run in ONNX Runtime (CPU, fp32 or int8 graphs, intra-op threads that sleep
+rather than spin when idle). Nothing here imports PyTorch: the service runs these from a
+bundle's prepared files (:mod:`app.ml.bundle.prepared`) where PyTorch is not installed.
 
 :func:`load_sessions` opens the files of a verified folder and checks nothing; the ways in
 check first: :func:`app.ml.bundle.prepared.load_prepared` (a bundle's prepared folders, by
@@ -55,6 +55,11 @@ def _session(path: Path, threads: int) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Idle intra-op threads sleep instead of spinning: a spinning thread holds a core that
+    # the request threads (decoding, the database) and other processes need; on the loaded
+    # 2-core machine spinning doubled both the wall and the CPU time of a pass
+    # (docs/results.md, "Threads").
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:

@@ -8,8 +8,10 @@ call and hands each request its rows back. So:
 
 * one model instance: the worker is the only caller of the networks while batching is on;
 * a batch holds one kind of work only: the same model object (a bundle swapped in while
-  requests wait gets batches of its own), the same operation (embed or translate) and, for
-  embeddings, the same modality (sketches are embedded grey, photos in colour);
+  requests wait gets batches of its own) and the same operation (embed or translate).
+  Sketches and photos share embedding passes: each image is preprocessed as its kind
+  (sketches grey, photos in colour) before the pass, so a fused query's sketch and
+  translation, and other requests' images, go through the networks together;
 * no request waits longer than ``max_wait_ms`` for others to join it: the deadline is set by
   the oldest waiting request, and later ones only ever wait less. Beyond that a request waits
   for the forward passes ahead of it, as it did on the model's lock before;
@@ -40,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from app.errors import SketchReidError
-from app.ml.infer.embedder import BaseEmbedder, BaseTranslator, Modality
+from app.ml.infer.embedder import BaseEmbedder, BaseTranslator, Modality, modalities_of
 
 log = logging.getLogger(__name__)
 
@@ -139,21 +141,24 @@ class InferenceQueue:
         self,
         embedder: BaseEmbedder,
         images: Sequence[Image.Image],
-        modality: Modality = "photo",
+        modality: Modality | Sequence[Modality] = "photo",
         *,
         wait_s: float = 0.0,
     ) -> np.ndarray:
-        """``embedder.embed(images, modality=modality)``, batched with other requests."""
-        if modality not in ("photo", "sketch"):
-            raise ValueError(f"modality must be 'photo' or 'sketch', got {modality!r}")
+        """``embedder.embed(images, modality=modality)``, batched with other requests
+        (``modality``: one for all images or one per image)."""
+        modalities = modalities_of(modality, len(images))
         chunk = self.embed_batch_size
 
-        def run(batch: list[Image.Image]) -> Sequence[Any]:
-            return list(embedder.embed(batch, modality=modality, batch_size=chunk))
+        def run(batch: list[tuple[Image.Image, Modality]]) -> Sequence[Any]:
+            pictures = [image for image, _ in batch]
+            kinds = [kind for _, kind in batch]
+            return list(embedder.embed(pictures, modality=kinds, batch_size=chunk))
 
         if not images:
-            return embedder.embed([], modality=modality)
-        rows = self.submit((id(embedder), "embed", modality), run, list(images), wait_s=wait_s)
+            return embedder.embed([], modality="photo")
+        items = list(zip(images, modalities, strict=True))
+        rows = self.submit((id(embedder), "embed"), run, items, wait_s=wait_s)
         return np.stack(rows).astype(np.float32, copy=False)
 
     def translate(

@@ -63,6 +63,19 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, np.float32(1e-12))
 
 
+def modalities_of(modality: Modality | Sequence[Modality], count: int) -> list[Modality]:
+    """One modality per image: ``modality`` repeated when it is one, else checked to be one
+    known modality per image."""
+    listed: list[Modality] = [modality] * count if isinstance(modality, str) else list(modality)
+    if len(listed) != count:
+        raise ValueError(f"{len(listed)} modalities for {count} images")
+    for m in listed:
+        if m not in ("photo", "sketch"):
+            raise ValueError(f"modality must be 'photo' or 'sketch', got {m!r}")
+    return listed
+
+
+
 class BaseEmbedder(ABC):
     """Ensemble embedding of person images (photos or sketches), whatever runs the members.
 
@@ -156,21 +169,46 @@ class BaseEmbedder(ABC):
         out = self.embed_array(batch_uint8.detach().cpu().numpy())
         return torch.from_numpy(out).to(self.device)
 
+    def to_uint8(
+        self, images: Sequence[Image.Image], modality: Modality | Sequence[Modality] = "photo"
+    ) -> np.ndarray:
+        """PIL images -> the uint8 ``[N, 3, H, W]`` batch :meth:`embed_array` takes: resized,
+        and grey where the image is a sketch (``modality`` one for all or one per image)."""
+        modalities = modalities_of(modality, len(images))
+        if not images:
+            return to_uint8_array([], self.input_size)
+        return np.stack(
+            [
+                image_to_array(im, self.input_size, grey=m == "sketch" and self.sketch_grey)
+                for im, m in zip(images, modalities, strict=True)
+            ]
+        )
+
+    def network_image(self, image: Image.Image, modality: Modality = "photo") -> Image.Image:
+        """``image`` at the input size, grey when it is a sketch: the pixels the networks see.
+        Embedding it gives the same vector as embedding ``image``, and it holds a few KB where
+        a decoded upload holds up to megabytes (batch uploads keep these while they wait)."""
+        pixels = self.to_uint8([image], modality)[0]
+        return Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)), "RGB")
+
     def embed(
         self,
         images: Sequence[Image.Image],
-        modality: Modality = "photo",
+        modality: Modality | Sequence[Modality] = "photo",
         batch_size: int = 64,
     ) -> np.ndarray:
-        """PIL images -> float32 ``(N, dim)`` L2-normalised embeddings."""
-        if modality not in ("photo", "sketch"):
-            raise ValueError(f"modality must be 'photo' or 'sketch', got {modality!r}")
+        """PIL images -> float32 ``(N, dim)`` L2-normalised embeddings.
+
+        ``modality`` is one for all images or one per image: sketches and photos then go
+        through the networks in the same forward pass (each preprocessed as its kind), as a
+        fused query's sketch and translation do (:mod:`app.ml.infer.query_views`)."""
+        modalities = modalities_of(modality, len(images))
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        grey = modality == "sketch" and self.sketch_grey
         chunks = [np.zeros((0, self.dim), dtype=np.float32)]
         for start in range(0, len(images), batch_size):
-            batch = to_uint8_array(images[start : start + batch_size], self.input_size, grey=grey)
+            stop = start + batch_size
+            batch = self.to_uint8(images[start:stop], modalities[start:stop])
             chunks.append(self.embed_array(batch))
         return np.concatenate(chunks, 0)
 

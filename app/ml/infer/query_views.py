@@ -24,12 +24,13 @@ import numpy as np
 from PIL import Image
 
 from app.errors import UserInputError
-from app.ml.infer.embedder import fuse_views
+from app.ml.infer.embedder import Modality, fuse_views
 
 QueryView = Literal["sketch", "translated", "fused"]
 QUERY_VIEWS: tuple[str, ...] = get_args(QueryView)
 
-EmbedFn = Callable[[Sequence[Image.Image], Literal["sketch", "photo"]], np.ndarray]
+EmbedFn = Callable[[Sequence[Image.Image], Sequence[Modality]], np.ndarray]
+"""Embeds images, one modality per image, in one forward pass per member."""
 TranslateFn = Callable[[Sequence[Image.Image]], list[Image.Image]]
 
 
@@ -92,14 +93,23 @@ def embed_queries(
     """Unit query embeddings (one row a sketch) in ``view``, and the translations made
     (empty for ``sketch``). ``fused`` weighs the translation's embedding by
     ``translation_weight`` and the sketch's by the rest (the bundle's
-    ``manifest.translation_weight``)."""
+    ``manifest.translation_weight``).
+
+    One call of ``embed`` per batch of sketches whatever the view: for ``fused``, the sketches
+    (as sketches) and their translations (as photos) go through each member together, with
+    their mirror images when the embedder flips, instead of one call per view."""
+    n = len(sketches)
     if view == "sketch":
-        return embed(sketches, "sketch"), []
+        return embed(sketches, ["sketch"] * n), []
     if translate is None:
         raise UserInputError(f"view {view} needs a translator")
     translations = translate(sketches)
-    photos = embed(translations, "photo")
     if view == "translated":
-        return photos, translations
+        return embed(translations, ["photo"] * n), translations
+    kinds: list[Modality] = ["sketch"] * n
+    kinds += ["photo"] * n
+    both = embed([*sketches, *translations], kinds)
+    if both.shape[0] != 2 * n:
+        raise RuntimeError(f"{2 * n} images embedded into {both.shape[0]} rows")
     weights = (1.0 - translation_weight, translation_weight)
-    return fuse_views(embed(sketches, "sketch"), photos, weights=weights), translations
+    return fuse_views(both[:n], both[n:], weights=weights), translations

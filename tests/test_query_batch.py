@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from app.ml.infer.embedder import Embedder, Modality, Translator, fuse_views
+from app.ml.infer.embedder import Modality, fuse_views
 from app.ml.infer.query_views import embed_queries
+from app.ml.infer.torch_embedder import Embedder, Translator
 from app.ml.models.cyclegan import GeneratorSpec, build_generator
 from app.ml.models.resnet_cifar import MemberSpec, build_member
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
-    Float,
     BigInteger,
     CheckConstraint,
+    Float,
     ForeignKey,
     Index,
     Integer,

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.models import GalleryItem
-from app.db.types import MAX_ID, is_valid_id
+from app.db.types import MAX_ID, UTCDateTime, is_valid_id
 from app.errors import ImageError, SketchReidError, UserInputError
 from app.ml.infer.batching import QueueClosedError, QueueFullError
 from app.services import audit
@@ -660,3 +660,20 @@ def read_image(ctx: ServiceContext, item: GalleryItem) -> bytes:
         raise NotFoundError(
             f"the image of gallery item {item.id} is missing from storage"
         ) from None
+
+
+def list_cameras(session: Session) -> list[tuple[str, int, datetime | None, datetime | None]]:
+    """Each camera the gallery holds crops of: (camera id, crops, first and last capture time),
+    by camera id. Crops without a camera are not listed."""
+    stmt = (
+        select(
+            GalleryItem.camera_id,
+            func.count(GalleryItem.id),
+            func.min(GalleryItem.captured_at, type_=UTCDateTime()),
+            func.max(GalleryItem.captured_at, type_=UTCDateTime()),
+        )
+        .where(GalleryItem.camera_id.is_not(None))
+        .group_by(GalleryItem.camera_id)
+        .order_by(GalleryItem.camera_id)
+    )
+    return [(str(c), int(n), first, last) for c, n, first, last in session.execute(stmt)]

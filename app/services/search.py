@@ -26,6 +26,7 @@ from app.core.files import atomic_write_bytes
 from app.db.models import ApiKey, GalleryItem, Search
 from app.db.types import utcnow
 from app.errors import UserInputError
+from app.ml.bundle.store import Manifest
 from app.ml.infer.query_views import QueryView, check_choice, embed_queries, resolve_view
 from app.ml.retrieval.feedback import FeedbackWeights, build_query
 from app.ml.retrieval.rerank import rerank_candidates
@@ -139,6 +140,15 @@ def allowed_ids(session: Session, key: str, params: SearchParams) -> list[int] |
     if not conditions:
         return None
     return [int(i) for i in session.scalars(select(GalleryItem.id).where(*conditions))]
+
+
+def model_weights(manifest: Manifest) -> dict[str, str]:
+    """The sha256 of each weights file of the model (its members, its translator): what a
+    search was made with, for the record and the result sheet."""
+    weights = {f"member {m.name}": m.sha256 for m in manifest.members}
+    if manifest.translator is not None:
+        weights["translator"] = manifest.translator.sha256
+    return weights
 
 
 def _display_name(filename: str | None) -> str | None:
@@ -376,6 +386,7 @@ def run_search(
         "rerank_candidates": len(found) if do_rerank else None,
         "index": ctx.index.kind,
         "embedding_key": ctx.embedding_key,
+        "model_weights": model_weights(bundle.manifest),
         "notes": notes,
     }
     record = Search(

@@ -15,7 +15,7 @@ from app.api.uploads import read_upload
 from app.db.models import Case
 from app.db.types import MAX_ID
 from app.ml.infer.query_views import QueryView
-from app.services import audit, cases, feedback
+from app.services import audit, cases, feedback, report
 from app.services import search as search_service
 from app.services.blobs import content_type_for
 from app.services.timeparse import parse_timestamp
@@ -204,6 +204,26 @@ def add_mark(
     record = search_service.get_search(session, search_id, key, use="mark")
     row = feedback.add_mark(session, record, body.gallery_id, body.mark, api_key_id=key.id)
     return MarkOut.of(row)
+
+
+@router.get(
+    "/searches/{search_id:uuid}/report",
+    response_class=Response,
+    responses={200: {"content": {"application/pdf": {}}}, **error_responses(404, 422)},
+)
+def get_report(
+    search_id: uuid.UUID, ctx: CtxDep, session: SessionDep, key: InvestigatorDep
+) -> Response:
+    """The result sheet for the case file (PDF, A4): case, who and when, sketches and
+    translations, parameters and filters, the model and its weights' sha256, each result's
+    rank, score, camera, time, item id and sha256, marks and notes, and when it was made."""
+    record = search_service.get_search(session, search_id, key, use="report")
+    pdf = report.result_sheet(ctx, session, record, key)
+    return Response(
+        pdf,
+        media_type="application/pdf",
+        headers={"Content-Disposition": f'attachment; filename="search-{record.id}.pdf"'},
+    )
 
 
 @router.get(

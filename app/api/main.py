@@ -36,6 +36,7 @@ from app.api.routes import (
     history,
     model,
     search,
+    watchlists,
     whoami,
 )
 from app.api.schemas import API_PREFIX, COMMON_ERRORS, error_responses
@@ -61,6 +62,7 @@ def api_router() -> APIRouter:
     router.include_router(history.router)
     router.include_router(cases.router)
     router.include_router(cameras.router)
+    router.include_router(watchlists.router)
     router.include_router(model.router)
     router.include_router(apikeys.router)
     router.include_router(audit.router)

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import Engine, func, select
@@ -32,6 +32,9 @@ from app.ml.images import load_image
 from app.ml.infer.batching import InferenceQueue
 from app.services.blobs import BlobStore
 from app.services.model import load_model
+
+if TYPE_CHECKING:
+    from app.services.watchlists import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,8 @@ class ServiceContext:
     embedding_key: str
     inference: InferenceQueue
     index_status: dict[str, Any] = field(default_factory=dict)
+    # Scores newly indexed crops against the watchlists (app.services.watchlists).
+    watcher: Watcher | None = None
 
     @property
     def dim(self) -> int:
@@ -287,6 +292,7 @@ def open_context(settings: Settings, bundle: Bundle | None = None) -> ServiceCon
             settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
             backfill_embeddings(ctx, batch_size=settings.EMBED_BATCH_SIZE)
             prepare_index(ctx)
+            ctx.watcher = make_watcher(ctx)
         except BaseException:
             ctx.inference.close()
             raise
@@ -296,10 +302,33 @@ def open_context(settings: Settings, bundle: Bundle | None = None) -> ServiceCon
     return ctx
 
 
+def make_watcher(ctx: ServiceContext) -> Watcher:
+    """The watchlist scorer of this process, with the alert webhook when one is configured."""
+    from app.services.watchlists import Watcher
+    from app.services.webhook import WebhookNotifier
+
+    settings = ctx.settings
+    notifier = (
+        WebhookNotifier(
+            settings.ALERT_WEBHOOK_URL,
+            attempts=settings.ALERT_WEBHOOK_ATTEMPTS,
+            backoff=settings.ALERT_WEBHOOK_BACKOFF_SECONDS,
+            timeout=settings.ALERT_WEBHOOK_TIMEOUT_SECONDS,
+            max_queued=settings.ALERT_WEBHOOK_QUEUE,
+        )
+        if settings.ALERT_WEBHOOK_URL
+        else None
+    )
+    return Watcher(ctx.sessions, ctx.embedding_key, ctx.dim, ctx.index, notifier)
+
+
 def close_context(ctx: ServiceContext, save_index: bool = True) -> None:
-    """Finish the model work that waits in the queue, save the index, close the database."""
+    """Finish the model work that waits in the queue and the alerts that wait for the webhook,
+    save the index, close the database."""
     try:
         ctx.inference.close()
+        if ctx.watcher is not None:
+            ctx.watcher.close()
         if save_index:
             sync_index(ctx)
             ctx.index.save(ctx.settings.index_dir, ctx.embedding_key)

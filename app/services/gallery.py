@@ -245,6 +245,7 @@ def _store(
             ctx.index.add([item_id], vector.reshape(1, -1))
             in_index = True
             session.commit()
+            camera_id = item.camera_id
         except BaseException as exc:
             session.rollback()
             if in_index and item_id is not None:
@@ -256,6 +257,8 @@ def _store(
                 if again is not None:
                     return again, False
             raise
+        if ctx.watcher is not None:  # never raises: a failure is logged, the crop stays
+            ctx.watcher.on_indexed(int(item.id), camera_id, vector)
         return item, True
 
 

@@ -531,3 +531,32 @@ def purge_searches(
     for search_id in ids:
         shutil.rmtree(settings.search_dir / str(search_id), ignore_errors=True)
     return report
+
+
+def query_of_search(ctx: ServiceContext, session: Session, record: Search) -> np.ndarray:
+    """The query of a stored search under the active model: its sketches embedded in its view,
+    moved by its feedback and by the marks made on it since (as a search refining it would
+    be). What a watchlist made from the search keeps scoring new crops against."""
+    bundle = ctx.bundle
+    images = [
+        ctx.decode(read_search_file(ctx, record, "sketch", i)) for i in range(len(record.sketches))
+    ]
+    view, _ = resolve_view(
+        bundle.view, bundle.translator is not None, view=record.parameters.get("view")
+    )
+    translator = bundle.translator
+
+    def translate(sketches: Sequence[Image.Image]) -> list[Image.Image]:
+        assert translator is not None
+        return ctx.inference.translate(translator, sketches)
+
+    embedded, _ = embed_queries(
+        images,
+        view,
+        lambda batch, modality: ctx.inference.embed(bundle.embedder, batch, modality=modality),
+        translate if translator is not None else None,
+        bundle.manifest.translation_weight,
+    )
+    feedback = combine((), (), record, session)
+    positives, negatives = feedback_vectors(ctx, session, feedback)
+    return build_query(embedded, positives, negatives, FEEDBACK_WEIGHTS)

@@ -5,6 +5,7 @@ import { Pool, send } from "./api.js";
 import { Cases, downloadReport } from "./casework.js";
 import { History } from "./history.js";
 import { ResultView, fromRecord, fromSearchOut } from "./results.js";
+import { WatchForm } from "./watch.js";
 import { $, Busy, dropZone, el, fromIso, notImages, showError, splitList, toIso } from "./ui.js";
 
 const EXTENSIONS = { "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif", "image/bmp": "bmp" };
@@ -23,6 +24,7 @@ export class Investigator {
       onNote: (galleryId, text) => this.addNote(galleryId, text),
       onReport: () => this.report(),
     });
+    this.watch = new WatchForm({ caps });
     this.cases = new Cases({ caps, onFilter: () => this.history.load() });
     this.history = new History({
       caps, onOpen: (id) => this.reopen(id), caseFilter: () => this.cases.filter,
@@ -162,6 +164,7 @@ export class Investigator {
       model.sketchNames = sketches.map((s) => s.name);
       this.current = { model, sketches, params };
       this.view.show(this.current.model, new Map());
+      this.watch.show(model, new Map());
       this.history.mark(out.search_id);
       this.history.load();
     } catch (error) {
@@ -185,6 +188,7 @@ export class Investigator {
     if (mark === "none") marks.delete(galleryId);
     else marks.set(galleryId, mark);
     this.view.setMarks(marks);
+    this.watch.setMarks(marks);
   }
 
   async research() {
@@ -222,6 +226,7 @@ export class Investigator {
       this.current = { model, sketches, params: this.readParams() };
       const marks = new Map(model.results.filter((r) => r.mark).map((r) => [r.galleryId, r.mark]));
       this.view.show(model, marks);
+      this.watch.show(model, marks);
       this.history.mark(searchId);
     } catch (error) {
       showError($("search-error"), error);

@@ -10,11 +10,14 @@ Design (one process, no broker: it works the same in the embedded single-process
 beside a server database). Every crop is scored as it is indexed, in the process that indexes
 it (the API server, or ``sketchreid ingest``): :meth:`Watcher.on_indexed` multiplies its
 vector by the matrix of the active watchlists' vectors, held in memory and reloaded when the
-set of active watchlists changes (a cheap aggregate query per crop notices changes made by
-another process). A hit is stored as an :class:`~app.db.models.Alert`, audited
-(``alert.raise``), and handed to the webhook thread (:mod:`app.services.webhook`), which posts
-it without holding up ingestion. A failure in any of this is logged and never fails the upload.
-Crops indexed before a watchlist was made are not alerted on (its ``best_now`` shows them).
+set of active watchlists changes (a cheap aggregate query, at most once a second, notices
+changes made by another process; this process's own changes are seen at once). A rank
+threshold runs an index search only for a crop that reaches the watchlist's last known
+``max_rank``-th score. A hit is stored as an :class:`~app.db.models.Alert`, audited
+(``alert.raise``), and handed to the webhook thread (:mod:`app.services.webhook`), which
+posts it without holding up ingestion. A failure in any of this is logged and never fails
+the upload. Crops indexed before a watchlist was made are not alerted on (its ``best_now``
+shows them).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -269,6 +273,10 @@ class _Active:
     # filtered[k]: watchlist k names cameras; by_camera[c][k]: camera c is one of them.
     filtered: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     by_camera: dict[str, np.ndarray] = field(default_factory=dict)
+    # bars[k]: the score a crop must reach to be among watchlist k's first max_rank (the
+    # max_rank-th best score of its last rank search; -inf: not known). The gallery only grows
+    # between deletions, so a crop below the bar cannot be among them and skips the search.
+    bars: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     rows: dict[int, Watchlist] = field(default_factory=dict)
 
 
@@ -306,6 +314,8 @@ class Watcher:
         dim: int,
         index: VectorIndex,
         notifier: WebhookNotifier | None = None,
+        *,
+        refresh_seconds: float = 1.0,
     ) -> None:
         self.sessions = sessions
         self.embedding_key = embedding_key
@@ -314,8 +324,9 @@ class Watcher:
         self.notifier = notifier
         self._active = _Active(fingerprint=(-1, -1, -1))
         self._lock = threading.Lock()
-        self._bars: dict[int, float] = {}
         self._index_size = 0
+        self.refresh_seconds = refresh_seconds
+        self._checked = -math.inf
 
     def _fingerprint(self, session: Session) -> tuple[int, int, int]:
         row = session.execute(
@@ -326,6 +337,21 @@ class Watcher:
             ).where(Watchlist.status == "active", Watchlist.embedding_key == self.embedding_key)
         ).one()
         return int(row[0]), int(row[1]), int(row[2])
+
+    def invalidate(self) -> None:
+        """Look at the database before the next crop (this process changed a watchlist)."""
+        self._checked = -math.inf
+
+    def _current(self) -> _Active:
+        """The active watchlists: the database is asked whether their set changed at most
+        every ``refresh_seconds`` (and at once after :meth:`invalidate`)."""
+        now = time.monotonic()
+        if now - self._checked < self.refresh_seconds:
+            return self._active
+        with self.sessions() as session:
+            active = self._load(session)
+        self._checked = now
+        return active
 
     def _load(self, session: Session) -> _Active:
         """The active watchlists, reloaded only when their set changed."""
@@ -355,6 +381,7 @@ class Watcher:
             ),
             max_rank=np.asarray([r.max_rank or 0 for r in rows], np.int64),
             filtered=np.asarray([bool(r.camera_ids) for r in rows], bool),
+            bars=np.full(len(rows), -np.inf, np.float32),
             rows={r.id: r for r in rows},
         )
         for k, r in enumerate(rows):
@@ -362,14 +389,12 @@ class Watcher:
                 active.by_camera.setdefault(camera, np.zeros(len(rows), bool))[k] = True
         with self._lock:
             self._active = active
-            self._bars.clear()
         return active
 
-    def _rank(
-        self, session: Session, row: Watchlist, query: np.ndarray, item_id: int
-    ) -> int | None:
-        """The crop's rank for ``query`` in the gallery (within the watchlist's cameras), when
-        it is among the first ``max_rank``; else None."""
+    def _rank(self, session: Session, active: _Active, k: int, item_id: int) -> int | None:
+        """The crop's rank for watchlist ``k``'s query in the gallery (within its cameras),
+        when it is among the first ``max_rank``; else None. Updates the watchlist's bar."""
+        row = active.rows[int(active.ids[k])]
         assert row.max_rank is not None
         allowed: list[int] | None = None
         if row.camera_ids:
@@ -378,10 +403,8 @@ class Watcher:
                     select(GalleryItem.id).where(GalleryItem.camera_id.in_(row.camera_ids))
                 )
             )
-        found = self.index.search(query, row.max_rank, allowed)
-        # The score a crop must reach to be among the first max_rank from now on (the gallery
-        # only grows between deletions): cheaper crops skip the search.
-        self._bars[row.id] = found[-1].score if len(found) == row.max_rank else -np.inf
+        found = self.index.search(active.matrix[k], row.max_rank, allowed)
+        active.bars[k] = found[-1].score if len(found) == row.max_rank else -np.inf
         for position, hit in enumerate(found, 1):
             if hit.id == item_id:
                 return position
@@ -397,27 +420,25 @@ class Watcher:
             return []
 
     def _score(self, item_id: int, camera_id: str | None, vector: np.ndarray) -> list[int]:
+        active = self._current()
+        if not active.ids.size:
+            return []
         with self.sessions() as session:
-            active = self._load(session)
-            if not active.ids.size:
-                return []
             if len(self.index) < self._index_size:  # deletions may have lowered the bars
-                self._bars.clear()
+                active.bars.fill(-np.inf)
             self._index_size = len(self.index)
             scores = active.matrix @ np.asarray(vector, np.float32).reshape(-1)
             named = active.by_camera.get(camera_id or "")
             watching = ~active.filtered if named is None else ~active.filtered | named
-            candidates = np.flatnonzero(
-                watching & ((scores >= active.min_score) | (active.max_rank > 0))
-            )
+            by_score = scores >= active.min_score
+            by_rank = (active.max_rank > 0) & (scores >= active.bars - 1e-5)
             hits: list[tuple[int, float, int | None]] = []
-            for k in candidates.tolist():
+            for k in np.flatnonzero(watching & (by_score | by_rank)).tolist():
                 watchlist_id, score = int(active.ids[k]), float(scores[k])
                 rank = None
-                if active.max_rank[k] > 0 and score >= self._bars.get(watchlist_id, -np.inf):
-                    row = active.rows[watchlist_id]
-                    rank = self._rank(session, row, active.matrix[k], item_id)
-                if score >= active.min_score[k] or rank is not None:
+                if by_rank[k]:
+                    rank = self._rank(session, active, k, item_id)
+                if by_score[k] or rank is not None:
                     hits.append((watchlist_id, score, rank))
             if not hits:
                 return []

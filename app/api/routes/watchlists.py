@@ -18,6 +18,7 @@ from app.db.types import MAX_ID
 from app.services import search as search_service
 from app.services import watchlists as service
 from app.services.cases import cases_by_id
+from app.services.context import ServiceContext
 
 router = APIRouter(tags=["watchlists"])
 
@@ -143,6 +144,12 @@ class AlertPage(BaseModel):
     next_offset: int | None
 
 
+def _changed(ctx: ServiceContext) -> None:
+    """This process's watcher sees the change before the next crop."""
+    if ctx.watcher is not None:
+        ctx.watcher.invalidate()
+
+
 @router.post(
     "/watchlists",
     response_model=WatchlistOut,
@@ -177,6 +184,7 @@ def create_watchlist(
     row = service.create_watchlist(
         session, key, spec, query=query, embedding_key=ctx.embedding_key, search_id=record.id
     )
+    _changed(ctx)
     allowed = search_service.allowed_ids(
         session, ctx.embedding_key, search_service.SearchParams(camera_ids=tuple(row.camera_ids))
     )
@@ -202,21 +210,25 @@ def list_watchlists(session: SessionDep, key: InvestigatorDep) -> WatchlistList:
     responses=error_responses(404, 422),
 )
 def update_watchlist(
-    watchlist_id: int, body: WatchlistPatch, session: SessionDep, key: InvestigatorDep
+    watchlist_id: int, body: WatchlistPatch, ctx: CtxDep, session: SessionDep, key: InvestigatorDep
 ) -> WatchlistOut:
     """Pause a watchlist (it raises no alert while paused) or make it active again."""
     row = service.set_status(
         session, service.get_watchlist(session, watchlist_id, key), key, body.status
     )
+    _changed(ctx)
     return WatchlistOut.of(row, cases_by_id(session, [row.case_id]).get(row.case_id or 0))
 
 
 @router.delete(
     "/watchlists/{watchlist_id:id}", status_code=204, responses=error_responses(404, 422)
 )
-def delete_watchlist(watchlist_id: int, session: SessionDep, key: InvestigatorDep) -> Response:
+def delete_watchlist(
+    watchlist_id: int, ctx: CtxDep, session: SessionDep, key: InvestigatorDep
+) -> Response:
     """Remove a watchlist and its alerts (the audit trail keeps them)."""
     service.delete_watchlist(session, service.get_watchlist(session, watchlist_id, key), key)
+    _changed(ctx)
     return Response(status_code=204)
 
 

@@ -158,7 +158,10 @@ def main() -> None:
         f"{args.crops} crops x {args.rounds} rounds per configuration, torch threads "
         f"{args.torch_threads}, dim {ctx.dim}"
     )
-    print(f"{'configuration':<28} {'crops/s (median)':>17} {'vs off':>8} {'scoring ms p50':>15}")
+    print(
+        f"{'configuration':<28} {'crops/s (median)':>17} {'vs off':>8} "
+        f"{'scoring ms p50':>15} {'mean':>7} {'max':>7}"
+    )
     base = statistics.median(rates["off"])
     labels = {
         "off": "no watcher (before #23)",

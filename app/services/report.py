@@ -108,7 +108,7 @@ def _image(data: bytes, max_w: float, max_h: float) -> Flowable:
     w, h = rgb.size
     scale = min(max_w / w, max_h / h)
     buf = io.BytesIO()
-    rgb.save(buf, format="PNG")
+    rgb.save(buf, format="JPEG", quality=90)  # stored as is (DCT): a small sheet
     buf.seek(0)
     return Image(buf, width=w * scale, height=h * scale)
 

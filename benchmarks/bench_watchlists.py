@@ -137,9 +137,11 @@ def main() -> None:
                 for config in CONFIGS:
                     ctx.watcher = None if config == "off" else watcher
                     activate(config)
+                    watcher.invalidate()  # as the API does after a change
                     scoring.clear()
                     with session_scope(ctx.sessions) as session:
-                        # one crop first: the watcher reloads its watchlists (not measured)
+                        # one crop first: the watcher reloads its watchlists and, for rank
+                        # thresholds, learns each one's bar with one search each (not measured)
                         gallery.ingest_image(ctx, session, crop(seed))
                         seed += 1
                         scoring.clear()
@@ -159,7 +161,7 @@ def main() -> None:
         f"{args.torch_threads}, dim {ctx.dim}"
     )
     print(
-        f"{'configuration':<28} {'crops/s (median)':>17} {'vs off':>8} "
+        f"{'configuration':<28} {'crops/s (median)':>17} {'rounds min-max':>15} {'vs off':>7} "
         f"{'scoring ms p50':>15} {'mean':>7} {'max':>7}"
     )
     base = statistics.median(rates["off"])
@@ -171,11 +173,13 @@ def main() -> None:
     }
     for config in CONFIGS:
         rate = statistics.median(rates[config])
+        spread = f"{min(rates[config]):.1f}-{max(rates[config]):.1f}"
+        ms = scores_ms[config]
         print(
-            f"{labels[config]:<28} {rate:>17.1f} {rate / base:>7.2f}x "
+            f"{labels[config]:<28} {rate:>17.1f} {spread:>15} {rate / base:>6.2f}x "
             + (
-                f"{statistics.median(scores_ms[config]):>15.2f}"
-                if scores_ms[config]
+                f"{statistics.median(ms):>15.2f} {statistics.mean(ms):>7.2f} {max(ms):>7.2f}"
+                if ms
                 else f"{'-':>15}"
             )
         )

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.db.models import ApiKey, AuditEvent, Case, GalleryItem, Note, Search, SearchMark
+from app.db.types import MAX_ID
 from app.services.apikeys import MAX_EXPIRY_DAYS, key_status
 from app.services.cases import MAX_NOTE, MAX_REFERENCE, MAX_TITLE
 from app.services.gallery import IngestOutcome
@@ -228,7 +229,9 @@ class CaseList(BaseModel):
 class SearchCaseIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    case_id: int | None = Field(description="the case the search belongs to; null: none")
+    case_id: int | None = Field(
+        ge=1, le=MAX_ID, description="the case the search belongs to; null: none"
+    )
 
 
 class NoteIn(BaseModel):
@@ -236,7 +239,10 @@ class NoteIn(BaseModel):
 
     text: str = Field(max_length=MAX_NOTE)
     gallery_id: int | None = Field(
-        default=None, description="one of the search's results; left out: a note on the search"
+        default=None,
+        ge=1,
+        le=MAX_ID,
+        description="one of the search's results; left out: a note on the search",
     )
 
 

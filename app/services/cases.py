@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db.models import ApiKey, Case, Note, Search
+from app.db.types import is_valid_id
 from app.errors import UserInputError
 from app.services import audit
 from app.services.errors import ConflictError, NotFoundError, OutOfRangeError
@@ -53,7 +54,7 @@ def visible(key: ApiKey) -> list[object]:
 
 
 def get_case(session: Session, case_id: int, key: ApiKey) -> Case:
-    case = session.get(Case, case_id)
+    case = session.get(Case, case_id) if is_valid_id(case_id) else None
     if case is None or (key.role != "admin" and case.api_key_id != key.id):
         raise NotFoundError(f"case {case_id} does not exist")
     return case

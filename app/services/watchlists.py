@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Alert, ApiKey, Case, GalleryItem, Watchlist
-from app.db.types import MAX_ID, utcnow
+from app.db.types import MAX_ID, is_valid_id, utcnow
 from app.index.store import VectorIndex
 from app.services import audit
 from app.services.cases import get_case
@@ -59,7 +59,7 @@ def _visible(key: ApiKey) -> list[Any]:
 
 
 def get_watchlist(session: Session, watchlist_id: int, key: ApiKey) -> Watchlist:
-    row = session.get(Watchlist, watchlist_id)
+    row = session.get(Watchlist, watchlist_id) if is_valid_id(watchlist_id) else None
     if row is None or (key.role != "admin" and row.api_key_id != key.id):
         raise NotFoundError(f"watchlist {watchlist_id} does not exist")
     return row
@@ -239,7 +239,7 @@ def list_alerts(
 
 
 def acknowledge(session: Session, alert_id: int, key: ApiKey) -> tuple[Alert, Watchlist]:
-    alert = session.get(Alert, alert_id)
+    alert = session.get(Alert, alert_id) if is_valid_id(alert_id) else None
     watch = session.get(Watchlist, alert.watchlist_id) if alert is not None else None
     if alert is None or watch is None or (key.role != "admin" and watch.api_key_id != key.id):
         raise NotFoundError(f"alert {alert_id} does not exist")

@@ -33,7 +33,9 @@ class WatchlistIn(BaseModel):
     name: str | None = Field(
         default=None, max_length=service.MAX_NAME, description="left out: the case or the time"
     )
-    case_id: int | None = Field(default=None, description="left out: the search's case")
+    case_id: int | None = Field(
+        default=None, ge=1, le=MAX_ID, description="left out: the search's case"
+    )
     camera_ids: list[str] | None = Field(
         default=None, description="only crops of these cameras; left out: the search's cameras"
     )

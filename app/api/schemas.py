@@ -10,7 +10,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.db.models import ApiKey, AuditEvent, Case, GalleryItem, Note, Search, SearchMark
-from app.db.types import MAX_ID
 from app.services.apikeys import MAX_EXPIRY_DAYS, key_status
 from app.services.cases import MAX_NOTE, MAX_REFERENCE, MAX_TITLE
 from app.services.gallery import IngestOutcome
@@ -176,6 +175,10 @@ def _translated_url(record: Search, index: int) -> str | None:
     return _search_file_url(record, "translated", index)
 
 
+# A text field that must hold more than white space (JSON Schema's pattern is unanchored).
+NOT_BLANK = r"\S"
+
+
 class CaseRef(BaseModel):
     id: int
     reference: str
@@ -192,7 +195,9 @@ class CaseIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reference: str = Field(
-        max_length=MAX_REFERENCE, description="the case's reference, unique among your cases"
+        max_length=MAX_REFERENCE,
+        pattern=NOT_BLANK,
+        description="the case's reference, unique among your cases",
     )
     title: str | None = Field(default=None, max_length=MAX_TITLE)
 
@@ -229,20 +234,15 @@ class CaseList(BaseModel):
 class SearchCaseIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    case_id: int | None = Field(
-        ge=1, le=MAX_ID, description="the case the search belongs to; null: none"
-    )
+    case_id: int | None = Field(description="the case the search belongs to; null: none")
 
 
 class NoteIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(max_length=MAX_NOTE)
+    text: str = Field(max_length=MAX_NOTE, pattern=NOT_BLANK)
     gallery_id: int | None = Field(
-        default=None,
-        ge=1,
-        le=MAX_ID,
-        description="one of the search's results; left out: a note on the search",
+        default=None, description="one of the search's results; left out: a note on the search"
     )
 
 

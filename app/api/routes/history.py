@@ -17,7 +17,7 @@ router = APIRouter(tags=["search"])
 _ONE_EACH = Depends(single_valued(query=("limit", "offset", "case_id")))
 
 
-@router.get("/searches", response_model=SearchHistoryPage, responses=error_responses(422))
+@router.get("/searches", response_model=SearchHistoryPage, responses=error_responses(404, 422))
 def list_searches(
     session: SessionDep,
     key: InvestigatorDep,

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import CtxDep, InvestigatorDep, SessionDep, single_valued
-from app.api.schemas import CaseRef, GalleryItemOut, error_responses
+from app.api.schemas import NOT_BLANK, CaseRef, GalleryItemOut, error_responses
 from app.db.models import Alert, Case, GalleryItem, Watchlist
 from app.db.types import MAX_ID
 from app.services import search as search_service
@@ -24,18 +24,28 @@ router = APIRouter(tags=["watchlists"])
 
 
 class WatchlistIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A threshold is required: min_score, max_rank or both (stated in the schema, too).
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["min_score"], "properties": {"min_score": {"type": "number"}}},
+                {"required": ["max_rank"], "properties": {"max_rank": {"type": "integer"}}},
+            ]
+        },
+    )
 
     search_id: uuid.UUID = Field(
         description="the search to keep standing: its sketches in its view, moved by its "
         "feedback and by the marks made on it"
     )
     name: str | None = Field(
-        default=None, max_length=service.MAX_NAME, description="left out: the case or the time"
+        default=None,
+        max_length=service.MAX_NAME,
+        pattern=NOT_BLANK,
+        description="left out: the case's reference or the search",
     )
-    case_id: int | None = Field(
-        default=None, ge=1, le=MAX_ID, description="left out: the search's case"
-    )
+    case_id: int | None = Field(default=None, description="left out: the search's case")
     camera_ids: list[str] | None = Field(
         default=None, description="only crops of these cameras; left out: the search's cameras"
     )

@@ -387,6 +387,7 @@ def run_search(
         "index": ctx.index.kind,
         "embedding_key": ctx.embedding_key,
         "model_weights": model_weights(bundle.manifest),
+        "timings_ms": dict(timings),
         "notes": notes,
     }
     record = Search(

@@ -188,3 +188,52 @@ def test_printing_shows_the_results_without_the_interface(
     page.emulate_media(media="screen")
     assert page.is_visible("#search-form")
     watch.assert_clean(live.key("investigator"))
+
+
+def test_a_reopened_search_keeps_its_sketch_names_and_timing(
+    live: Live, watched: tuple[Any, Watch]
+) -> None:
+    page, watch = watched
+    sign_in(page, live, "investigator")
+    search(page, sketches(live, 7), top_k=3)
+    search_id = page.inner_text("#result-summary").rsplit("search ", 1)[1].strip()
+    assert " ms · " in page.inner_text("#result-summary")
+    search(page, sketches(live, 8), top_k=3)
+    page.click(f'#history-list button[data-search-id="{search_id}"]')
+    page.wait_for_function(
+        "id => document.querySelector('#result-summary').textContent.endsWith(id)",
+        arg=search_id,
+    )
+    assert " ms · " in page.inner_text("#result-summary")  # the timing stays
+    assert page.inner_text("#sketch-list .name") == "7.jpg"
+    assert page.inner_text("#query-strip .sketch-name") == "7.jpg"
+    watch.assert_clean(live.key("investigator"))
+
+
+def test_after_a_refused_search_the_previous_results_are_not_shown_as_current(
+    live: Live, watched: tuple[Any, Watch]
+) -> None:
+    page, watch = watched
+    sign_in(page, live, "investigator")
+    search(page, sketches(live, 1), top_k=3)
+    page.set_input_files("#sketch-files", sketches(live, 2, 3, 5, 6, 7))  # six sketches
+    page.click("#search-submit")
+    page.wait_for_selector("#search-error:not([hidden])")
+    assert "at most 5 sketches" in page.inner_text("#search-error")
+    assert not page.is_visible("#result-grid")
+    assert page.is_visible("#result-empty")
+    watch.assert_clean(live.key("investigator"), http_errors=True)
+
+
+def test_on_a_phone_the_results_come_first_after_a_search(
+    live: Live, watched: tuple[Any, Watch]
+) -> None:
+    page, watch = watched
+    page.set_viewport_size({"width": 390, "height": 844})
+    sign_in(page, live, "investigator")
+    top = "sel => document.querySelector(sel).getBoundingClientRect().top + window.scrollY"
+    assert page.evaluate(top, "#result") > page.evaluate(top, "#search-form")  # before: the form
+    search(page, sketches(live, 2), top_k=3)
+    assert page.evaluate(top, "#result") < page.evaluate(top, "#search-form")
+    assert page.evaluate(top, "#result") < 200  # right under the header
+    watch.assert_clean(live.key("investigator"))

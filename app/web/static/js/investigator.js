@@ -168,6 +168,10 @@ export class Investigator {
       this.history.mark(out.search_id);
       this.history.load();
     } catch (error) {
+      // The results on screen belong to another search: never leave them as if current.
+      this.view.clear();
+      $("watch-form").hidden = true;
+      this.current = null;
       showError($("search-error"), error);
     } finally {
       this.busy.done();

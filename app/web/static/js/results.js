@@ -53,7 +53,7 @@ export function fromRecord(record, items) {
     reranked: Boolean(params.reranked),
     rerankAuto: Boolean(params.rerank_auto),
     notes: params.notes || [],
-    timings: {},
+    timings: params.timings_ms || {},
     case: record.case || null,
     caseNotes: record.case_notes || [],
     filteredSize: null,

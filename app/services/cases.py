@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from app.db.models import ApiKey, Case, Note, Search
@@ -48,7 +48,7 @@ def _clean(value: str | None, field: str, limit: int, *, required: bool) -> str 
     return value
 
 
-def visible(key: ApiKey) -> list[object]:
+def visible(key: ApiKey) -> list[ColumnElement[bool]]:
     """Conditions selecting the cases ``key`` may see."""
     return [] if key.role == "admin" else [Case.api_key_id == key.id]
 

@@ -136,7 +136,9 @@ def gather(
     ctx: ServiceContext, session: Session, record: Search, generated_by: ApiKey | None
 ) -> SheetData:
     ids = [int(r["gallery_id"]) for r in record.results]
-    found = session.scalars(select(GalleryItem).where(GalleryItem.id.in_(ids))) if ids else []
+    found: list[GalleryItem] = (
+        list(session.scalars(select(GalleryItem).where(GalleryItem.id.in_(ids)))) if ids else []
+    )
     items = {int(i.id): i for i in found}
     marks = feedback.mark_history(session, record.id)
     notes = cases.notes_of(session, record.id)
@@ -289,11 +291,12 @@ def _result_rows(ctx: ServiceContext, data: SheetData, st: dict[str, ParagraphSt
                     gone += f" ({event.details['reason']})"
             lines.append(escape(gone))
             sha = str(event.details.get("sha256") or "-") if event is not None else "-"
-        mark = latest.get(gid)
-        if mark is not None and mark.mark != "none":
+        latest_mark = latest.get(gid)
+        if latest_mark is not None and latest_mark.mark != "none":
+            who = escape(_who(data.keys, latest_mark.api_key_id))
             lines.append(
-                f"<b>Mark: {mark.mark.upper()}</b> by {escape(_who(data.keys, mark.api_key_id))} "
-                f"at {_utc(mark.created_at)}"
+                f"<b>Mark: {latest_mark.mark.upper()}</b> by {who} "
+                f"at {_utc(latest_mark.created_at)}"
             )
         else:
             lines.append("Mark: none")

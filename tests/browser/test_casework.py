@@ -237,3 +237,33 @@ def test_on_a_phone_the_results_come_first_after_a_search(
     assert page.evaluate(top, "#result") < page.evaluate(top, "#search-form")
     assert page.evaluate(top, "#result") < 200  # right under the header
     watch.assert_clean(live.key("investigator"))
+
+
+def test_the_large_view_keeps_the_sketch_beside_the_candidate(
+    live: Live, watched: tuple[Any, Watch]
+) -> None:
+    page, watch = watched
+    sign_in(page, live, "investigator")
+    ids = search(page, sketches(live, 9), top_k=4)
+    page.locator(f'#result-grid > li[data-gallery-id="{ids[0]}"] button.thumb').click()
+    page.wait_for_selector("#viewer[open]")
+    wait_images_loaded(page, "#viewer-sketch, #viewer-img")
+    sketch_src = page.get_attribute("#viewer-sketch", "src")
+    first_src = page.get_attribute("#viewer-img", "src")
+    meta = page.inner_text("#viewer-meta")
+    assert "Camera" in meta and "Time" in meta
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function(
+        "src => document.querySelector('#viewer-img').src !== src && "
+        "document.querySelector('#viewer-img').src.startsWith('blob:')",
+        arg=first_src,
+    )
+    assert page.get_attribute("#viewer-sketch", "src") == sketch_src  # the sketch stays
+    assert f"Rank 2 · gallery item {ids[1]}" in page.inner_text("#viewer-title")
+    page.click("#viewer-zoom")
+    assert page.get_attribute("#viewer-zoom", "aria-pressed") == "true"
+    width = page.evaluate("document.querySelector('#viewer-img').getBoundingClientRect().width")
+    page.click("#viewer-zoom")
+    smaller = page.evaluate("document.querySelector('#viewer-img').getBoundingClientRect().width")
+    assert width > 1.5 * smaller
+    watch.assert_clean(live.key("investigator"))

@@ -252,7 +252,10 @@ export class ResultView {
       const index = live.indexOf(r);
       const open = el("button", {
         type: "button", class: "thumb", "aria-label": `Open rank ${r.rank}, gallery item ${r.galleryId}, large`,
-        onclick: (event) => this.viewer.open(entries, index, event.currentTarget),
+        onclick: (event) => this.viewer.open(entries, index, event.currentTarget, {
+          path: this.model.sketchUrls[0],
+          label: this.model.sketchUrls.length > 1 ? "Sketch 1" : "Sketch",
+        }),
       }, apiImage(galleryImage(r.galleryId), `Rank ${r.rank}, gallery item ${r.galleryId}`, this.pool));
       card.append(open, metaList(resultMeta(r)), el("p", { class: "mark-label" }));
       if (this.takesFeedback) card.append(this.markButtons(r.galleryId));

@@ -26,7 +26,19 @@ from app.api.middleware import (
     RequestMetrics,
     UnexpectedErrors,
 )
-from app.api.routes import apikeys, audit, gallery, health, history, model, search, whoami
+from app.api.routes import (
+    apikeys,
+    audit,
+    cameras,
+    cases,
+    gallery,
+    health,
+    history,
+    model,
+    search,
+    watchlists,
+    whoami,
+)
 from app.api.schemas import API_PREFIX, COMMON_ERRORS, error_responses
 from app.api.throttle import AuthThrottle
 from app.core.config import Settings, get_settings
@@ -55,6 +67,9 @@ def api_router() -> APIRouter:
     router.include_router(gallery.router)
     router.include_router(search.router)
     router.include_router(history.router)
+    router.include_router(cases.router)
+    router.include_router(cameras.router)
+    router.include_router(watchlists.router)
     router.include_router(model.router)
     router.include_router(apikeys.router)
     router.include_router(audit.router)

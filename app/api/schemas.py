@@ -9,8 +9,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.db.models import ApiKey, AuditEvent, GalleryItem, Search, SearchMark
+from app.db.models import ApiKey, AuditEvent, Case, GalleryItem, Note, Search, SearchMark
 from app.services.apikeys import MAX_EXPIRY_DAYS, key_status
+from app.services.cases import MAX_NOTE, MAX_REFERENCE, MAX_TITLE
 from app.services.gallery import IngestOutcome
 from app.services.search import SearchOutcome
 
@@ -180,6 +181,95 @@ def _translated_url(record: Search, index: int) -> str | None:
     return _search_file_url(record, "translated", index)
 
 
+# A text field that must hold more than white space (JSON Schema's pattern is unanchored).
+NOT_BLANK = r"\S"
+
+
+class CaseRef(BaseModel):
+    id: int
+    reference: str
+    title: str | None
+
+    @classmethod
+    def of(cls, case: Case | None) -> CaseRef | None:
+        if case is None:
+            return None
+        return cls(id=case.id, reference=case.reference, title=case.title)
+
+
+class CaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reference: str = Field(
+        max_length=MAX_REFERENCE,
+        pattern=NOT_BLANK,
+        description="the case's reference, unique among your cases",
+    )
+    title: str | None = Field(default=None, max_length=MAX_TITLE)
+
+
+class CaseUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(max_length=MAX_TITLE, description="null or empty: no title")
+
+
+class CaseOut(CaseRef):
+    api_key_id: int | None = Field(description="The key that opened it")
+    created_at: datetime
+    search_count: int
+    searches_url: str
+
+    @classmethod
+    def full(cls, case: Case, search_count: int) -> CaseOut:
+        return cls(
+            id=case.id,
+            reference=case.reference,
+            title=case.title,
+            api_key_id=case.api_key_id,
+            created_at=case.created_at,
+            search_count=search_count,
+            searches_url=f"{API_PREFIX}/searches?case_id={case.id}",
+        )
+
+
+class CaseList(BaseModel):
+    items: list[CaseOut]
+
+
+class SearchCaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    case_id: int | None = Field(description="the case the search belongs to; null: none")
+
+
+class NoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(max_length=MAX_NOTE, pattern=NOT_BLANK)
+    gallery_id: int | None = Field(
+        default=None, description="one of the search's results; left out: a note on the search"
+    )
+
+
+class NoteOut(BaseModel):
+    id: int
+    gallery_id: int | None = Field(description="The result it is about; null: the search")
+    text: str
+    api_key_id: int | None = Field(description="Who wrote it")
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Note) -> NoteOut:
+        return cls(
+            id=row.id,
+            gallery_id=row.gallery_id,
+            text=row.text,
+            api_key_id=row.api_key_id,
+            created_at=row.created_at,
+        )
+
+
 class SearchOut(BaseModel):
     search_id: uuid.UUID
     model: ModelRef
@@ -202,9 +292,14 @@ class SearchOut(BaseModel):
     )
     timings_ms: dict[str, float]
     notes: list[str]
+    case: CaseRef | None = Field(description="The case the search belongs to")
+    gallery_size: int = Field(description="Crops the gallery holds (before the filters)")
+    filtered_size: int | None = Field(
+        description="Crops left by the cameras and time window (null: no filters)"
+    )
 
     @classmethod
-    def of(cls, outcome: SearchOutcome) -> SearchOut:
+    def of(cls, outcome: SearchOutcome, case: Case | None = None) -> SearchOut:
         record = outcome.record
         results = []
         for hit in outcome.hits:
@@ -243,12 +338,16 @@ class SearchOut(BaseModel):
             translated_image_urls=[s.translated_url for s in sketches if s.translated_url],
             timings_ms=outcome.timings_ms,
             notes=outcome.notes,
+            case=CaseRef.of(case),
+            gallery_size=outcome.gallery_size,
+            filtered_size=outcome.filtered_size,
         )
 
 
 class SketchOut(BaseModel):
     index: int = Field(description="0-based, in upload order")
     sha256: str
+    filename: str | None = Field(description="The uploaded file's name (null: none sent)")
     url: str
     translated_url: str | None
 
@@ -258,6 +357,7 @@ class SketchOut(BaseModel):
             cls(
                 index=i,
                 sha256=entry["sha256"],
+                filename=entry.get("filename"),
                 url=_sketch_url(record, i),
                 translated_url=_translated_url(record, i),
             )
@@ -320,6 +420,11 @@ class SearchRecordOut(BaseModel):
     sketch_url: str = Field(description="The first sketch")
     sketches: list[SketchOut] = Field(description="Every sketch, in upload order")
     marks: list[MarkOut] = Field(description="Every mark made on the results, oldest first")
+    case: CaseRef | None = Field(description="The case the search belongs to")
+    case_notes: list[NoteOut] = Field(
+        description="Every note on the search and its results, oldest first"
+    )
+    report_url: str = Field(description="The result sheet (PDF)")
 
     @classmethod
     def of(
@@ -327,6 +432,8 @@ class SearchRecordOut(BaseModel):
         record: Search,
         deletions: Mapping[int, AuditEvent],
         marks: Sequence[SearchMark],
+        case: Case | None = None,
+        notes: Sequence[Note] = (),
     ) -> SearchRecordOut:
         current: dict[int, str] = {}
         for row in marks:
@@ -365,6 +472,9 @@ class SearchRecordOut(BaseModel):
             sketch_url=sketches[0].url,
             sketches=sketches,
             marks=[MarkOut.of(row) for row in marks],
+            case=CaseRef.of(case),
+            case_notes=[NoteOut.of(n) for n in notes],
+            report_url=f"{API_PREFIX}/searches/{record.id}/report",
         )
 
 
@@ -472,17 +582,34 @@ class SearchSummaryOut(BaseModel):
     parameters: dict[str, Any]
     result_count: int
     url: str
+    case: CaseRef | None
+    view: str = Field(description="How the sketches were embedded: sketch, translated or fused")
+    camera_ids: list[str] = Field(description="The camera filter (empty: all cameras)")
+    captured_after: str | None
+    captured_before: str | None
+    sketch_urls: list[str] = Field(description="Every sketch (the first is the thumbnail)")
+    sketch_names: list[str | None] = Field(description="The sketches' uploaded file names")
+    note_count: int
 
     @classmethod
-    def of(cls, record: Search) -> SearchSummaryOut:
+    def of(cls, record: Search, case: Case | None = None, note_count: int = 0) -> SearchSummaryOut:
+        params = record.parameters
         return cls(
             id=record.id,
             created_at=record.created_at,
             api_key_id=record.api_key_id,
             model=ModelRef(name=record.model_name, version=record.model_version),
-            parameters=record.parameters,
+            parameters=params,
             result_count=len(record.results),
             url=f"{API_PREFIX}/searches/{record.id}",
+            case=CaseRef.of(case),
+            view=params.get("view") or ("translated" if params.get("translated") else "sketch"),
+            camera_ids=list(params.get("camera_id") or []),
+            captured_after=params.get("captured_after"),
+            captured_before=params.get("captured_before"),
+            sketch_urls=[_sketch_url(record, i) for i in range(len(record.sketches))],
+            sketch_names=[s.get("filename") for s in record.sketches],
+            note_count=note_count,
         )
 
 

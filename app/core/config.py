@@ -166,10 +166,27 @@ class Settings(BaseSettings):
     # off, then the index is saved (or left to be rebuilt from the database at the next start).
     SHUTDOWN_TIMEOUT_SECONDS: float = Field(default=20.0, gt=0, le=3600)
 
+    # Watchlist alerts (app.services.watchlists) are POSTed as JSON to ALERT_WEBHOOK_URL
+    # (empty: stored and shown only) by a background thread: ALERT_WEBHOOK_ATTEMPTS tries, the
+    # wait doubling from ALERT_WEBHOOK_BACKOFF_SECONDS, each with ALERT_WEBHOOK_TIMEOUT_SECONDS;
+    # at most ALERT_WEBHOOK_QUEUE alerts wait (more are logged and dropped, still stored).
+    ALERT_WEBHOOK_URL: str = ""
+    ALERT_WEBHOOK_ATTEMPTS: int = Field(default=5, ge=1, le=100)
+    ALERT_WEBHOOK_BACKOFF_SECONDS: float = Field(default=1.0, ge=0, le=3600)
+    ALERT_WEBHOOK_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0, le=300)
+    ALERT_WEBHOOK_QUEUE: int = Field(default=1000, ge=1, le=1_000_000)
+
     @model_validator(mode="after")
     def _defaults_and_safety(self) -> Settings:
         if not self.DATABASE_URL:
             self.DATABASE_URL = f"sqlite:///{self.DATA_DIR / 'sketchreid.db'}"
+        if self.ALERT_WEBHOOK_URL and not self.ALERT_WEBHOOK_URL.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError(
+                f"ALERT_WEBHOOK_URL must be an http:// or https:// URL, got "
+                f"{self.ALERT_WEBHOOK_URL!r}"
+            )
         try:
             parse_networks(self.TRUSTED_PROXIES)
         except ValueError as exc:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     CheckConstraint,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -144,6 +145,10 @@ class Search(Base):
     results: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     model_name: Mapped[str] = mapped_column(String(200))
     model_version: Mapped[str] = mapped_column(String(200))
+    # The case it belongs to (None: none); changed later only through the API, audited.
+    case_id: Mapped[int | None] = mapped_column(
+        ForeignKey("cases.id", ondelete="SET NULL"), default=None, index=True
+    )
 
 
 MARKS = ("confirmed", "rejected", "none")
@@ -194,3 +199,100 @@ class AuditEvent(Base):
     # The gallery item concerned (no foreign key: the item is gone; ids are never reused).
     gallery_id: Mapped[int | None] = mapped_column(IdType, default=None, index=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Case(Base):
+    """A case file searches belong to: a reference (unique per owner key) and a title. Cases
+    are never deleted (their searches go by the retention purge; the case stays on record)."""
+
+    __tablename__ = "cases"
+    __table_args__ = (
+        UniqueConstraint("api_key_id", "reference"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    reference: Mapped[str] = mapped_column(String(100))
+    title: Mapped[str | None] = mapped_column(String(300), default=None)
+    # The key that opened it: an investigator sees the cases of their own key, an admin all.
+    api_key_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Note(Base):
+    """A note on a search (``gallery_id`` None) or on one of its results: who, when, text.
+    Notes are only ever added; they go with their search when it is purged (the audit trail
+    keeps each note's text)."""
+
+    __tablename__ = "notes"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    search_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("searches.id", ondelete="CASCADE"), index=True
+    )
+    # No foreign key: the item may be deleted later and the note stays on record.
+    gallery_id: Mapped[int | None] = mapped_column(IdType, default=None)
+    text: Mapped[str] = mapped_column(String(4000))
+    api_key_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Watchlist(Base):
+    """A search kept standing: its query vector is scored against every crop indexed after it
+    was made; a crop at or above ``min_score`` (cosine similarity), or within the first
+    ``max_rank`` of the gallery for that query, raises an :class:`Alert`."""
+
+    __tablename__ = "watchlists"
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'paused')", name="status"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    api_key_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL"), index=True
+    )
+    case_id: Mapped[int | None] = mapped_column(
+        ForeignKey("cases.id", ondelete="SET NULL"), default=None
+    )
+    # The search it was made from (no foreign key: the search may be purged; the query stays).
+    search_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
+    status: Mapped[str] = mapped_column(String(20), default="active")
+    camera_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    min_score: Mapped[float | None] = mapped_column(Float, default=None)
+    max_rank: Mapped[int | None] = mapped_column(Integer, default=None)
+    # The embedding space of ``vector`` (float32 little-endian, L2-normalised): a watchlist
+    # made under another model does not fire until it is made again.
+    embedding_key: Mapped[str] = mapped_column(String(200))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Alert(Base):
+    """A newly indexed crop that matched a watchlist; acknowledged by an investigator."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        UniqueConstraint("watchlist_id", "gallery_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    watchlist_id: Mapped[int] = mapped_column(
+        ForeignKey("watchlists.id", ondelete="CASCADE"), index=True
+    )
+    # No foreign key: the crop may be deleted later and the alert stays on record.
+    gallery_id: Mapped[int] = mapped_column(IdType)
+    score: Mapped[float] = mapped_column(Float)
+    rank: Mapped[int | None] = mapped_column(Integer, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    acknowledged_by: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL"), default=None
+    )

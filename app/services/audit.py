@@ -1,6 +1,6 @@
 """The audit trail: what happened to the evidence after the fact (deletions and purges), who
-was given and who lost access (API keys created and revoked), and an admin opening a search
-made with another key.
+was given and who lost access (API keys created and revoked), an admin opening a search
+made with another key, and the casework (cases, notes, watchlists and their alerts).
 
 Searches are audited by their own records (``searches``); this table keeps what would
 otherwise vanish with the thing it concerns, and who looked at a search besides the one who
@@ -28,7 +28,33 @@ APIKEY_REVOKE = "apikey.revoke"
 # An admin read a search made with another key. details: search_id, owner (the key that made
 # it), what (record, sketch, translated, mark, refine) and, for a file, index.
 SEARCH_OPEN = "search.open"
-ACTIONS = (GALLERY_DELETE, SEARCHES_PURGE, APIKEY_CREATE, APIKEY_REVOKE, SEARCH_OPEN)
+# Casework (app.services.cases, app.services.watchlists). details name the case / search /
+# watchlist / alert; changes carry {"from", "to"}; a note's event keeps its text.
+CASE_CREATE = "case.create"
+CASE_UPDATE = "case.update"
+SEARCH_CASE = "search.case"
+NOTE_ADD = "note.add"
+WATCHLIST_CREATE = "watchlist.create"
+WATCHLIST_UPDATE = "watchlist.update"
+WATCHLIST_DELETE = "watchlist.delete"
+ALERT_RAISE = "alert.raise"
+ALERT_ACK = "alert.ack"
+ACTIONS = (
+    GALLERY_DELETE,
+    SEARCHES_PURGE,
+    APIKEY_CREATE,
+    APIKEY_REVOKE,
+    SEARCH_OPEN,
+    CASE_CREATE,
+    CASE_UPDATE,
+    SEARCH_CASE,
+    NOTE_ADD,
+    WATCHLIST_CREATE,
+    WATCHLIST_UPDATE,
+    WATCHLIST_DELETE,
+    ALERT_RAISE,
+    ALERT_ACK,
+)
 MAX_LIST_LIMIT = 500
 
 Actor = Literal["api", "cli"]

@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import Engine, func, select
@@ -41,6 +41,9 @@ from app.ml.infer.batching import InferenceQueue
 from app.queue.producer import IngestQueue
 from app.services.blobs import BlobStore
 from app.services.model import load_model
+
+if TYPE_CHECKING:
+    from app.services.watchlists import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,8 @@ class ServiceContext:
     index_status: dict[str, Any] = field(default_factory=dict)
     # The ingestion queue (cluster profile, BROKER_URL set): uploads are queued for workers.
     queue: IngestQueue | None = None
+    # Scores newly indexed crops against the watchlists (app.services.watchlists).
+    watcher: Watcher | None = None
 
     @property
     def dim(self) -> int:
@@ -379,6 +384,8 @@ def open_context(
                 backfill_embeddings(ctx, batch_size=settings.EMBED_BATCH_SIZE)
             if not worker and not pgvector:
                 prepare_index(ctx)
+            # watchlists score what this process indexes (the FAISS backend; see watchlists.py)
+            ctx.watcher = make_watcher(ctx) if ctx.faiss is not None else None
         except BaseException:
             ctx.inference.close()
             raise
@@ -388,8 +395,30 @@ def open_context(
     return ctx
 
 
+def make_watcher(ctx: ServiceContext) -> Watcher:
+    """The watchlist scorer of this process, with the alert webhook when one is configured."""
+    from app.services.watchlists import Watcher
+    from app.services.webhook import WebhookNotifier
+
+    settings = ctx.settings
+    notifier = (
+        WebhookNotifier(
+            settings.ALERT_WEBHOOK_URL,
+            attempts=settings.ALERT_WEBHOOK_ATTEMPTS,
+            backoff=settings.ALERT_WEBHOOK_BACKOFF_SECONDS,
+            timeout=settings.ALERT_WEBHOOK_TIMEOUT_SECONDS,
+            max_queued=settings.ALERT_WEBHOOK_QUEUE,
+        )
+        if settings.ALERT_WEBHOOK_URL
+        else None
+    )
+    assert ctx.faiss is not None
+    return Watcher(ctx.sessions, ctx.embedding_key, ctx.dim, ctx.faiss, notifier)
+
+
 def close_context(ctx: ServiceContext, save_index: bool = True) -> None:
-    """Finish the model work that waits in the queue, save the index, close the database.
+    """Finish the model work that waits in the queue and the alerts that wait for the webhook,
+    save the index, close the database.
 
     The saved index is a cache of the database: when it cannot be brought up to date (the
     database is gone) or written (a full disk), a log line says so and the next start rebuilds
@@ -399,6 +428,8 @@ def close_context(ctx: ServiceContext, save_index: bool = True) -> None:
         ctx.inference.close()
         if ctx.queue is not None:
             ctx.queue.close()
+        if ctx.watcher is not None:
+            ctx.watcher.close()
         if save_index and ctx.faiss is not None:
             _save_index(ctx, ctx.faiss)
     finally:

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import GalleryItem
 from app.db.session import release
-from app.db.types import MAX_ID, is_valid_id
+from app.db.types import MAX_ID, UTCDateTime, is_valid_id
 from app.errors import ImageError, SketchReidError, UserInputError
 from app.ml.images import DecodeBusyError
 from app.ml.infer.batching import QueueClosedError, QueueFullError
@@ -261,6 +261,7 @@ def _store(
                 ctx.faiss.add([item_id], vector.reshape(1, -1))
                 in_index = True
             session.commit()
+            camera_id = item.camera_id
         except BaseException as exc:
             session.rollback()
             if in_index and item_id is not None and ctx.faiss is not None:
@@ -277,6 +278,8 @@ def _store(
                 if again is not None:
                     return again, False
             raise
+        if ctx.watcher is not None and vector is not None:  # never raises: a failure is logged
+            ctx.watcher.on_indexed(int(item.id), camera_id, vector)
         return item, True
 
 
@@ -836,3 +839,20 @@ def read_image(ctx: ServiceContext, item: GalleryItem) -> bytes:
         raise NotFoundError(
             f"the image of gallery item {item.id} is missing from storage"
         ) from None
+
+
+def list_cameras(session: Session) -> list[tuple[str, int, datetime | None, datetime | None]]:
+    """Each camera the gallery holds crops of: (camera id, crops, first and last capture time),
+    by camera id. Crops without a camera are not listed."""
+    stmt = (
+        select(
+            GalleryItem.camera_id,
+            func.count(GalleryItem.id),
+            func.min(GalleryItem.captured_at, type_=UTCDateTime()),
+            func.max(GalleryItem.captured_at, type_=UTCDateTime()),
+        )
+        .where(GalleryItem.camera_id.is_not(None))
+        .group_by(GalleryItem.camera_id)
+        .order_by(GalleryItem.camera_id)
+    )
+    return [(str(c), int(n), first, last) for c, n, first, last in session.execute(stmt)]

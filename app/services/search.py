@@ -28,6 +28,7 @@ from app.db.session import release
 from app.db.types import utcnow
 from app.errors import UserInputError
 from app.index.pgvector import PgVectorIndex
+from app.ml.bundle.store import Manifest
 from app.ml.infer.query_views import QueryView, check_choice, embed_queries, resolve_view
 from app.ml.retrieval.feedback import FeedbackWeights, build_query
 from app.ml.retrieval.rerank import rerank_candidates
@@ -38,6 +39,7 @@ from app.services.errors import NotFoundError, OutOfRangeError
 from app.services.feedback import Feedback, combine, feedback_vectors
 from app.services.gallery import camera_filter, check_range, check_upload, filter_conditions
 from app.services.outages import check_free_space
+from app.services.text import unstorable_reason
 from app.services.vectors import candidate_vectors
 
 MAX_TOP_K = 100
@@ -115,6 +117,8 @@ class SearchOutcome:
     timings_ms: dict[str, float]
     feedback: Feedback
     notes: list[str] = field(default_factory=list)
+    gallery_size: int = 0  # crops in the index
+    filtered_size: int | None = None  # crops left by the filters (None: no filters)
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,57 @@ def allowed_ids(session: Session, key: str, params: SearchParams) -> list[int] |
     if not conditions:
         return None
     return [int(i) for i in session.scalars(select(GalleryItem.id).where(*conditions))]
+
+
+def model_weights(manifest: Manifest) -> dict[str, str]:
+    """The sha256 of each weights file of the model (its members, its translator): what a
+    search was made with, for the record and the result sheet."""
+    weights = {f"member {m.name}": m.sha256 for m in manifest.members}
+    if manifest.translator is not None:
+        weights["translator"] = manifest.translator.sha256
+    return weights
+
+
+def _display_name(filename: str | None) -> str | None:
+    """The uploaded file's base name, as a person named it (for the record and the sheet)."""
+    if not filename:
+        return None
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return name[:200] if name and unstorable_reason(name) is None else None
+
+
+def filter_notes(
+    session: Session, params: SearchParams, gallery_size: int, allowed: int, found: int
+) -> list[str]:
+    """Why a filtered search found fewer results than asked: cameras the gallery holds no
+    crop of, a time window holding none, and how many crops the filters left out."""
+    if found >= params.top_k:
+        return []
+    notes: list[str] = []
+    cameras = camera_filter(params.camera_ids)
+    unknown: list[str] = []
+    if cameras:
+        held = set(
+            session.scalars(
+                select(GalleryItem.camera_id).where(GalleryItem.camera_id.in_(cameras)).distinct()
+            )
+        )
+        unknown = [c for c in cameras if c not in held]
+        if unknown:
+            notes.append(
+                f"the gallery holds no crops from camera(s) {', '.join(unknown)}"
+                + ("" if held else ": check the camera names (GET /api/v1/cameras lists them)")
+            )
+    windowed = params.captured_after is not None or params.captured_before is not None
+    if windowed and allowed == 0 and len(unknown) < len(cameras or [None]):
+        where = " from those cameras" if cameras else ""
+        notes.append(f"no crop{where} was captured in the time window")
+    excluded = gallery_size - allowed
+    notes.append(
+        f"{excluded:,} of the gallery's {gallery_size:,} crops were left out by the filters; "
+        f"{allowed:,} were searched"
+    )
+    return notes
 
 
 def rerank_choice(
@@ -210,6 +265,7 @@ def run_search(
     confirmed: Sequence[int] = (),
     rejected: Sequence[int] = (),
     refine: Search | None = None,
+    case_id: int | None = None,
 ) -> SearchOutcome:
     """Search the gallery with one or more sketches of one suspect, moved by the feedback
     (confirmed and rejected gallery ids, and ``refine``'s feedback and marks), and record the
@@ -312,6 +368,8 @@ def run_search(
     elif do_rerank:
         notes.append("re-ranking skipped: it needs at least 2 candidates")
     ranked = ranked[: params.top_k]
+    if allowed is not None:
+        notes.extend(filter_notes(session, params, len(ctx.index), len(allowed), len(ranked)))
 
     items = {
         int(it.id): it
@@ -335,6 +393,9 @@ def run_search(
         name = f"sketch-{i + 1}.{sniff_extension(upload.data)}"
         files.append((name, upload.data))
         entry: dict[str, Any] = {"sha256": sha256_hex(upload.data), "path": f"{search_id}/{name}"}
+        entry["filename"] = _display_name(upload.filename) or (
+            refine.sketches[i].get("filename") if refine is not None and not sketches else None
+        )
         entry["translated_path"] = None
         if translated:
             files.append((f"translated-{i + 1}.png", _png(translated[i])))
@@ -352,6 +413,8 @@ def run_search(
         "rerank_candidates": len(found) if do_rerank else None,
         "index": ctx.index.kind,
         "embedding_key": ctx.embedding_key,
+        "model_weights": model_weights(bundle.manifest),
+        "timings_ms": dict(timings),
         "notes": notes,
     }
     record = Search(
@@ -365,6 +428,7 @@ def run_search(
         ],
         model_name=bundle.name,
         model_version=bundle.version,
+        case_id=case_id,
     )
     check_free_space(
         ctx.settings.DATA_DIR, sum(len(d) for _, d in files), ctx.settings.MIN_FREE_DISK_MB
@@ -378,12 +442,22 @@ def run_search(
         session.rollback()
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return SearchOutcome(record, hits, timings, feedback, notes)
+    return SearchOutcome(
+        record,
+        hits,
+        timings,
+        feedback,
+        notes,
+        gallery_size=len(ctx.index),
+        filtered_size=None if allowed is None else len(allowed),
+    )
 
 
 # What of a search a key reads: the record, a sketch or its translation, or the search itself
 # to mark its results or refine it.
-SearchUse = Literal["record", "sketch", "translated", "mark", "refine"]
+SearchUse = Literal[
+    "record", "sketch", "translated", "mark", "refine", "report", "note", "case", "watchlist"
+]
 
 
 def get_search(
@@ -488,3 +562,32 @@ def purge_searches(
     for search_id in ids:
         shutil.rmtree(settings.search_dir / str(search_id), ignore_errors=True)
     return report
+
+
+def query_of_search(ctx: ServiceContext, session: Session, record: Search) -> np.ndarray:
+    """The query of a stored search under the active model: its sketches embedded in its view,
+    moved by its feedback and by the marks made on it since (as a search refining it would
+    be). What a watchlist made from the search keeps scoring new crops against."""
+    bundle = ctx.bundle
+    images = [
+        ctx.decode(read_search_file(ctx, record, "sketch", i)) for i in range(len(record.sketches))
+    ]
+    view, _ = resolve_view(
+        bundle.view, bundle.translator is not None, view=record.parameters.get("view")
+    )
+    translator = bundle.translator
+
+    def translate(sketches: Sequence[Image.Image]) -> list[Image.Image]:
+        assert translator is not None
+        return ctx.inference.translate(translator, sketches)
+
+    embedded, _ = embed_queries(
+        images,
+        view,
+        lambda batch, modality: ctx.inference.embed(bundle.embedder, batch, modality=modality),
+        translate if translator is not None else None,
+        bundle.manifest.translation_weight,
+    )
+    feedback = combine((), (), record, session)
+    positives, negatives = feedback_vectors(ctx, session, feedback)
+    return build_query(embedded, positives, negatives, FEEDBACK_WEIGHTS)

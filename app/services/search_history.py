@@ -11,15 +11,22 @@ from sqlalchemy.orm import Session
 
 from app.db.models import ApiKey, Search
 from app.db.types import MAX_ID
+from app.services.cases import get_case
 from app.services.errors import OutOfRangeError
 
 MAX_LIST_LIMIT = 200
 
 
 def list_searches(
-    session: Session, key: ApiKey, *, limit: int = 50, offset: int = 0
+    session: Session,
+    key: ApiKey,
+    *,
+    limit: int = 50,
+    offset: int = 0,
+    case_id: int | None = None,
 ) -> tuple[list[Search], int]:
-    """A page of the searches ``key`` may read, newest first, and how many there are."""
+    """A page of the searches ``key`` may read, newest first, and how many there are;
+    ``case_id``: only that case's (404 when the key may not see the case)."""
     if not 1 <= limit <= MAX_LIST_LIMIT:
         raise OutOfRangeError(
             f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}", field="limit"
@@ -29,6 +36,9 @@ def list_searches(
             f"offset must be between 0 and {MAX_ID}, got {offset}", field="offset"
         )
     conditions = [] if key.role == "admin" else [Search.api_key_id == key.id]
+    if case_id is not None:
+        get_case(session, case_id, key)
+        conditions.append(Search.case_id == case_id)
     total = int(session.scalar(select(func.count(Search.id)).where(*conditions)) or 0)
     stmt = (
         select(Search)

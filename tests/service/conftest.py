@@ -44,9 +44,13 @@ PG_ADMIN_URL = os.environ.get(
     "SKETCHREID_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 TABLES = (
+    "alerts",
+    "watchlists",
+    "notes",
     "search_marks",
     "audit_events",
     "searches",
+    "cases",
     "embeddings",
     "gallery_items",
     "api_keys",

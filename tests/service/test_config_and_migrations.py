@@ -96,3 +96,38 @@ def test_existing_keys_survive_0005_and_its_downgrade(database_url: str) -> None
     finally:
         command.upgrade(config, "head")
         engine.dispose()
+
+
+def test_searches_survive_0007_and_its_downgrade(database_url: str) -> None:
+    """0007 adds searches.case_id (SQLite recreates the table) and the casework tables:
+    existing searches stay, in no case; downgrading takes the tables and the column away."""
+    config = migrate.alembic_config(database_url)
+    command.downgrade(config, "0006")
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO searches (id, created_at, sketches, parameters, results, "
+                    "model_name, model_version) VALUES ('0b8f6a3e2c5d4e1f9a7b6c5d4e3f2a1b', "
+                    "'2025-01-01 00:00:00', '[]', '{}', '[]', 'm', '1')"
+                )
+            )
+        command.upgrade(config, "0007")
+        tables = set(sa.inspect(engine).get_table_names())
+        assert {"cases", "notes", "watchlists", "alerts"} <= tables
+        with engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT model_name, case_id FROM searches")).one() == (
+                "m",
+                None,
+            )
+        command.downgrade(config, "0006")
+        tables = set(sa.inspect(engine).get_table_names())
+        assert {"cases", "notes", "watchlists", "alerts"}.isdisjoint(tables)
+        assert "case_id" not in {c["name"] for c in sa.inspect(engine).get_columns("searches")}
+        with engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM searches")).scalar_one() == 1
+            conn.execute(sa.text("DELETE FROM searches"))
+    finally:
+        command.upgrade(config, "head")
+        engine.dispose()

@@ -1,5 +1,5 @@
-"""/api/v1/audit: the audit trail of deletions, purges, key changes and admins' reads of other
-keys' searches (admin only)."""
+"""/api/v1/audit: the audit trail of deletions, purges, key changes, admins' reads of other
+keys' searches and the casework (cases, notes, watchlists, alerts) (admin only)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,22 @@ def list_events(
     _key: AdminDep,
     _once: Annotated[None, _ONE_EACH],
     action: Annotated[
-        Literal["gallery.delete", "searches.purge", "apikey.create", "apikey.revoke", "search.open"]
+        Literal[
+            "gallery.delete",
+            "searches.purge",
+            "apikey.create",
+            "apikey.revoke",
+            "search.open",
+            "case.create",
+            "case.update",
+            "search.case",
+            "note.add",
+            "watchlist.create",
+            "watchlist.update",
+            "watchlist.delete",
+            "alert.raise",
+            "alert.ack",
+        ]
         | None,
         Query(),
     ] = None,

@@ -12,8 +12,10 @@ from app.api.deps import CtxDep, InvestigatorDep, SessionDep, single_valued
 from app.api.forms import TRUE_OR_FALSE
 from app.api.schemas import MarkIn, MarkOut, SearchOut, SearchRecordOut, error_responses
 from app.api.uploads import read_upload
+from app.db.models import Case
+from app.db.types import MAX_ID
 from app.ml.infer.query_views import QueryView
-from app.services import audit, feedback
+from app.services import audit, cases, feedback, report
 from app.services import search as search_service
 from app.services.blobs import content_type_for
 from app.services.timeparse import parse_timestamp
@@ -34,6 +36,7 @@ _ONE_EACH = Depends(
             "captured_after",
             "captured_before",
             "refine",
+            "case_id",
         )
     )
 )
@@ -124,6 +127,10 @@ def search(
             "its sketches are reused when no sketch is sent"
         ),
     ] = None,
+    case_id: Annotated[
+        int | None,
+        Form(ge=1, le=MAX_ID, description="the case the search belongs to (GET /api/v1/cases)"),
+    ] = None,
 ) -> SearchOut:
     params = search_service.SearchParams(
         top_k=top_k,
@@ -149,6 +156,7 @@ def search(
         if refine is not None
         else None
     )
+    case = cases.check_case_for_search(session, case_id, key)
     outcome = search_service.run_search(
         ctx,
         session,
@@ -158,9 +166,10 @@ def search(
         confirmed=confirmed_id or (),
         rejected=rejected_id or (),
         refine=earlier,
+        case_id=case.id if case is not None else None,
     )
     request.app.state.metrics.observe_stages(outcome.timings_ms)
-    return SearchOut.of(outcome)
+    return SearchOut.of(outcome, case)
 
 
 @router.get(
@@ -172,7 +181,13 @@ def get_search(search_id: uuid.UUID, session: SessionDep, key: InvestigatorDep) 
     """The audit record of a search (an admin reading another key's search is audited)."""
     record = search_service.get_search(session, search_id, key, use="record")
     deleted = audit.deletions(session, (r["gallery_id"] for r in record.results))
-    return SearchRecordOut.of(record, deleted, feedback.mark_history(session, record.id))
+    return SearchRecordOut.of(
+        record,
+        deleted,
+        feedback.mark_history(session, record.id),
+        session.get(Case, record.case_id) if record.case_id is not None else None,
+        cases.notes_of(session, record.id),
+    )
 
 
 @router.post(
@@ -189,6 +204,26 @@ def add_mark(
     record = search_service.get_search(session, search_id, key, use="mark")
     row = feedback.add_mark(session, record, body.gallery_id, body.mark, api_key_id=key.id)
     return MarkOut.of(row)
+
+
+@router.get(
+    "/searches/{search_id:uuid}/report",
+    response_class=Response,
+    responses={200: {"content": {"application/pdf": {}}}, **error_responses(404, 422)},
+)
+def get_report(
+    search_id: uuid.UUID, ctx: CtxDep, session: SessionDep, key: InvestigatorDep
+) -> Response:
+    """The result sheet for the case file (PDF, A4): case, who and when, sketches and
+    translations, parameters and filters, the model and its weights' sha256, each result's
+    rank, score, camera, time, item id and sha256, marks and notes, and when it was made."""
+    record = search_service.get_search(session, search_id, key, use="report")
+    pdf = report.result_sheet(ctx, session, record, key)
+    return Response(
+        pdf,
+        media_type="application/pdf",
+        headers={"Content-Disposition": f'attachment; filename="search-{record.id}.pdf"'},
+    )
 
 
 @router.get(

@@ -5,8 +5,15 @@
 //   refine      - POST /search takes `refine`: an earlier search whose feedback it carries
 //   feedbackIds - POST /search takes `confirmed_id` / `rejected_id` gallery ids
 //   history     - GET /searches lists past searches
+//   cases       - /cases, a case on a search, notes on a search and its results
+//   report      - GET /searches/{id}/report: the result sheet (PDF)
+//   cameras     - GET /cameras lists the cameras the gallery holds
+//   watchlists  - /watchlists and /alerts
 
-const NONE = { multiSketch: false, marks: false, refine: false, feedbackIds: false, history: false };
+const NONE = {
+  multiSketch: false, marks: false, refine: false, feedbackIds: false, history: false,
+  cases: false, report: false, cameras: false, watchlists: false,
+};
 
 function resolve(spec, schema) {
   let node = schema;
@@ -31,6 +38,10 @@ export function capabilitiesOf(spec) {
     refine: "refine" in props,
     feedbackIds: "confirmed_id" in props && "rejected_id" in props,
     history: Boolean(paths["/api/v1/searches"]?.get),
+    cases: Boolean(paths["/api/v1/cases"]?.get && paths["/api/v1/searches/{search_id}/notes"]?.post),
+    report: Boolean(paths["/api/v1/searches/{search_id}/report"]?.get),
+    cameras: Boolean(paths["/api/v1/cameras"]?.get),
+    watchlists: Boolean(paths["/api/v1/watchlists"]?.post && paths["/api/v1/alerts"]?.get),
   };
 }
 

@@ -1,9 +1,11 @@
-// The investigator's view: choose sketches and options, search, mark results, search again
-// with that feedback, reopen past searches.
+// The investigator's view: choose sketches, a case and options, search, mark and note results,
+// search again with that feedback, download the result sheet, reopen past searches.
 
 import { Pool, send } from "./api.js";
+import { Cases, downloadReport } from "./casework.js";
 import { History } from "./history.js";
 import { ResultView, fromRecord, fromSearchOut } from "./results.js";
+import { WatchForm } from "./watch.js";
 import { $, Busy, dropZone, el, fromIso, notImages, showError, splitList, toIso } from "./ui.js";
 
 const EXTENSIONS = { "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif", "image/bmp": "bmp" };
@@ -19,8 +21,15 @@ export class Investigator {
       caps, viewer,
       onMark: (id, mark) => this.markResult(id, mark),
       onResearch: () => this.research(),
+      onNote: (galleryId, text) => this.addNote(galleryId, text),
+      onReport: () => this.report(),
     });
-    this.history = new History({ caps, onOpen: (id) => this.reopen(id) });
+    this.watch = new WatchForm({ caps });
+    this.cases = new Cases({ caps, onFilter: () => this.history.load() });
+    this.history = new History({
+      caps, onOpen: (id) => this.reopen(id), caseFilter: () => this.cases.filter,
+    });
+    $("cameras").addEventListener("input", () => this.cases.paintCameras());
     $("sketch-files").multiple = caps.multiSketch;
     $("sketch-hint").textContent = caps.multiSketch
       ? "One or more sketches of one suspect (several are searched together)."
@@ -33,7 +42,24 @@ export class Investigator {
   }
 
   enter() {
+    this.cases.load();
     this.history.load();
+  }
+
+  async addNote(galleryId, text) {
+    const json = galleryId === null ? { text } : { text, gallery_id: galleryId };
+    return send(`searches/${this.current.model.id}/notes`, { method: "POST", json });
+  }
+
+  async report() {
+    $("report-status").textContent = "Making the result sheet…";
+    try {
+      await downloadReport(this.current.model.id);
+      $("report-status").textContent = "Result sheet downloaded.";
+    } catch (error) {
+      $("report-status").textContent = "";
+      showError($("search-error"), error);
+    }
   }
 
   reset() {
@@ -73,6 +99,7 @@ export class Investigator {
     const topK = Number($("top-k").value);
     if (!Number.isInteger(topK) || topK < 1 || topK > 100) throw new Error("Results (top-k) must be a whole number from 1 to 100.");
     return {
+      case_id: this.cases.chosen,
       top_k: topK,
       view: $("view").value,
       rerank: $("rerank").value, // "" (automatic), "true" or "false"
@@ -92,12 +119,14 @@ export class Investigator {
     $("cameras").value = (p.camera_id || []).join(", ");
     $("after").value = fromIso(p.captured_after);
     $("before").value = fromIso(p.captured_before);
+    this.cases.paintCameras();
   }
 
   formData(sketches, params, extra = {}) {
     const form = new FormData();
     for (const s of sketches) form.append("sketch", s.blob, s.name);
     form.append("top_k", String(params.top_k));
+    if (params.case_id) form.append("case_id", String(params.case_id));
     if (params.view) form.append("view", params.view);
     if (params.rerank) form.append("rerank", params.rerank);
     for (const c of params.camera_id) form.append("camera_id", c);
@@ -131,11 +160,18 @@ export class Investigator {
     $("result").setAttribute("aria-busy", "true");
     try {
       const out = await send("search", { method: "POST", form: this.formData(sketches, params, extra) });
-      this.current = { model: fromSearchOut(out), sketches, params };
+      const model = fromSearchOut(out);
+      model.sketchNames = sketches.map((s) => s.name);
+      this.current = { model, sketches, params };
       this.view.show(this.current.model, new Map());
+      this.watch.show(model, new Map());
       this.history.mark(out.search_id);
       this.history.load();
     } catch (error) {
+      // The results on screen belong to another search: never leave them as if current.
+      this.view.clear();
+      $("watch-form").hidden = true;
+      this.current = null;
       showError($("search-error"), error);
     } finally {
       this.busy.done();
@@ -156,6 +192,7 @@ export class Investigator {
     if (mark === "none") marks.delete(galleryId);
     else marks.set(galleryId, mark);
     this.view.setMarks(marks);
+    this.watch.setMarks(marks);
   }
 
   async research() {
@@ -181,15 +218,19 @@ export class Investigator {
       found.forEach((f, i) => f.status === "fulfilled" && items.set(ids[i], f.value));
       const model = fromRecord(record, items);
       const blobs = await Promise.all(model.sketchUrls.map((url) => send(url, { expect: "blob" })));
-      const sketches = blobs.map((blob, i) => ({ blob, name: `sketch-${i + 1}.${EXTENSIONS[blob.type] || "png"}` }));
+      const sketches = blobs.map((blob, i) => ({
+        blob, name: model.sketchNames[i] || `sketch-${i + 1}.${EXTENSIONS[blob.type] || "png"}`,
+      }));
       const p = record.parameters || {};
       this.writeParams(p);
+      $("case").value = record.case && this.cases.byId(record.case.id) ? String(record.case.id) : "";
       this.pool.clear();
       this.chosen = sketches.map((s) => ({ ...s, url: this.pool.add(URL.createObjectURL(s.blob)) }));
       this.drawChosen();
       this.current = { model, sketches, params: this.readParams() };
       const marks = new Map(model.results.filter((r) => r.mark).map((r) => [r.galleryId, r.mark]));
       this.view.show(model, marks);
+      this.watch.show(model, marks);
       this.history.mark(searchId);
     } catch (error) {
       showError($("search-error"), error);

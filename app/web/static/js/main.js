@@ -7,10 +7,11 @@ import { Investigator } from "./investigator.js";
 import { Operator } from "./operator.js";
 import { $, TIME_ZONE, showError } from "./ui.js";
 import { Viewer } from "./viewer.js";
+import { Alerts } from "./watch.js";
 
 const VIEWS = { investigator: ["search"], operator: ["gallery"], admin: ["search", "gallery"] };
 
-const state = { views: [], investigator: null, operator: null };
+const state = { views: [], investigator: null, operator: null, alerts: null };
 
 function showView(name) {
   for (const view of ["search", "gallery"]) {
@@ -31,11 +32,13 @@ function enter(me) {
   $("tab-search").hidden = !state.views.includes("search");
   $("tab-gallery").hidden = !state.views.includes("gallery");
   if (state.views.length) showView(state.views[0]);
+  if (state.views.includes("search")) state.alerts.start();
   $("main").focus();
 }
 
 function leave(reason) {
   for (const view of ["search", "gallery"]) $(`view-${view}`).hidden = true;
+  state.alerts.stop();
   state.investigator.reset();
   state.operator.reset();
   $("tabs").hidden = true;
@@ -68,6 +71,7 @@ async function main() {
   const viewer = new Viewer();
   state.investigator = new Investigator({ caps, viewer });
   state.operator = new Operator({ viewer });
+  state.alerts = new Alerts({ caps, viewer });
 
   $("signin-form").addEventListener("submit", (event) => {
     event.preventDefault(); // never a real form submission: the key must not leave in a URL

@@ -145,6 +145,13 @@ def allowed_ids(session: Session, key: str, params: SearchParams) -> list[int] |
     return [int(i) for i in session.scalars(select(GalleryItem.id).where(*conditions))]
 
 
+def index_total(ctx: ServiceContext, session: Session) -> int:
+    """Crops the searches see (pgvector: the model's rows, one count in PostgreSQL)."""
+    if isinstance(ctx.index, PgVectorIndex):
+        return ctx.index.total(session)
+    return len(ctx.index)
+
+
 def model_weights(manifest: Manifest) -> dict[str, str]:
     """The sha256 of each weights file of the model (its members, its translator): what a
     search was made with, for the record and the result sheet."""
@@ -454,8 +461,8 @@ def run_search(
         timings,
         feedback,
         notes,
-        gallery_size=len(ctx.index),
-        filtered_size=None if allowed is None else len(allowed),
+        gallery_size=filtered[0] if filtered is not None else index_total(ctx, session),
+        filtered_size=None if filtered is None else filtered[1],
     )
 
 

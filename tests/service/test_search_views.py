@@ -131,15 +131,28 @@ def test_the_translation_weight_moves_the_fused_ranking_between_the_two_views(
     """The bundle's translation weight is what a fused search follows: near 0 it ranks as
     the sketch alone, near 1 as its translation alone (the service's own other views are the
     oracle), where equal weights rank otherwise than either, so a server that fused with
-    equal weights, or with the weight reversed, fails."""
+    equal weights, or with the weight reversed, fails. A watchlist made from the search
+    scores with the search's own query (the weight too)."""
     folder = tmp_path / "weighted"
     shutil.copytree(bundle_dir, folder)
     update_manifest(folder, query_view="fused", translation_weight=weight)
     weighted = load_bundle(folder)
     with TestClient(create_app(make_settings(), bundle=weighted)) as client:
         ids = _fill(client, keys)
-        fused = _post(client, keys).json()
-        alone = _post(client, keys, view=like).json()
+        fused = _post(client, keys, rerank="false").json()
+        alone = _post(client, keys, view=like, rerank="false").json()
+        # A watchlist made from the fused search keeps its query, weight included.
+        r = client.post(
+            "/api/v1/watchlists",
+            json={"search_id": fused["search_id"], "min_score": 0.0},
+            headers=keys.investigator,
+        )
+        assert r.status_code == 201, r.text
+        best_now = r.json()["best_now"]
+    assert [b["gallery_id"] for b in best_now] == [h["gallery_id"] for h in fused["results"][:5]]
+    np.testing.assert_allclose(
+        [b["score"] for b in best_now], [h["score"] for h in fused["results"][:5]], atol=1e-4
+    )
     assert fused["view"] == "fused" and alone["view"] == like
     assert [h["gallery_id"] for h in fused["results"]] == [
         h["gallery_id"] for h in alone["results"]

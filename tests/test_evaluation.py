@@ -448,6 +448,71 @@ def test_crossval_reuse_evaluates_kept_bundles_and_their_ensemble(
     assert main(argv) != 0
 
 
+def _kept_split_bundle(
+    workdir: Path, dataset: PKUSketchDataset, train: list[int], seed: int
+) -> torch.nn.Module:
+    """A random-weight one-member bundle kept as `crossval --keep-bundles` keeps split 0's
+    (trained, its manifest says, on ``train``), its BN neck set from the set's images as in
+    tests/conftest.py's random bundle so that its embeddings spread out. Returns the net."""
+    from app.ml.bundle.store import save_bundle
+    from app.ml.models.resnet_cifar import MemberSpec, build_member
+    from app.ml.transforms import to_batch
+
+    torch.manual_seed(seed)
+    spec = MemberSpec(arch="resnet8", num_classes=12, fc_dim=16, input_size=SIZE, bn_neck=True)
+    net = build_member(spec)
+    photos = to_batch([load_image(s.path) for s in dataset.photos], SIZE)
+    sketches = to_batch([load_image(s.path) for s in dataset.sketches], SIZE, grey=True)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
+            module.momentum = None
+    with torch.no_grad():
+        net.train()(torch.cat([photos, sketches]))
+    save_bundle(
+        workdir / "splits" / "split00",
+        name=f"kept{seed}",
+        version="cv",
+        members=[("resnet8", spec, net.eval(), {})],
+        input_size=SIZE,
+        training={"train_pids": sorted(train)},
+    )
+    return net
+
+
+def test_crossval_reuse_of_two_bundles_scores_both_members_together(
+    dataset: PKUSketchDataset, synth_root: Path, tmp_path: Path
+) -> None:
+    """`crossval --reuse A --reuse B`: the ensemble rows are the figures of both members'
+    nets embedding together, on 10 queries x 20 photos, where the two-member figures differ
+    from either member's, so a crossval that dropped a member fails. (The training crossval
+    tests run 4 queries x 8 photos, where one member and two gave the same figures.)"""
+    split = random_splits(dataset, 1, seed=0, test_size=10)[0]
+    nets = [
+        _kept_split_bundle(tmp_path / name, dataset, list(split.train), seed)
+        for name, seed in (("a", 1), ("b", 2))
+    ]
+    out = tmp_path / "cv.json"
+    argv = ["crossval", "--data-root", str(synth_root), "--splits", "1", "--test-size", "10"]
+    argv += ["--reuse", str(tmp_path / "a"), "--reuse", str(tmp_path / "b"), "--per-member"]
+    argv += ["--workdir", str(tmp_path / "w"), "--no-progress", "--json", str(out)]
+    assert main(argv) == 0
+    variants = json.loads(out.read_text())["variants"]
+
+    def figures(members: list[torch.nn.Module], rerank: RerankParams | None) -> dict[str, Any]:
+        embedder = Embedder(members, SIZE)  # the bundles' defaults: flip TTA on
+        return _figures(score(embed_test_set(embedder, None, dataset, split.test), rerank=rerank))
+
+    for name, rerank in (("plain", None), ("rerank", RerankParams())):
+        got = _figures(variants[name]["splits"][0])
+        assert got["n_queries"] == 10 and got["n_gallery"] == 20
+        assert got == figures(nets, rerank), name
+        for one, net in zip(("resnet8", "resnet8-1"), nets, strict=True):
+            alone = figures([net], rerank)
+            label = one + ("+rerank" if rerank else "")
+            assert _figures(variants[label]["splits"][0]) == alone, label
+            assert alone != got, f"{label}: one member must score otherwise than two here"
+
+
 @pytest.mark.slow
 def test_crossval_only_splits_shares_one_draw_among_processes(
     dataset: PKUSketchDataset, synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

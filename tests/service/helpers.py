@@ -67,9 +67,15 @@ def _centre_embeddings(member: torch.nn.Module) -> None:
 
 
 def build_tiny_bundle(
-    out: Path, *, translator: bool = True, version: str = "1.0", seed: int = 0
+    out: Path,
+    *,
+    translator: bool = True,
+    version: str = "1.0",
+    seed: int = 0,
+    tta_flip: bool = False,
 ) -> Path:
-    """A tiny bundle; another ``seed`` gives other weights (another embedding space)."""
+    """A tiny bundle; another ``seed`` gives other weights (another embedding space).
+    Flip test-time augmentation is off unless ``tta_flip`` (tests/service/test_flip_tta.py)."""
     torch.manual_seed(seed)
     spec = MemberSpec(arch="resnet20", num_classes=10, fc_dim=64, input_size=(64, 32))
     member = build_member(spec).eval()
@@ -85,7 +91,7 @@ def build_tiny_bundle(
         members=[("m0", spec, member, {})],
         translator=gen,
         input_size=(64, 32),
-        tta_flip=False,
+        tta_flip=tta_flip,
     )
     return out
 

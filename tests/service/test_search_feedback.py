@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 from sqlalchemy import update
 
 from app.db.models import Search
@@ -25,7 +26,7 @@ from app.ml.retrieval.feedback import FeedbackWeights, build_query
 from app.services.search import MAX_SKETCHES, purge_searches
 
 from .conftest import Keys, snapshot, upload
-from .helpers import jpeg, png
+from .helpers import encode, jpeg, person_image, png
 
 Items = dict[int, np.ndarray]  # gallery id -> embedding
 
@@ -173,6 +174,51 @@ def test_feedback_moves_the_query_and_judged_items_are_left_out(
     params = record.json()["parameters"]
     assert params["confirmed_ids"] == [yes] and params["rejected_ids"] == [no]
     assert params["feedback_weights"] == FeedbackWeights().as_json()
+
+
+def _rocchio(sketch: np.ndarray, rejected: np.ndarray, weight: float) -> np.ndarray:
+    """Rocchio's query for one sketch and one rejected crop, written out here (not
+    build_query): normalise(s / |s| - weight * r / |r|)."""
+    q = sketch / np.linalg.norm(sketch) - weight * rejected / np.linalg.norm(rejected)
+    return np.asarray(q / np.linalg.norm(q))
+
+
+def test_a_rejected_crop_and_its_near_twin_are_pushed_down(
+    client: TestClient, keys: Keys, bundle: Bundle
+) -> None:
+    """An investigator rejects the top crop: it leaves the list and a second crop of the same
+    person (the same picture, slightly noisier) drops below crops of other people. The ranking
+    and scores are checked against Rocchio's formula written out here, so a service that
+    passes no rejected crops to the query builder (it would still leave the crop out of the
+    list) fails on the order and on the scores."""
+    items = _fill(client, keys, bundle)
+    sketch = _sketch_vectors(bundle, [1])[0]
+    top = _order(sketch, items)[0]
+    seed = list(items).index(top)
+    noisy = np.asarray(person_image(seed), np.int16)
+    noisy += np.random.default_rng(7).integers(-3, 4, noisy.shape, dtype=np.int16)
+    twin_bytes = encode(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), "PNG")
+    r: Any = upload(client, keys.operator, twin_bytes, camera_id="c9")
+    assert r.status_code == 201, r.text
+    twin = int(r.json()["id"])
+    items[twin] = bundle.embedder.embed([load_image(twin_bytes)])[0]
+    assert float(items[twin] @ items[top]) > 0.95, "the twin must resemble the rejected crop"
+
+    plain = [
+        h["gallery_id"]
+        for h in _search(client, keys.investigator, [1], top_k=13, translate="false")["results"]
+    ]
+    assert plain == _order(sketch, items)
+    rest = [i for i in plain if i != top]  # the list were the rejection only left out
+    body = _search(client, keys.investigator, [1], top_k=13, translate="false", rejected_id=top)
+    query = _rocchio(sketch, items[top], FeedbackWeights().rejected)
+    want = _order(query, items, leave_out={top})
+    got = [h["gallery_id"] for h in body["results"]]
+    assert got == want
+    np.testing.assert_allclose(
+        [h["score"] for h in body["results"]], [items[i] @ query for i in want], atol=1e-4
+    )
+    assert got.index(twin) > rest.index(twin), "the rejection must push the twin down"
 
 
 def test_unknown_deleted_or_contradictory_feedback_is_refused(

@@ -119,6 +119,55 @@ def test_the_bundles_view_is_the_default_and_translate_keeps_it(
             ]
 
 
+@pytest.mark.parametrize(("weight", "like"), [(0.001, "sketch"), (0.999, "translated")])
+def test_the_translation_weight_moves_the_fused_ranking_between_the_two_views(
+    make_settings: Callable[..., Settings],
+    bundle_dir: Path,
+    tmp_path: Path,
+    keys: Keys,
+    weight: float,
+    like: str,
+) -> None:
+    """The bundle's translation weight is what a fused search follows: near 0 it ranks as
+    the sketch alone, near 1 as its translation alone (the service's own other views are the
+    oracle), where equal weights rank otherwise than either, so a server that fused with
+    equal weights, or with the weight reversed, fails. A watchlist made from the search
+    scores with the search's own query (the weight too)."""
+    folder = tmp_path / "weighted"
+    shutil.copytree(bundle_dir, folder)
+    update_manifest(folder, query_view="fused", translation_weight=weight)
+    weighted = load_bundle(folder)
+    with TestClient(create_app(make_settings(), bundle=weighted)) as client:
+        ids = _fill(client, keys)
+        fused = _post(client, keys, rerank="false").json()
+        alone = _post(client, keys, view=like, rerank="false").json()
+        # A watchlist made from the fused search keeps its query, weight included.
+        r = client.post(
+            "/api/v1/watchlists",
+            json={"search_id": fused["search_id"], "min_score": 0.0},
+            headers=keys.investigator,
+        )
+        assert r.status_code == 201, r.text
+        best_now = r.json()["best_now"]
+    assert [b["gallery_id"] for b in best_now] == [h["gallery_id"] for h in fused["results"][:5]]
+    np.testing.assert_allclose(
+        [b["score"] for b in best_now], [h["score"] for h in fused["results"][:5]], atol=1e-4
+    )
+    assert fused["view"] == "fused" and alone["view"] == like
+    assert [h["gallery_id"] for h in fused["results"]] == [
+        h["gallery_id"] for h in alone["results"]
+    ]
+    np.testing.assert_allclose(
+        [h["score"] for h in fused["results"]], [h["score"] for h in alone["results"]], atol=5e-3
+    )
+    # Guard: with equal weights the fused ranking is neither view's.
+    g = weighted.embedder.embed([load_image(jpeg(seed)) for seed in range(len(ids))])
+    drawn, photo = _query(weighted, "sketch"), _query(weighted, "translated")
+    even = (drawn + photo) / np.linalg.norm(drawn + photo)
+    orders = [list(np.argsort(-(g @ q), kind="stable")) for q in (even, drawn, photo)]
+    assert orders[0] != orders[1] and orders[0] != orders[2]
+
+
 def test_old_bundles_default_to_translated_when_they_can(
     client: TestClient, keys: Keys, bundle: Bundle
 ) -> None:

@@ -95,8 +95,9 @@ class Settings(BaseSettings):
     BROKER_URL: str = ""
     # Seconds an upload waits for the broker before it is refused with 503.
     BROKER_TIMEOUT_SECONDS: float = Field(default=3.0, gt=0, le=300)
-    # `sketchreid worker` queues again items left pending (or embedded under another model)
-    # for longer than this at its start: a crash between the upload's commit and its message.
+    # `sketchreid worker` queues again items left pending for longer than this (a crash between
+    # the upload's commit and its message), at its start and then every this many seconds, when
+    # no message waits in the queue (app.queue.requeue). 0: never.
     REQUEUE_PENDING_SECONDS: float = Field(default=300.0, ge=0)
     # Seconds between checks that the in-memory index matches the database (picks up items
     # ingested by `sketchreid ingest` while the server runs). 0 disables the check.

@@ -15,7 +15,8 @@ from app.services.indexing import index_items
 log = logging.getLogger(__name__)
 
 # A task that fails as a whole (database unreachable, ...) is retried with growing pauses; after
-# the last retry its items stay pending until a worker starts again (REQUEUE_PENDING_SECONDS).
+# the last retry its items stay pending until a worker's re-queue finds them
+# (REQUEUE_PENDING_SECONDS, app.queue.requeue).
 MAX_RETRIES = 8
 
 
@@ -39,6 +40,11 @@ class WorkerMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
+        self.requeued = Counter(
+            "sketchreid_worker_requeued_items",
+            "Items queued again by this worker: pending without a message, or of another model",
+            registry=self.registry,
+        )
         self.rate = Gauge(
             "sketchreid_worker_crops_per_second",
             "Crops embedded per second by the last task",
@@ -51,7 +57,7 @@ def worker_app(ctx: ServiceContext, metrics: WorkerMetrics) -> Celery:
     settings = ctx.settings
     app = make_celery(settings.BROKER_URL, settings.BROKER_TIMEOUT_SECONDS)
 
-    @app.task(name=TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+    @app.task(name=TASK, bind=True)
     def index_task(self: Any, item_ids: list[int]) -> None:
         request = self.request
         again = bool((request.delivery_info or {}).get("redelivered"))

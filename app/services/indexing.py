@@ -100,36 +100,45 @@ def index_items(ctx: ServiceContext, item_ids: Sequence[int]) -> IndexReport:
     return report
 
 
-def stale_items(ctx: ServiceContext, older_than_s: float, limit: int = 100_000) -> list[int]:
-    """Items a worker should queue again: pending for longer than ``older_than_s`` (their
-    message was never published: a crash between the upload's commit and the publish), or
-    indexed under another model than this worker's (a model change re-embeds through the
-    queue). The latter are set to pending."""
-    key = ctx.embedding_key
+def stale_pending(ctx: ServiceContext, older_than_s: float, limit: int = 100_000) -> list[int]:
+    """Items pending for longer than ``older_than_s``: their message was never published (a
+    crash between the upload's commit and the publish), or their task gave up (the database
+    was unreachable for all its retries)."""
     cutoff = utcnow() - timedelta(seconds=older_than_s)
+    with session_scope(ctx.sessions) as session:
+        return list(
+            session.scalars(
+                select(GalleryItem.id)
+                .where(GalleryItem.status == "pending", GalleryItem.created_at < cutoff)
+                .order_by(GalleryItem.id)
+                .limit(limit)
+            )
+        )
+
+
+def other_model_items(ctx: ServiceContext, limit: int = 100_000) -> list[int]:
+    """Items indexed under another model than this worker's (a model change re-embeds through
+    the queue), set to pending; their ids."""
+    key = ctx.embedding_key
     with session_scope(ctx.sessions) as session:
         has_vector = (
             select(Embedding.id)
             .where(Embedding.item_id == GalleryItem.id, Embedding.model_version == key)
             .exists()
         )
-        pending = session.scalars(
-            select(GalleryItem.id)
-            .where(GalleryItem.status == "pending", GalleryItem.created_at < cutoff)
-            .order_by(GalleryItem.id)
-            .limit(limit)
-        ).all()
-        other_model = session.scalars(
-            select(GalleryItem.id)
-            .where(GalleryItem.status == "indexed", ~has_vector)
-            .order_by(GalleryItem.id)
-            .limit(limit)
-        ).all()
-        if other_model:
+        ids = list(
+            session.scalars(
+                select(GalleryItem.id)
+                .where(GalleryItem.status == "indexed", ~has_vector)
+                .order_by(GalleryItem.id)
+                .limit(limit)
+            )
+        )
+        if ids:
             session.execute(
                 update(GalleryItem)
-                .where(GalleryItem.id.in_(other_model))
+                .where(GalleryItem.id.in_(ids))
                 .values(status="pending", status_reason=None)
             )
             session.commit()
-    return sorted({*pending, *other_model})
+    return ids

@@ -44,17 +44,17 @@ def rabbit_vhost() -> Iterator[str]:
     """A vhost of this test run on the machine's RabbitMQ; yields its amqp:// URL."""
     name = f"sketchreid-test-{uuid.uuid4().hex[:10]}"
     run = ["rabbitmqctl", "-q"]
-    subprocess.run([*run, "add_vhost", name], check=True, capture_output=True, timeout=60)
+    subprocess.run([*run, "add_vhost", name], check=True, capture_output=True, timeout=300)
     try:
         subprocess.run(
             [*run, "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
             check=True,
             capture_output=True,
-            timeout=60,
+            timeout=300,
         )
         yield f"amqp://guest:guest@{RABBIT[0]}:{RABBIT[1]}/{name}"
     finally:
-        subprocess.run([*run, "delete_vhost", name], capture_output=True, timeout=60)
+        subprocess.run([*run, "delete_vhost", name], capture_output=True, timeout=300)
 
 
 class Relay:

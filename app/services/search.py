@@ -317,9 +317,9 @@ def run_search(
 
     t = time.perf_counter()
     judged = set(feedback.ids)
-    # (gallery size, crops the filters let through) when the search was filtered: for the notes
-    # on a short result; with pgvector only when the count of the latter is exact (not capped)
-    scope: tuple[int, int] | None = None
+    # (gallery size, crops the filters let through: None without filters), for the notes on a
+    # short result and the response
+    scope: tuple[int, int | None]
     if isinstance(ctx.index, PgVectorIndex):
         conditions = filter_conditions(
             params.camera_ids, params.captured_after, params.captured_before
@@ -338,8 +338,11 @@ def run_search(
             conditions,
             exact=searched <= settings.INDEX_EXACT_FILTER_MAX and not more,
         )
-        if conditions and not more:
-            scope = (ctx.index.total(session), searched)
+        total = ctx.index.total(session)
+        if not conditions:
+            scope = (total, None)
+        else:  # the count above stops at ``cap``; the response gives the exact one
+            scope = (total, ctx.index.count(session, conditions, total)[0] if more else searched)
     else:
         allowed = allowed_ids(session, ctx.embedding_key, params)
         do_rerank, why = rerank_choice(
@@ -351,8 +354,7 @@ def run_search(
             max(params.top_k, ctx.settings.RERANK_CANDIDATES) if do_rerank else params.top_k
         )
         hits_found = ctx.index.search(query, n_candidates + len(judged), allowed)
-        if allowed is not None:
-            scope = (len(ctx.index), len(allowed))
+        scope = (len(ctx.index), None if allowed is None else len(allowed))
     if why:
         notes.append(why)
     found = [h for h in hits_found if h.id not in judged][:n_candidates]
@@ -375,7 +377,7 @@ def run_search(
     elif do_rerank:
         notes.append("re-ranking skipped: it needs at least 2 candidates")
     ranked = ranked[: params.top_k]
-    if scope is not None:
+    if scope[1] is not None:
         notes.extend(filter_notes(session, params, scope[0], scope[1], len(ranked)))
 
     items = {
@@ -455,8 +457,8 @@ def run_search(
         timings,
         feedback,
         notes,
-        gallery_size=len(ctx.index),
-        filtered_size=None if allowed is None else len(allowed),
+        gallery_size=scope[0],
+        filtered_size=scope[1],
     )
 
 

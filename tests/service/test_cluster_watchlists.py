@@ -85,9 +85,13 @@ def profile(
             worker = Child("worker", ["worker"], env, logs)
             children.append(worker)
             url = f"http://127.0.0.1:{port}"
-            wait_for("the replica", lambda: ready(url), 120, children)
-            wait_for("the worker", lambda: " ready." in worker.text(), 120, children)
-            yield Profile(url, keys, broker, db_url, api, worker)
+            try:
+                wait_for("the replica", lambda: ready(url), 120, children)
+                wait_for("the worker", lambda: " ready." in worker.text(), 120, children)
+                yield Profile(url, keys, broker, db_url, api, worker)
+            finally:  # before the vhost goes
+                for child in children:
+                    child.stop()
     finally:
         for child in children:
             child.stop()

@@ -409,7 +409,7 @@ def make_watcher(ctx: ServiceContext, *, worker: bool = False) -> Watcher:
     """The watchlist scorer of this process, with the alert webhook when one is configured.
     Rank thresholds search PostgreSQL (pgvector), or the in-memory index: the API server's own,
     or a worker's, which is filled from the database when a rank threshold first needs it."""
-    from app.services.watchlists import FaissRanks, PgVectorRanks, RankIndex, Watcher
+    from app.services.watchlists import Watcher, ranks_of
     from app.services.webhook import WebhookNotifier
 
     settings = ctx.settings
@@ -424,11 +424,7 @@ def make_watcher(ctx: ServiceContext, *, worker: bool = False) -> Watcher:
         if settings.ALERT_WEBHOOK_URL
         else None
     )
-    ranks: RankIndex
-    if isinstance(ctx.index, PgVectorIndex):
-        ranks = PgVectorRanks(ctx.index)
-    else:
-        ranks = FaissRanks(ctx.index, refresh=(lambda: sync_index(ctx)) if worker else None)
+    ranks = ranks_of(ctx.index, (lambda: sync_index(ctx)) if worker else None)
     return Watcher(ctx.sessions, ctx.embedding_key, ctx.dim, ranks, notifier)
 
 

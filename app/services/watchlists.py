@@ -369,6 +369,15 @@ class PgVectorRanks:
         return found
 
 
+def ranks_of(
+    index: VectorIndex | PgVectorIndex, refresh: Callable[[], object] | None = None
+) -> RankIndex:
+    """The :class:`RankIndex` of a process's index (``refresh``: see :class:`FaissRanks`)."""
+    if isinstance(index, PgVectorIndex):
+        return PgVectorRanks(index)
+    return FaissRanks(index, refresh)
+
+
 class Watcher:
     """Scores newly indexed crops against the active watchlists (see the module docstring)."""
 

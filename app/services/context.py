@@ -384,8 +384,12 @@ def open_context(
                 backfill_embeddings(ctx, batch_size=settings.EMBED_BATCH_SIZE)
             if not worker and not pgvector:
                 prepare_index(ctx)
-            # watchlists score what this process indexes (the FAISS backend; see watchlists.py)
-            ctx.watcher = make_watcher(ctx) if ctx.faiss is not None else None
+            # watchlists score crops where they are embedded: in a worker with a broker, else
+            # in the process that ingests (see watchlists.py); an API replica with a broker
+            # embeds nothing and scores nothing
+            ctx.watcher = (
+                make_watcher(ctx, worker=worker) if scores_here(settings, worker) else None
+            )
         except BaseException:
             ctx.inference.close()
             raise
@@ -395,9 +399,17 @@ def open_context(
     return ctx
 
 
-def make_watcher(ctx: ServiceContext) -> Watcher:
-    """The watchlist scorer of this process, with the alert webhook when one is configured."""
-    from app.services.watchlists import Watcher
+def scores_here(settings: Settings, worker: bool) -> bool:
+    """Whether this process scores new crops against the watchlists: the one that embeds them
+    (a worker in the cluster profile; without a broker, the API server or `sketchreid ingest`)."""
+    return worker or not settings.BROKER_URL
+
+
+def make_watcher(ctx: ServiceContext, *, worker: bool = False) -> Watcher:
+    """The watchlist scorer of this process, with the alert webhook when one is configured.
+    Rank thresholds search PostgreSQL (pgvector), or the in-memory index: the API server's own,
+    or a worker's, which is filled from the database when a rank threshold first needs it."""
+    from app.services.watchlists import Watcher, ranks_of
     from app.services.webhook import WebhookNotifier
 
     settings = ctx.settings
@@ -412,8 +424,8 @@ def make_watcher(ctx: ServiceContext) -> Watcher:
         if settings.ALERT_WEBHOOK_URL
         else None
     )
-    assert ctx.faiss is not None
-    return Watcher(ctx.sessions, ctx.embedding_key, ctx.dim, ctx.faiss, notifier)
+    ranks = ranks_of(ctx.index, (lambda: sync_index(ctx)) if worker else None)
+    return Watcher(ctx.sessions, ctx.embedding_key, ctx.dim, ranks, notifier)
 
 
 def close_context(ctx: ServiceContext, save_index: bool = True) -> None:

@@ -26,7 +26,7 @@ from app.db.models import Embedding, GalleryItem
 from app.db.session import session_scope
 from app.db.types import utcnow
 from app.errors import SketchReidError
-from app.services.context import ServiceContext
+from app.services.context import ServiceContext, load_vectors
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,11 @@ def index_items(ctx: ServiceContext, item_ids: Sequence[int]) -> IndexReport:
     ids = sorted({int(i) for i in item_ids})
     with session_scope(ctx.sessions) as session:
         rows = session.execute(
-            select(GalleryItem.id, GalleryItem.blob_path).where(GalleryItem.id.in_(ids))
+            select(GalleryItem.id, GalleryItem.blob_path, GalleryItem.camera_id).where(
+                GalleryItem.id.in_(ids)
+            )
         ).all()
+        cameras: dict[int, str | None] = {int(r[0]): r[2] for r in rows}
         report.missing = len(ids) - len(rows)
         done = set(
             session.scalars(
@@ -61,7 +64,7 @@ def index_items(ctx: ServiceContext, item_ids: Sequence[int]) -> IndexReport:
         )
         images, todo = [], []
         failures: dict[int, str] = {}
-        for item_id, blob_path in rows:
+        for item_id, blob_path, _ in rows:
             if item_id in done:
                 continue
             try:
@@ -72,11 +75,13 @@ def index_items(ctx: ServiceContext, item_ids: Sequence[int]) -> IndexReport:
         vectors: np.ndarray | list[np.ndarray] = (
             ctx.inference.embed(ctx.bundle.embedder, images, modality="photo") if images else []
         )
+        scored: list[tuple[int, np.ndarray]] = []
         for item_id, vector in zip(todo, vectors, strict=True):
             try:
                 with session.begin_nested():
                     ctx.add_embedding(session, item_id, vector)
                 report.indexed += 1
+                scored.append((item_id, np.asarray(vector, np.float32)))
             except IntegrityError:  # another worker stored it first (or the item went away)
                 report.already += 1
         report.already += len(done)
@@ -96,6 +101,16 @@ def index_items(ctx: ServiceContext, item_ids: Sequence[int]) -> IndexReport:
             )
         report.failed = len(failures)
         session.commit()
+        if ctx.watcher is not None and done:
+            # A message delivered again: its worker may have died between the commit and the
+            # scoring, so these are scored again; an alert exists once per watchlist and crop
+            # (a unique constraint), so one already raised is not raised twice.
+            again, vectors_again = load_vectors(session, key, ctx.dim, sorted(done))
+            scored += zip(again.tolist(), vectors_again, strict=True)
+    if ctx.watcher is not None:
+        # after the commit: a rank threshold searches the index, which now holds these crops
+        for item_id, vector in scored:  # never raises: a failure is logged
+            ctx.watcher.on_indexed(item_id, cameras.get(item_id), vector)
     report.seconds = time.perf_counter() - start
     return report
 

@@ -145,13 +145,6 @@ def allowed_ids(session: Session, key: str, params: SearchParams) -> list[int] |
     return [int(i) for i in session.scalars(select(GalleryItem.id).where(*conditions))]
 
 
-def index_total(ctx: ServiceContext, session: Session) -> int:
-    """Crops the searches see (pgvector: the model's rows, one count in PostgreSQL)."""
-    if isinstance(ctx.index, PgVectorIndex):
-        return ctx.index.total(session)
-    return len(ctx.index)
-
-
 def model_weights(manifest: Manifest) -> dict[str, str]:
     """The sha256 of each weights file of the model (its members, its translator): what a
     search was made with, for the record and the result sheet."""
@@ -324,8 +317,9 @@ def run_search(
 
     t = time.perf_counter()
     judged = set(feedback.ids)
-    # (the gallery's size, the crops the filters left) when filters narrowed the search
-    filtered: tuple[int, int] | None = None
+    # (gallery size, crops the filters let through: None without filters), for the notes on a
+    # short result and the response
+    scope: tuple[int, int | None]
     if isinstance(ctx.index, PgVectorIndex):
         conditions = filter_conditions(
             params.camera_ids, params.captured_after, params.captured_before
@@ -344,8 +338,11 @@ def run_search(
             conditions,
             exact=searched <= settings.INDEX_EXACT_FILTER_MAX and not more,
         )
-        if conditions and not more:  # counted exactly: the filters left few crops
-            filtered = (ctx.index.total(session), searched)
+        total = ctx.index.total(session)
+        if not conditions:
+            scope = (total, None)
+        else:  # the count above stops at ``cap``; the response gives the exact one
+            scope = (total, ctx.index.count(session, conditions, total)[0] if more else searched)
     else:
         allowed = allowed_ids(session, ctx.embedding_key, params)
         do_rerank, why = rerank_choice(
@@ -357,8 +354,7 @@ def run_search(
             max(params.top_k, ctx.settings.RERANK_CANDIDATES) if do_rerank else params.top_k
         )
         hits_found = ctx.index.search(query, n_candidates + len(judged), allowed)
-        if allowed is not None:
-            filtered = (len(ctx.index), len(allowed))
+        scope = (len(ctx.index), None if allowed is None else len(allowed))
     if why:
         notes.append(why)
     found = [h for h in hits_found if h.id not in judged][:n_candidates]
@@ -381,8 +377,8 @@ def run_search(
     elif do_rerank:
         notes.append("re-ranking skipped: it needs at least 2 candidates")
     ranked = ranked[: params.top_k]
-    if filtered is not None:
-        notes.extend(filter_notes(session, params, *filtered, len(ranked)))
+    if scope[1] is not None:
+        notes.extend(filter_notes(session, params, scope[0], scope[1], len(ranked)))
 
     items = {
         int(it.id): it
@@ -461,8 +457,8 @@ def run_search(
         timings,
         feedback,
         notes,
-        gallery_size=filtered[0] if filtered is not None else index_total(ctx, session),
-        filtered_size=None if filtered is None else filtered[1],
+        gallery_size=scope[0],
+        filtered_size=scope[1],
     )
 
 

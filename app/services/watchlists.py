@@ -6,16 +6,20 @@ threshold: a cosine score (``min_score``) and / or a rank within the gallery (``
 the crop is among the first N the query would return from the whole gallery, or from its
 cameras).
 
-Design (one process, no broker: it works the same in the embedded single-process profile as
-beside a server database). Every crop is scored as it is indexed, in the process that indexes
-it (the API server, or ``sketchreid ingest``): :meth:`Watcher.on_indexed` multiplies its
+Design: every crop is scored as it is indexed, in the process that embeds it: without a
+broker the API server or ``sketchreid ingest`` (the embedded single-process profile works the
+same as beside a server database); with one (the cluster profile) the ``sketchreid worker``
+that embedded it, after its commit (:func:`app.services.indexing.index_items`; API replicas
+score nothing). A message delivered again is scored again and raises nothing new: one alert per
+watchlist and crop (a unique constraint). :meth:`Watcher.on_indexed` multiplies its
 vector by the matrix of the active watchlists' vectors, held in memory and reloaded when the
 set of active watchlists changes (a cheap aggregate query, at most once a second, notices
 changes made by another process; this process's own changes are seen at once). A rank
-threshold runs an index search only for a crop that reaches the watchlist's last known
-``max_rank``-th score. A hit is stored as an :class:`~app.db.models.Alert`, audited
-(``alert.raise``), and handed to the webhook thread (:mod:`app.services.webhook`), which
-posts it without holding up ingestion. A failure in any of this is logged and never fails
+threshold runs an index search (a :class:`RankIndex`: FAISS in memory, or pgvector in
+PostgreSQL) only for a crop that reaches the watchlist's last known ``max_rank``-th score.
+A hit is stored as an :class:`~app.db.models.Alert`, audited (``alert.raise``), and handed
+to the webhook thread (:mod:`app.services.webhook`), which posts it without holding up
+ingestion. A failure in any of this is logged and never fails
 the upload. Crops indexed before a watchlist was made are not alerted on (its ``best_now``
 shows them).
 """
@@ -26,10 +30,10 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from sqlalchemy import func, select
@@ -38,7 +42,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Alert, ApiKey, Case, GalleryItem, Watchlist
 from app.db.types import MAX_ID, is_valid_id, utcnow
-from app.index.store import VectorIndex
+from app.index.pgvector import PgVectorIndex
+from app.index.store import Hit, VectorIndex
 from app.services import audit
 from app.services.cases import get_case
 from app.services.errors import NotFoundError, OutOfRangeError
@@ -304,6 +309,75 @@ def alert_payload(
     }
 
 
+class RankIndex(Protocol):
+    """What a rank threshold needs of the gallery's index, whichever backend holds it."""
+
+    def total(self, session: Session) -> int:
+        """How many crops the index holds (a drop means deletions: the bars are reset)."""
+        ...
+
+    def top(
+        self, session: Session, query: np.ndarray, k: int, camera_ids: Sequence[str]
+    ) -> list[Hit]:
+        """The ``k`` best crops for ``query``, best first (only those of ``camera_ids`` when
+        it names any), as the searches would return them."""
+        ...
+
+
+class FaissRanks:
+    """Ranks in this process's in-memory FAISS index. ``refresh`` first brings the index up
+    to the database (a worker, whose index is not loaded at its start and is filled the first
+    time a rank threshold needs it; the API server's index is kept by its own writes)."""
+
+    def __init__(self, index: VectorIndex, refresh: Callable[[], object] | None = None) -> None:
+        self.index = index
+        self.refresh = refresh
+
+    def total(self, session: Session) -> int:
+        return len(self.index)
+
+    def top(
+        self, session: Session, query: np.ndarray, k: int, camera_ids: Sequence[str]
+    ) -> list[Hit]:
+        if self.refresh is not None:
+            self.refresh()
+        allowed: list[int] | None = None
+        if camera_ids:
+            allowed = list(
+                session.scalars(
+                    select(GalleryItem.id).where(GalleryItem.camera_id.in_(list(camera_ids)))
+                )
+            )
+        return self.index.search(query, k, allowed)
+
+
+class PgVectorRanks:
+    """Ranks in PostgreSQL (the pgvector backend): every process sees the same index."""
+
+    def __init__(self, index: PgVectorIndex) -> None:
+        self.index = index
+
+    def total(self, session: Session) -> int:
+        return self.index.total(session)
+
+    def top(
+        self, session: Session, query: np.ndarray, k: int, camera_ids: Sequence[str]
+    ) -> list[Hit]:
+        conditions = [GalleryItem.camera_id.in_(list(camera_ids))] if camera_ids else []
+        found = self.index.search(session, query, k, conditions)
+        session.rollback()  # ends the read (and its SET LOCALs) before alerts are written
+        return found
+
+
+def ranks_of(
+    index: VectorIndex | PgVectorIndex, refresh: Callable[[], object] | None = None
+) -> RankIndex:
+    """The :class:`RankIndex` of a process's index (``refresh``: see :class:`FaissRanks`)."""
+    if isinstance(index, PgVectorIndex):
+        return PgVectorRanks(index)
+    return FaissRanks(index, refresh)
+
+
 class Watcher:
     """Scores newly indexed crops against the active watchlists (see the module docstring)."""
 
@@ -312,7 +386,7 @@ class Watcher:
         sessions: sessionmaker[Session],
         embedding_key: str,
         dim: int,
-        index: VectorIndex,
+        ranks: RankIndex,
         notifier: WebhookNotifier | None = None,
         *,
         refresh_seconds: float = 1.0,
@@ -320,7 +394,7 @@ class Watcher:
         self.sessions = sessions
         self.embedding_key = embedding_key
         self.dim = dim
-        self.index = index
+        self.ranks = ranks
         self.notifier = notifier
         self._active = _Active(fingerprint=(-1, -1, -1))
         self._lock = threading.Lock()
@@ -396,14 +470,7 @@ class Watcher:
         when it is among the first ``max_rank``; else None. Updates the watchlist's bar."""
         row = active.rows[int(active.ids[k])]
         assert row.max_rank is not None
-        allowed: list[int] | None = None
-        if row.camera_ids:
-            allowed = list(
-                session.scalars(
-                    select(GalleryItem.id).where(GalleryItem.camera_id.in_(row.camera_ids))
-                )
-            )
-        found = self.index.search(active.matrix[k], row.max_rank, allowed)
+        found = self.ranks.top(session, active.matrix[k], row.max_rank, row.camera_ids or ())
         active.bars[k] = found[-1].score if len(found) == row.max_rank else -np.inf
         for position, hit in enumerate(found, 1):
             if hit.id == item_id:
@@ -424,9 +491,11 @@ class Watcher:
         if not active.ids.size:
             return []
         with self.sessions() as session:
-            if len(self.index) < self._index_size:  # deletions may have lowered the bars
-                active.bars.fill(-np.inf)
-            self._index_size = len(self.index)
+            if active.max_rank.any():
+                total = self.ranks.total(session)
+                if total < self._index_size:  # deletions may have lowered the bars
+                    active.bars.fill(-np.inf)
+                self._index_size = total
             scores = active.matrix @ np.asarray(vector, np.float32).reshape(-1)
             named = active.by_camera.get(camera_id or "")
             watching = ~active.filtered if named is None else ~active.filtered | named

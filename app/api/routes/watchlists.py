@@ -197,13 +197,9 @@ def create_watchlist(
         session, key, spec, query=query, embedding_key=ctx.embedding_key, search_id=record.id
     )
     _changed(ctx)
-    allowed = search_service.allowed_ids(
-        session, ctx.embedding_key, search_service.SearchParams(camera_ids=tuple(row.camera_ids))
-    )
     out = WatchlistOut.of(row, cases_by_id(session, [row.case_id]).get(row.case_id or 0))
-    out.best_now = [
-        BestNow(gallery_id=h.id, score=h.score) for h in ctx.index.search(query, 5, allowed)
-    ]
+    best = service.ranks_of(ctx.index).top(session, query, 5, row.camera_ids or ())
+    out.best_now = [BestNow(gallery_id=h.id, score=h.score) for h in best]
     return out
 
 

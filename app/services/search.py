@@ -28,7 +28,7 @@ from app.db.session import release
 from app.db.types import utcnow
 from app.errors import UserInputError
 from app.index.pgvector import PgVectorIndex
-from app.ml.bundle.store import Manifest
+from app.ml.bundle.manifest import Manifest
 from app.ml.infer.query_views import QueryView, check_choice, embed_queries, resolve_view
 from app.ml.retrieval.feedback import FeedbackWeights, build_query
 from app.ml.retrieval.rerank import rerank_candidates

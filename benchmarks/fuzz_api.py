@@ -49,6 +49,13 @@ CONFIG = """\
 [generation]
 database = "none"
 
+# Stateful sequences with valid data only: in a negative sequence schemathesis 4.32 fills the
+# "invalid" part from a link it inferred (GET /cameras' camera_id -> POST /gallery's) and then
+# reports the now valid request as "schema-violating request accepted" (ST201, seen 2026-12-07).
+# Invalid data is still sent by the coverage and fuzzing phases, operation by operation.
+[phases.stateful.generation]
+mode = "positive"
+
 [checks]
 positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
 

@@ -425,7 +425,18 @@ def make_watcher(ctx: ServiceContext, *, worker: bool = False) -> Watcher:
         else None
     )
     ranks = ranks_of(ctx.index, (lambda: sync_index(ctx)) if worker else None)
-    return Watcher(ctx.sessions, ctx.embedding_key, ctx.dim, ranks, notifier)
+    # A worker scores crops uploaded to another process, where watchlists are made too: it
+    # asks the database for the active set before every batch (one small query), so a crop
+    # uploaded after a watchlist was made is scored against it. An API server learns of its
+    # own changes at once (invalidate) and of other processes' within a second.
+    return Watcher(
+        ctx.sessions,
+        ctx.embedding_key,
+        ctx.dim,
+        ranks,
+        notifier,
+        refresh_seconds=0.0 if worker else 1.0,
+    )
 
 
 def close_context(ctx: ServiceContext, save_index: bool = True) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -131,18 +130,16 @@ def _int8_bundle(settings: Settings, bundle: Bundle) -> Bundle:
     return with_onnx(bundle, folder, "int8")
 
 
-def inference_threads(settings: Settings) -> int:
-    """Intra-op threads of a model pass: ``INFERENCE_THREADS`` when set, else PyTorch's count
-    where PyTorch is loaded, else ONNX Runtime's default (``OMP_NUM_THREADS``, else one per
-    core)."""
-    if settings.INFERENCE_THREADS:
-        return settings.INFERENCE_THREADS
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        return int(torch.get_num_threads())
-    from app.ml.bundle.onnx_runtime import default_threads
+def inference_threads(bundle: Bundle) -> int:
+    """Intra-op threads the loaded model's passes run with: each ONNX Runtime session's count
+    (ONNX Runtime's default, one per core, where that is 0), else PyTorch's (set from
+    ``INFERENCE_THREADS`` when the model was loaded)."""
+    threads = getattr(bundle.embedder, "threads", None)
+    if threads is not None:
+        return int(threads) or os.cpu_count() or 1
+    import torch  # a PyTorch embedder: PyTorch is loaded
 
-    return default_threads() or os.cpu_count() or 1
+    return int(torch.get_num_threads())
 
 
 def _prepared_bundle(settings: Settings) -> Bundle | None:

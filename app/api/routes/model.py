@@ -26,7 +26,7 @@ def get_model(ctx: CtxDep, _key: ReaderDep) -> dict[str, Any]:
         "rerank_auto_min_items": ctx.settings.RERANK_AUTO_MIN_ITEMS,
         "rerank_candidates": ctx.settings.RERANK_CANDIDATES,
         "inference": ctx.bundle.inference,
-        "inference_threads": inference_threads(ctx.settings),
+        "inference_threads": inference_threads(ctx.bundle),
         "batching": ctx.inference.describe(),
         "index": {"type": ctx.index.index_type, "kind": ctx.index.kind, "items": index_size(ctx)},
         "manifest": ctx.bundle.manifest.model_dump(mode="json"),

@@ -87,6 +87,7 @@ class OnnxEmbedder(BaseEmbedder):
         sketch_grey: bool = True,
         tta_flip: bool = True,
         precision: RunPrecision = "fp32",
+        threads: int = 0,
     ) -> None:
         if not sessions or len(sessions) != len(member_dims):
             raise ValueError("OnnxEmbedder needs one session and one dimension per member")
@@ -94,6 +95,8 @@ class OnnxEmbedder(BaseEmbedder):
             input_size, mean, std, sketch_grey=sketch_grey, tta_flip=tta_flip, device="cpu"
         )
         self.precision = precision
+        # Intra-op threads each session runs with (0: ONNX Runtime's default, one per core).
+        self.threads = threads
         self.sessions = sessions
         self.member_dims = list(member_dims)
         self.dim = sum(self.member_dims)
@@ -132,6 +135,7 @@ def load_sessions(
         sketch_grey=manifest.sketch_grey,
         tta_flip=manifest.tta_flip,
         precision=record.precision,
+        threads=n,
     )
     translator = None
     if record.translator is not None and manifest.translator is not None:

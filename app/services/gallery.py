@@ -111,6 +111,15 @@ def make_metadata(
     )
 
 
+# Why a file is refused when its camera is to come from its name and the name holds none (a
+# name like 999_04_1234.png: a bare number is not read as a camera, it could be anything).
+NO_CAMERA_IN_NAME = (
+    "camera_from_filename is on but the name holds no camera: a Market-1501 name reads "
+    "PERSONID_cCAMsSEQ_FRAME_NN.jpg (e.g. 0001_c1s1_001051_00.jpg); give this file a "
+    "camera_id in its metadata, or upload it with the option off"
+)
+
+
 def camera_from_filename(name: str) -> str | None:
     """Camera id from a Market-1501 style file name (``0001_c3s1_...`` -> ``"c3"``)."""
     match = _MARKET_CAMERA.match(name.rsplit("/", 1)[-1])
@@ -668,8 +677,10 @@ def _entry_metadata(entry: BatchEntry, camera_from_name: bool) -> ItemMetadata:
     for key in ("camera_id", "location", "external_id", "captured_at"):
         if values[key] is not None and not isinstance(values[key], str):
             raise UserInputError(f"metadata {key} must be a string")
-    if camera_from_name and not values["camera_id"] and entry.filename:
-        values["camera_id"] = camera_from_filename(entry.filename)
+    if camera_from_name and not values["camera_id"]:
+        values["camera_id"] = camera_from_filename(entry.filename or "")
+        if values["camera_id"] is None:
+            raise UserInputError(NO_CAMERA_IN_NAME)
     return make_metadata(**values)  # type: ignore[arg-type]
 
 

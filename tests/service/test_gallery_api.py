@@ -144,14 +144,16 @@ def test_batch_mixes_good_bad_and_duplicate_files(client: TestClient, keys: Keys
         ("images", ("empty.jpg", b"", "image/jpeg")),
         ("images", ("naive.jpg", jpeg(4), "image/jpeg")),
     ]
+    # camera_from_filename refuses a name without a camera unless its metadata gives one
+    # (test_gallery_names.py): the names that hold none get c7 here.
     metadata = [
         {"location": "Gate 1"},
-        None,
-        None,
+        {"camera_id": "c7"},
+        {"camera_id": "c7"},
         {"camera_id": "explicit", "captured_at": "2024-03-01T08:00:00Z"},
-        None,
-        None,
-        {"captured_at": "2024-03-01T08:00:00"},
+        {"camera_id": "c7"},
+        {"camera_id": "c7"},
+        {"camera_id": "c7", "captured_at": "2024-03-01T08:00:00"},
     ]
     r = client.post(
         "/api/v1/gallery/batch",

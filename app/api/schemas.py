@@ -80,6 +80,10 @@ class GalleryItemOut(BaseModel):
     captured_at: datetime | None
     location: str | None
     external_id: str | None
+    filename: str | None = Field(
+        description="The name the crop was uploaded under (base name; null: none was sent, or "
+        "stored before names were kept)"
+    )
     created_at: datetime
     image_url: str
     # pending: queued for a worker (cluster profile), not searchable yet; indexed: searchable;
@@ -99,6 +103,7 @@ class GalleryItemOut(BaseModel):
             captured_at=item.captured_at,
             location=item.location,
             external_id=item.external_id,
+            filename=item.filename,
             created_at=item.created_at,
             image_url=image_url(item.id),
             status=item.status,  # type: ignore[arg-type]

@@ -99,6 +99,8 @@ class GalleryItem(Base):
     captured_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     location: Mapped[str | None] = mapped_column(String(500), default=None)
     external_id: Mapped[str | None] = mapped_column(String(200), default=None, index=True)
+    # The name the crop was uploaded under (base name only; null when none was sent).
+    filename: Mapped[str | None] = mapped_column(String(200), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     created_by: Mapped[int | None] = mapped_column(
         ForeignKey("api_keys.id", ondelete="SET NULL"), default=None

@@ -52,7 +52,7 @@ from app.services.errors import (
 )
 from app.services.imagecheck import trailing_bytes
 from app.services.outages import as_outage, check_free_space
-from app.services.text import check_text
+from app.services.text import check_text, display_name
 from app.services.timeparse import parse_timestamp
 
 log = logging.getLogger(__name__)
@@ -258,6 +258,7 @@ def _store(
                 captured_at=prep.meta.captured_at,
                 location=prep.meta.location,
                 external_id=prep.meta.external_id,
+                filename=display_name(prep.filename),
                 created_by=created_by,
                 status="indexed" if vector is not None else "pending",
             )
@@ -733,8 +734,10 @@ def list_items(
     camera_ids: Sequence[str] = (),
     captured_after: datetime | None = None,
     captured_before: datetime | None = None,
+    newest_first: bool = False,
 ) -> tuple[list[GalleryItem], int]:
-    """A page of items ordered by id, and the total matching the filters.
+    """A page of items ordered by id (the order they were stored in; ``newest_first``: the
+    reverse), and the total matching the filters.
 
     ``captured_after`` is inclusive, ``captured_before`` exclusive; items without a capture
     time are excluded as soon as either bound is given.
@@ -754,7 +757,7 @@ def list_items(
         session.scalars(
             select(GalleryItem)
             .where(*conditions)
-            .order_by(GalleryItem.id)
+            .order_by(GalleryItem.id.desc() if newest_first else GalleryItem.id)
             .limit(limit)
             .offset(offset)
         )

@@ -39,7 +39,7 @@ from app.services.errors import NotFoundError, OutOfRangeError
 from app.services.feedback import Feedback, combine, feedback_vectors
 from app.services.gallery import camera_filter, check_range, check_upload, filter_conditions
 from app.services.outages import check_free_space
-from app.services.text import unstorable_reason
+from app.services.text import display_name
 from app.services.vectors import candidate_vectors
 
 MAX_TOP_K = 100
@@ -152,14 +152,6 @@ def model_weights(manifest: Manifest) -> dict[str, str]:
     if manifest.translator is not None:
         weights["translator"] = manifest.translator.sha256
     return weights
-
-
-def _display_name(filename: str | None) -> str | None:
-    """The uploaded file's base name, as a person named it (for the record and the sheet)."""
-    if not filename:
-        return None
-    name = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()
-    return name[:200] if name and unstorable_reason(name) is None else None
 
 
 def filter_notes(
@@ -402,7 +394,7 @@ def run_search(
         name = f"sketch-{i + 1}.{sniff_extension(upload.data)}"
         files.append((name, upload.data))
         entry: dict[str, Any] = {"sha256": sha256_hex(upload.data), "path": f"{search_id}/{name}"}
-        entry["filename"] = _display_name(upload.filename) or (
+        entry["filename"] = display_name(upload.filename) or (
             refine.sketches[i].get("filename") if refine is not None and not sketches else None
         )
         entry["translated_path"] = None

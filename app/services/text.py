@@ -43,3 +43,12 @@ def check_text(value: str, field: str) -> str:
     if reason is not None:
         raise UnstorableTextError(f"{field} {reason}; text with it cannot be stored", field)
     return value
+
+
+def display_name(filename: str | None, limit: int = 200) -> str | None:
+    """An uploaded file's base name as a person named it (a client's directories dropped), at
+    most ``limit`` characters; None when there is none or it could not be stored."""
+    if not filename:
+        return None
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return name[:limit] if name and unstorable_reason(name) is None else None

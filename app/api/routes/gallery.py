@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import time
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.responses import JSONResponse
@@ -31,7 +31,7 @@ _ONE_IMAGE = Depends(
 )
 _ONE_BATCH = Depends(single_valued(form=("metadata", "camera_from_filename")))
 _ONE_LISTING = Depends(
-    single_valued(query=("limit", "offset", "captured_after", "captured_before"))
+    single_valued(query=("limit", "offset", "captured_after", "captured_before", "order"))
 )
 
 
@@ -144,6 +144,10 @@ def list_items(
     ] = None,
     captured_after: Annotated[str | None, Query(description="inclusive, ISO 8601")] = None,
     captured_before: Annotated[str | None, Query(description="exclusive, ISO 8601")] = None,
+    order: Annotated[
+        Literal["oldest", "newest"],
+        Query(description="oldest (ingested) first, or newest first (the page's order)"),
+    ] = "oldest",
 ) -> GalleryPage:
     after: datetime | None = parse_timestamp(captured_after, "captured_after")
     before: datetime | None = parse_timestamp(captured_before, "captured_before")
@@ -154,6 +158,7 @@ def list_items(
         camera_ids=camera_id or [],
         captured_after=after,
         captured_before=before,
+        newest_first=order == "newest",
     )
     next_offset = offset + len(items) if offset + len(items) < total else None
     return GalleryPage(

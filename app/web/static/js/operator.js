@@ -1,5 +1,6 @@
-// The operator's view: upload crops (one or many, with camera / time / location), browse the
-// gallery page by page with filters, delete items (with a reason for the audit trail).
+// The operator's view: upload crops (one or many, with camera / time / location, cleared once a
+// batch is stored whole), browse the gallery page by page (newest first) with filters, delete
+// items (the dialog shows the crop; a reason for the audit trail).
 
 import { API, Pool, send } from "./api.js";
 import { $, Busy, apiImage, dropZone, el, formatTime, metaList, notImages, showError, splitList, toIso } from "./ui.js";
@@ -9,15 +10,38 @@ const RETRIES = 5; // on 429 (too many batch uploads at once), after Retry-After
 
 const sleep = (seconds) => new Promise((resolve) => setTimeout(resolve, seconds * 1000));
 
-function askDeleteReason(id) {
+// A server refusal names the file (or starts with its name): the line names it once.
+export function refusalLine(name, error) {
+  const reason = name && error.startsWith(`${name}: `) ? error.slice(name.length + 2) : error;
+  return name && !reason.includes(name) ? `${name}: refused: ${reason}` : `Refused: ${reason}`;
+}
+
+// The details a batch was sent with, for its summary line.
+function described(meta) {
+  const parts = [meta.camera_id ? `camera ${meta.camera_id}` : null,
+    meta.captured_at ? `captured ${formatTime(meta.captured_at)}` : null,
+    meta.location ? `location ${meta.location}` : null].filter(Boolean);
+  return `This batch was sent with ${parts.length ? parts.join(", ") : "no camera, time or location"}.`;
+}
+
+// The delete dialog: the crop itself, its file name and external id, and the reason asked.
+function askDeleteReason(item, pool) {
   const dialog = $("confirm-delete");
-  $("delete-title").textContent = `Delete gallery item ${id}?`;
+  $("delete-title").textContent = `Delete gallery item ${item.id}?`;
+  $("delete-crop").replaceChildren(apiImage(item.image_url, `Gallery item ${item.id}`, pool));
+  $("delete-what").textContent = [item.filename ? `File ${item.filename}` : "No file name",
+    item.external_id ? `external id ${item.external_id}` : null, `camera ${item.camera_id || "—"}`,
+    `captured ${formatTime(item.captured_at)}`].filter(Boolean).join(" · ");
   $("delete-reason").value = "";
   dialog.returnValue = "";
   dialog.showModal();
   $("delete-reason").focus();
   return new Promise((resolve) => {
-    dialog.addEventListener("close", () => resolve(dialog.returnValue === "delete" ? $("delete-reason").value.trim() : null), { once: true });
+    dialog.addEventListener("close", () => {
+      $("delete-crop").replaceChildren();
+      pool.clear();
+      resolve(dialog.returnValue === "delete" ? $("delete-reason").value.trim() : null);
+    }, { once: true });
   });
 }
 
@@ -26,6 +50,7 @@ export class Operator {
     this.viewer = viewer;
     this.files = [];
     this.pool = new Pool();
+    this.dialogPool = new Pool(); // the crop in the delete dialog
     this.offset = 0;
     this.loads = 0; // only the latest listing request may draw the grid
     this.busy = new Busy($("upload-busy"), $("upload-status"), $("upload-submit"));
@@ -62,6 +87,7 @@ export class Operator {
     this.pool.clear();
     $("gallery-grid").replaceChildren();
     $("upload-results").replaceChildren();
+    $("upload-next").textContent = "";
     $("crop-chosen").textContent = "";
   }
 
@@ -119,6 +145,7 @@ export class Operator {
     const list = $("upload-results");
     list.replaceChildren();
     const counts = { created: 0, exists: 0, error: 0 };
+    let keyRefused = false;
     this.busy.start(`Uploading 0 of ${files.length}…`, files.length);
     for (let start = 0; start < files.length; start += BATCH) {
       const part = files.slice(start, start + BATCH);
@@ -129,13 +156,16 @@ export class Operator {
           const name = r.filename || part[r.index].name;
           const text = r.status === "created" ? `${name}: stored as item ${r.item.id}`
             : r.status === "exists" ? `${name}: already stored (item ${r.item.id})`
-              : `${name}: refused: ${r.error}`;
+              : refusalLine(name, r.error || "");
           list.append(el("li", { class: r.status, text }));
         }
       } catch (error) {
         counts.error += part.length;
         for (const f of part) list.append(el("li", { class: "error", text: `${f.name}: ${error.message}` }));
-        if (error.status === 0 || error.status === 401) break;
+        if ([0, 401, 403].includes(error.status)) {
+          keyRefused = error.status !== 0;
+          break;
+        }
       }
       const done = Math.min(start + BATCH, files.length);
       this.busy.step(done, `Uploading ${done} of ${files.length}…`);
@@ -143,9 +173,20 @@ export class Operator {
     this.busy.done();
     const summary = `${counts.created} stored, ${counts.exists} already stored, ${counts.error} failed`;
     list.prepend(el("li", { class: "summary", text: summary }));
-    if (counts.error) showError($("upload-error"), `Some files were not stored: ${summary}.`);
-    this.files = [];
-    $("crop-chosen").textContent = "";
+    if (counts.error) {
+      // The details stay, to send the failed files again; say that they apply to the next upload.
+      showError($("upload-error"), `Some files were not stored: ${summary}. The camera, time and ` +
+        "location above are kept for sending them again: check them before the next upload.");
+      $("upload-next").textContent = described(meta);
+    } else {
+      // A batch stored whole: its details must not label the next batch.
+      for (const id of ["up-camera", "up-time", "up-location"]) $(id).value = "";
+      $("upload-next").textContent = `${described(meta)} Camera, time and location cleared for the next batch.`;
+    }
+    if (!keyRefused) { // a refused key keeps the chosen files, to send once a key is given
+      this.files = [];
+      $("crop-chosen").textContent = "";
+    }
     this.load();
   }
 
@@ -153,7 +194,7 @@ export class Operator {
     let query;
     try {
       query = {
-        limit: this.pageSize, offset: this.offset, camera_id: splitList($("g-cameras").value),
+        limit: this.pageSize, offset: this.offset, order: "newest", camera_id: splitList($("g-cameras").value),
         captured_after: toIso($("g-after").value), captured_before: toIso($("g-before").value),
       };
     } catch (error) {
@@ -186,7 +227,8 @@ export class Operator {
     $("g-next").disabled = page.next_offset === null;
     const meta = (item) => [
       ["Id", String(item.id)], ["Camera", item.camera_id || "—"], ["Time", formatTime(item.captured_at)],
-      ["Location", item.location || "—"], ["Ingested", formatTime(item.created_at)],
+      ["Location", item.location || "—"], ["File", item.filename || "—"],
+      ["External id", item.external_id || "—"], ["Ingested", formatTime(item.created_at)],
     ];
     const entries = page.items.map((item) => ({ title: `Gallery item ${item.id}`, imagePath: `${API}/gallery/${item.id}/image`, meta: meta(item) }));
     const cards = page.items.map((item, i) => el("li", { class: "card", dataset: { galleryId: item.id } },
@@ -197,13 +239,14 @@ export class Operator {
       metaList(meta(item)),
       el("div", { class: "card-actions" }, el("button", {
         type: "button", class: "delete", "aria-label": `Delete gallery item ${item.id}`,
-        onclick: () => this.remove(item.id),
+        onclick: () => this.remove(item),
       }, "Delete"))));
     $("gallery-grid").replaceChildren(...cards);
   }
 
-  async remove(id) {
-    const reason = await askDeleteReason(id);
+  async remove(item) {
+    const id = item.id;
+    const reason = await askDeleteReason(item, this.dialogPool);
     if (reason === null) return;
     try {
       await send(`gallery/${id}`, { method: "DELETE", query: { reason: reason || null } });

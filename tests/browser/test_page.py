@@ -142,9 +142,11 @@ def test_an_unreachable_server_is_reported(live: Live, watched: tuple[Any, Watch
     watch.assert_clean(live.key("investigator"), http_errors=True)
 
 
-def test_a_key_revoked_while_signed_in_sends_the_page_back_to_sign_in(
+def test_a_key_revoked_while_signed_in_asks_for_a_key_and_sign_out_clears_the_page(
     live: Live, watched: tuple[Any, Watch]
 ) -> None:
+    """The page stays under the dialog (issue 23 item 6; test_rough_edges.py goes on with a new
+    key); signing out from it goes back to the sign-in form and clears the page."""
     page, watch = watched
     with live.api("admin") as admin:
         made = admin.post("/api/v1/apikeys", json={"name": "DC Short", "role": "operator"}).json()
@@ -156,10 +158,14 @@ def test_a_key_revoked_while_signed_in_sends_the_page_back_to_sign_in(
     with live.api("admin") as admin:
         assert admin.post(f"/api/v1/apikeys/{made['id']}/revoke").status_code == 200
     page.click("#gallery-apply")  # any call with the key now
-    error = page.wait_for_selector("#signin-error:not([hidden])")
-    assert "revoked" in error.inner_text() and "Sign in again" in error.inner_text()
-    assert page.is_hidden("#view-gallery") and page.locator("#gallery-grid > li").count() == 0
+    reason = page.wait_for_selector("#reauth[open] #reauth-reason")
+    assert "revoked" in reason.inner_text() and "Sign in again" in reason.inner_text()
     assert page.evaluate("sessionStorage.length") == 0
+    assert page.is_visible("#view-gallery") and page.locator("#gallery-grid > li").count() > 0
+    page.click("#reauth-signout")
+    page.wait_for_selector("#view-signin:not([hidden])")
+    assert page.is_hidden("#reauth") and page.is_hidden("#view-gallery")
+    assert page.locator("#gallery-grid > li").count() == 0
     watch.assert_clean(made["key"], http_errors=True)
 
 

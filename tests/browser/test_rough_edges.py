@@ -116,6 +116,9 @@ def test_a_key_refused_mid_search_keeps_the_sketches_and_results_and_asks_for_a_
     page.wait_for_selector("#whoami:not([hidden])")
     ids = search(page, sketches(live, 3), top_k=5)
     summary = page.inner_text("#result-summary")
+    wait_images_loaded(
+        page, "#result-grid img, #history-list img, #query-strip img"
+    )  # no request in flight
     with live.api("admin") as admin:
         assert admin.post(f"/api/v1/apikeys/{old_key['id']}/revoke").status_code == 200
         new_key = admin.post(
@@ -130,7 +133,8 @@ def test_a_key_refused_mid_search_keeps_the_sketches_and_results_and_asks_for_a_
     assert result_ids(page) == ids and page.inner_text("#result-summary") == summary
     page.fill("#reauth-key", new_key["key"])
     page.click("#reauth-submit")
-    page.wait_for_selector("#reauth:not([open])")
+    page.wait_for_function("() => !document.querySelector('#reauth').open")
+    assert page.inner_text("#whoami").startswith("DC Reed · investigator")
     assert page.is_visible("#view-search") and page.inner_text("#sketch-list .name") == "3.jpg"
     assert result_ids(page) == ids
     page.fill("#top-k", "4")

@@ -29,7 +29,8 @@ export const session = {
   },
 };
 
-// The page listens for this to send the user back to the sign-in form.
+// The page listens for this to ask for a key (401: refused; 403: its role may not do this),
+// leaving what is on screen as it is.
 export const UNAUTHORISED = "sketchreid:unauthorised";
 
 function explain(status, detail) {
@@ -88,8 +89,8 @@ export async function send(path, { method = "GET", json, form, query, key, expec
   if (!response.ok) {
     const error = await errorFrom(response);
     error.retryAfter = Number(response.headers.get("Retry-After")) || null;
-    if (response.status === 401 && key === undefined) {
-      window.dispatchEvent(new CustomEvent(UNAUTHORISED, { detail: error.message }));
+    if ((response.status === 401 || response.status === 403) && key === undefined) {
+      window.dispatchEvent(new CustomEvent(UNAUTHORISED, { detail: { status: response.status, message: error.message } }));
     }
     throw error;
   }

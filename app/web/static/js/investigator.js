@@ -168,10 +168,13 @@ export class Investigator {
       this.history.mark(out.search_id);
       this.history.load();
     } catch (error) {
-      // The results on screen belong to another search: never leave them as if current.
-      this.view.clear();
-      $("watch-form").hidden = true;
-      this.current = null;
+      // A refused search: the results on screen belong to another one, never left as if
+      // current. A refused key (401 / 403) ran nothing: the results stay, a key is asked for.
+      if (error.status !== 401 && error.status !== 403) {
+        this.view.clear();
+        $("watch-form").hidden = true;
+        this.current = null;
+      }
       showError($("search-error"), error);
     } finally {
       this.busy.done();

@@ -1,17 +1,21 @@
 // Sign-in, the role's views, sign-out. GET /api/v1/whoami tells the page the key's role:
 //   investigator -> Search; operator -> Gallery; admin -> both.
+// A key refused later asks for a key over the page as it is (reauth.js), never wipes it.
 
 import { UNAUTHORISED, send, session } from "./api.js";
 import { loadCapabilities } from "./capabilities.js";
 import { Investigator } from "./investigator.js";
 import { Operator } from "./operator.js";
+import { KeyPrompt } from "./reauth.js";
 import { $, TIME_ZONE, showError } from "./ui.js";
 import { Viewer } from "./viewer.js";
 import { Alerts } from "./watch.js";
 
 const VIEWS = { investigator: ["search"], operator: ["gallery"], admin: ["search", "gallery"] };
 
-const state = { views: [], investigator: null, operator: null, alerts: null };
+const state = { me: null, views: [], investigator: null, operator: null, alerts: null, prompt: null };
+
+const describe = (me) => `${me.name} · ${me.role} · times in ${TIME_ZONE}`;
 
 function showView(name) {
   for (const view of ["search", "gallery"]) {
@@ -23,9 +27,10 @@ function showView(name) {
 }
 
 function enter(me) {
+  state.me = me;
   state.views = VIEWS[me.role] || [];
   $("view-signin").hidden = true;
-  $("whoami").textContent = `${me.name} · ${me.role} · times in ${TIME_ZONE}`;
+  $("whoami").textContent = describe(me);
   $("whoami").hidden = false;
   $("signout").hidden = false;
   $("tabs").hidden = state.views.length < 2;
@@ -36,7 +41,23 @@ function enter(me) {
   $("main").focus();
 }
 
+// A key given after one was refused: the same person (name and role) goes on with the page as
+// it was; anyone else starts afresh, as after a sign-in.
+function resume(me) {
+  if (state.me && me.name === state.me.name && me.role === state.me.role) {
+    state.me = me;
+    $("whoami").textContent = describe(me);
+    if (state.views.includes("search")) state.alerts.start();
+    return;
+  }
+  state.investigator.reset();
+  state.operator.reset();
+  enter(me);
+}
+
 function leave(reason) {
+  state.me = null;
+  state.prompt.close();
   for (const view of ["search", "gallery"]) $(`view-${view}`).hidden = true;
   state.alerts.stop();
   state.investigator.reset();
@@ -72,6 +93,13 @@ async function main() {
   state.investigator = new Investigator({ caps, viewer });
   state.operator = new Operator({ viewer });
   state.alerts = new Alerts({ caps, viewer });
+  state.prompt = new KeyPrompt({
+    onKey: resume,
+    onSignOut: () => {
+      session.clear();
+      leave(null);
+    },
+  });
 
   $("signin-form").addEventListener("submit", (event) => {
     event.preventDefault(); // never a real form submission: the key must not leave in a URL
@@ -90,8 +118,14 @@ async function main() {
     $(`tab-${view}`).addEventListener("click", () => showView(view));
   }
   window.addEventListener(UNAUTHORISED, (event) => {
-    session.clear();
-    leave(event.detail);
+    const { status, message } = event.detail;
+    if (!state.me) { // not signed in (yet): the sign-in form says why
+      session.clear();
+      leave(message);
+      return;
+    }
+    if (status === 401) state.alerts.stop(); // no polling without a key
+    state.prompt.ask(status, message);
   });
 
   if (session.key) signIn(session.key);

@@ -36,10 +36,21 @@ RUN pip install .
 
 # ---------------------------------------------------------------- build-serve: trimmed
 FROM build AS build-serve
-# The serving image installs nothing at run time: no pip, no bytecode caches (Python writes
-# none there: PYTHONDONTWRITEBYTECODE).
+# The serving image installs nothing at run time: no pip. Bytecode: only what a start imports.
+# The server is started once here (docker/warm_start.py: migrations on a new SQLite database, the
+# bundle's prepared ONNX files, until /readyz answers), so a serving image that cannot start
+# fails to build, and the .pyc files that start compiled are kept (~24 MB, pinned as
+# unchecked-hash files): the image runs with PYTHONDONTWRITEBYTECODE, and compiling them at every
+# start cost ~6 s of a 14 s start (docs/service.md, "Containers"); bytecode for the whole
+# virtualenv would add ~66 MB.
 RUN find /opt/venv -name "__pycache__" -prune -exec rm -rf {} + \
     && rm -rf /opt/venv/lib/python3.11/site-packages/pip* /opt/venv/bin/pip*
+WORKDIR /warm
+COPY migrations ./migrations
+COPY model_store/default ./model_store/default
+COPY docker/warm_start.py ./
+RUN SKETCHREID_MODEL_DIR=/warm/model_store/default OMP_NUM_THREADS=1 python warm_start.py \
+    && rm -rf /warm
 
 # ---------------------------------------------------------------- runtime base
 FROM ${BASE_IMAGE} AS runtime
@@ -63,8 +74,9 @@ VOLUME ["/data"]
 # 127.0.0.1 and a free port with `docker run --network host`.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('SKETCHREID_PORT', '8000'), timeout=4)"]
-# Migrations first (idempotent), then the server (one process: the index lives in memory).
-CMD ["sh", "-c", "sketchreid db upgrade && exec sketchreid serve --host \"${SKETCHREID_HOST:-0.0.0.0}\" --port \"${SKETCHREID_PORT:-8000}\""]
+# Migrations first (idempotent), then the server, in one process (`serve --migrate`: one
+# interpreter start, not two; one server process: the index lives in memory).
+CMD ["sh", "-c", "exec sketchreid serve --migrate --host \"${SKETCHREID_HOST:-0.0.0.0}\" --port \"${SKETCHREID_PORT:-8000}\""]
 
 # ---------------------------------------------------------------- serve: no PyTorch
 FROM runtime AS serve

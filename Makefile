@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(BIN)/ruff check app tests benchmarks scripts
+	$(BIN)/ruff check app tests benchmarks scripts docker
 	$(BIN)/pytest -q
 
 # Needs a bundle in $SKETCHREID_MODEL_DIR (default model_store/default); serve says so if not.
@@ -23,7 +23,7 @@ run: install
 	$(BIN)/sketchreid serve
 
 lint: install
-	$(BIN)/ruff check app tests benchmarks scripts
+	$(BIN)/ruff check app tests benchmarks scripts docker
 	$(BIN)/mypy app
 
 # Short runs of both benchmarks (well under a minute); see README.md for the full sizes.

@@ -30,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    serve.add_argument(
+        "--migrate",
+        action="store_true",
+        help="apply pending database migrations first, in this process (`db upgrade`; the "
+        "container's default: one interpreter start instead of two)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     db = subparsers.add_parser("db", help="database migrations")
@@ -139,6 +145,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "scripts/build_default_bundle.sh (docs/reproduce.md) or set SKETCHREID_MODEL_DIR "
             "to a bundle folder"
         )
+    if args.migrate:
+        print(f"database at revision {upgrade_database(settings)} (head)", flush=True)
     _check_database(settings)  # refuses a database behind head, saying what to run
     # Load (and verify) the model here so a bad bundle is a one-line error, not a traceback.
     bundle = load_model(settings)
@@ -172,8 +180,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    settings = get_settings()
+def upgrade_database(settings: Settings) -> str:
+    """Apply every pending migration (safe to repeat); the revision the database is at."""
     migrate.upgrade(settings.DATABASE_URL)
     engine = make_engine(settings.DATABASE_URL)
     try:
@@ -185,9 +193,13 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
             with engine.begin() as conn, maintenance(conn):
                 pgvector.install(conn, required=True)
-        print(f"database at revision {migrate.current_revision(engine)} (head)")
+        return str(migrate.current_revision(engine))
     finally:
         engine.dispose()
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    print(f"database at revision {upgrade_database(get_settings())} (head)")
     return 0
 
 
@@ -361,6 +373,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                     camera = meta_base.camera_id
                     if args.camera_from_filename and camera is None:
                         camera = gallery.camera_from_filename(path.name)
+                        if camera is None:  # the API's rule: refused, not stored without one
+                            failures.append(f"{path}: {gallery.NO_CAMERA_IN_NAME}")
+                            continue
                     meta = gallery.ItemMetadata(camera_id=camera, location=meta_base.location)
                     todo.append((str(path), data, meta))
                 for outcome in gallery.ingest_many(ctx, session, todo):

@@ -99,7 +99,7 @@ def test_ingest_folder_is_resumable(
     (folder / "sub").mkdir(parents=True)
     (folder / "0001_c1s1_000151_01.jpg").write_bytes(jpeg(1))
     (folder / "0002_c4s2_000001_01.png").write_bytes(png(2))
-    (folder / "broken.jpg").write_bytes(b"not an image")
+    (folder / "0005_c1s1_000005_01.jpg").write_bytes(b"not an image")
     (folder / "notes.txt").write_text("ignored")
     (folder / "sub" / "0003_c2s1_000001_01.jpg").write_bytes(jpeg(3))
 
@@ -108,13 +108,13 @@ def test_ingest_folder_is_resumable(
     assert code == 1  # one bad file
     assert "ingested 2 new, 0 already stored, 1 failed (of 3 image files" in out
     assert "1 non-image file(s) ignored" in out
-    assert "broken.jpg" in err and "not an image" in err
+    assert "0005_c1s1_000005_01.jpg" in err and "not an image" in err
 
     code = main(["ingest", str(folder), "--recursive", "--camera-from-filename", "--no-progress"])
     out, _ = capsys.readouterr()
     assert "ingested 1 new, 2 already stored, 1 failed (of 4 image files" in out
 
-    (folder / "broken.jpg").unlink()
+    (folder / "0005_c1s1_000005_01.jpg").unlink()
     assert main(["ingest", str(folder), "--recursive", "--no-progress"]) == 0
     assert "ingested 0 new, 3 already stored, 0 failed" in capsys.readouterr().out
 
@@ -128,6 +128,38 @@ def test_ingest_folder_is_resumable(
             items, total = list_items(session)
             assert total == 3
             assert sorted(i.camera_id or "" for i in items) == ["c1", "c2", "c4"]
+    finally:
+        close_context(ctx)
+
+
+def test_ingest_refuses_a_name_without_a_camera(
+    env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--camera-from-filename follows the API's rule: a name that holds no camera is refused
+    with the reason, not stored without a camera; a --camera-id given for every file wins."""
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    (folder / "0001_c1s1_000151_01.jpg").write_bytes(jpeg(1))
+    (folder / "999_04_1234.png").write_bytes(png(2))
+
+    assert main(["ingest", str(folder), "--camera-from-filename", "--no-progress"]) == 1
+    out, err = capsys.readouterr()
+    assert "ingested 1 new, 0 already stored, 1 failed (of 2 image files" in out
+    assert "999_04_1234.png" in err and "the name holds no camera" in err
+
+    args = ["ingest", str(folder), "--camera-from-filename", "--camera-id", "c9", "--no-progress"]
+    assert main(args) == 0
+    assert "ingested 1 new, 1 already stored, 0 failed" in capsys.readouterr().out
+
+    from app.services.context import close_context, open_context
+    from app.services.gallery import list_items
+
+    ctx = open_context(get_settings())
+    try:
+        with session_scope(ctx.sessions) as session:
+            items, total = list_items(session)
+            assert total == 2 and len(ctx.index) == 2
+            assert sorted(i.camera_id or "" for i in items) == ["c1", "c9"]
     finally:
         close_context(ctx)
 
@@ -177,3 +209,30 @@ def test_apikey_revoke_keeps_the_last_admin_unless_forced(
     ):
         apikeys.authenticate(session, key)
     engine.dispose()
+
+
+def test_serve_migrate_upgrades_a_new_database_in_the_same_process(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    bundle_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The container's start: `serve --migrate` on an empty database migrates it to head and
+    serves; plain `serve` refuses that database, saying what to run."""
+    monkeypatch.setenv("SKETCHREID_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("SKETCHREID_DATABASE_URL", f"sqlite:///{tmp_path / 'new.sqlite'}")
+    monkeypatch.setenv("SKETCHREID_MODEL_DIR", str(bundle_dir))
+    get_settings.cache_clear()
+    served: list[dict[str, object]] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.append(kw))
+    try:
+        assert main(["serve"]) == 2
+        assert "run `sketchreid db upgrade`" in capsys.readouterr().err and not served
+        assert main(["serve", "--migrate"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        from app.db import migrate
+
+        assert out[0] == f"database at revision {migrate.head_revision()} (head)"
+        assert served and out[-1].startswith("skr_")  # served, on a database with keys
+    finally:
+        get_settings.cache_clear()

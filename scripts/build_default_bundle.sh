@@ -15,7 +15,10 @@
 # translator on every identity, with TRANSLATOR_SET's `translator.FIELD=VALUE` overrides (the
 # ship preset's own 32-filter, 6-block, 200-epoch generator is hours on a CPU; the shipped one is
 # TRANSLATOR_SET="translator.ngf=16 translator.ndf=16 translator.n_blocks=3
-# translator.epochs_constant=20 translator.epochs_decay=20", ~15 min). QUERY_VIEW (sketch,
+# translator.epochs_constant=20 translator.epochs_decay=20", ~15 min). TRANSLATOR_FROM=BUNDLE
+# instead carries that bundle's translator over (`model combine --translator-from`: it must have
+# been trained on the same identities; the translator does not depend on the members, so
+# retrained members can keep the shipped one). QUERY_VIEW (sketch,
 # translated or fused) records how the service embeds a query sketch by default, and
 # TRANSLATION_WEIGHT (0 < W < 1, default 0.5) the translation's weight in a fused query.
 # Fine-tuning checkpoints and decoded images are kept
@@ -39,6 +42,7 @@ JOBS="${JOBS:-1}"
 SET="${SET:-}"
 TRANSLATOR="${TRANSLATOR:-0}"
 TRANSLATOR_SET="${TRANSLATOR_SET:-}"
+TRANSLATOR_FROM="${TRANSLATOR_FROM:-}"
 QUERY_VIEW="${QUERY_VIEW:-}"
 TRANSLATION_WEIGHT="${TRANSLATION_WEIGHT:-}"
 SKETCHREID="${SKETCHREID:-.venv/bin/sketchreid}"
@@ -63,8 +67,14 @@ translator_overrides=()
 for item in $TRANSLATOR_SET; do translator_overrides+=(--set "$item"); done
 [[ -z "$QUERY_VIEW" || "$QUERY_VIEW" =~ ^(sketch|translated|fused)$ ]] ||
     die "QUERY_VIEW must be sketch, translated or fused, got '$QUERY_VIEW'"
-[[ "$QUERY_VIEW" != translated && "$QUERY_VIEW" != fused || "$TRANSLATOR" == 1 ]] ||
-    die "QUERY_VIEW=$QUERY_VIEW needs TRANSLATOR=1"
+[[ -z "$TRANSLATOR_FROM" || "$TRANSLATOR" != 1 ]] ||
+    die "TRANSLATOR=1 trains a translator, TRANSLATOR_FROM carries one over: choose one"
+[[ -z "$TRANSLATOR_FROM" || -f "$TRANSLATOR_FROM/manifest.json" ]] ||
+    die "TRANSLATOR_FROM=$TRANSLATOR_FROM is not a model bundle (no manifest.json)"
+[[ "$QUERY_VIEW" != translated && "$QUERY_VIEW" != fused || "$TRANSLATOR" == 1 || -n "$TRANSLATOR_FROM" ]] ||
+    die "QUERY_VIEW=$QUERY_VIEW needs TRANSLATOR=1 or TRANSLATOR_FROM"
+carry=()
+[[ -n "$TRANSLATOR_FROM" ]] && carry+=(--translator-from "$TRANSLATOR_FROM")
 annotations=()
 [[ -n "$NAME" ]] && annotations+=(--name "$NAME")
 [[ -n "$VERSION" ]] && annotations+=(--version "$VERSION")
@@ -74,6 +84,8 @@ for item in $CROSSVAL; do
 done
 
 read -r -a members <<<"$MEMBERS"
+[[ -z "$TRANSLATOR_FROM" || ${#members[@]} -ge 2 ]] ||
+    die "TRANSLATOR_FROM needs two members or more (\`model combine\` carries it over)"
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || die "JOBS must be a positive whole number, got '$JOBS'"
 
 # train_member I SPEC DEST: one `train reid` run of member SPEC (ARCH[:FIELD=VALUE,...]).
@@ -99,7 +111,7 @@ else
         while (($(jobs -rp | wc -l) >= JOBS)); do wait -n; done
     done
     for job in $(jobs -p); do wait "$job"; done
-    "$SKETCHREID" model combine "$OUT" "${parts[@]}" --overwrite
+    "$SKETCHREID" model combine "$OUT" "${parts[@]}" --overwrite "${carry[@]}"
 fi
 if [[ "$TRANSLATOR" == 1 ]]; then
     "$SKETCHREID" train translator --data-root "$DATA_DIR/pku-sketch-dev" --preset ship \

@@ -222,3 +222,53 @@ def test_combine_refuses_parts_trained_on_other_people(
     assert main(["model", "combine", str(a), str(a), str(b)]) == 2
     assert "one of the bundles being combined" in capsys.readouterr().err
     assert not out.exists() and read_manifest(a).name == "a"
+
+
+def _with_translator(root: Path, name: str, pids: list[int]) -> Path:
+    """A bundle with a translator trained (as its record says) on ``pids``."""
+    from app.ml.models.cyclegan import GeneratorSpec, build_generator
+
+    torch.manual_seed(7)
+    spec = MemberSpec(arch="resnet8", num_classes=3, fc_dim=4)
+    gen_spec = GeneratorSpec(ngf=8, n_blocks=1, input_size=(64, 32))
+    out = root / name
+    save_bundle(
+        out,
+        name=name,
+        version="1",
+        members=[(spec.arch, spec, build_member(spec), {})],
+        training={"train_pids": pids},
+        translator=(gen_spec, build_generator(gen_spec), {"train_pids": pids, "seed": 3}),
+    )
+    return out
+
+
+def test_combine_carries_a_translator_over_from_a_bundle_of_the_same_people(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Retrained members get the shipped translator (it does not depend on them), but only
+    one trained on the members' identities: another would have seen other people."""
+    spec = MemberSpec(arch="resnet8", num_classes=3, fc_dim=4)
+    a = _part(tmp_path, "a", spec, 1, [1, 2, 3])
+    b = _part(tmp_path, "b", spec, 2, [1, 2, 3])
+    same = _with_translator(tmp_path, "same", [3, 2, 1])
+    other = _with_translator(tmp_path, "other", [1, 2, 4])
+    out = tmp_path / "ensemble"
+
+    assert (
+        main(["model", "combine", str(out), str(a), str(b), "--translator-from", str(other)]) == 2
+    )
+    assert "trained on other identities" in capsys.readouterr().err and not out.exists()
+    assert main(["model", "combine", str(out), str(a), str(b), "--translator-from", str(a)]) == 2
+    assert "has no translator" in capsys.readouterr().err and not out.exists()
+
+    assert main(["model", "combine", str(out), str(a), str(b), "--translator-from", str(same)]) == 0
+    manifest = read_manifest(out)
+    assert manifest.translator is not None
+    assert manifest.translator.sha256 == read_manifest(same).translator.sha256  # type: ignore[union-attr]
+    assert manifest.translator.training["seed"] == 3  # its own training record
+    assert manifest.training["translator_from"] == str(same)
+    (sketch,) = _people(1)
+    got = load_bundle(out).translator.translate(sketch)  # type: ignore[union-attr]
+    want = load_bundle(same).translator.translate(sketch)  # type: ignore[union-attr]
+    assert np.array_equal(np.asarray(got), np.asarray(want))  # the same generator

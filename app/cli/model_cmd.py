@@ -115,6 +115,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     combine.add_argument("--name", help="bundle name (default: the parts' names joined by +)")
     combine.add_argument("--version", help="bundle version (default: the parts' joined by +)")
     combine.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    combine.add_argument(
+        "--translator-from",
+        metavar="BUNDLE",
+        help="carry this bundle's sketch->photo translator over (trained on the same "
+        "identities as the members, else refused)",
+    )
     combine.set_defaults(func=cmd_combine)
 
     annotate = sub.add_parser(
@@ -354,6 +360,7 @@ def cmd_combine(args: argparse.Namespace) -> int:
         version=args.version,
         command=command_line(args),
         overwrite=args.overwrite,
+        translator_from=args.translator_from,
     )
     members = ", ".join(m.name for m in manifest.members)
     print(f"wrote {args.out}: {manifest.name} {manifest.version}, members {members}")

@@ -58,6 +58,16 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.webhook_alerts = Gauge(
+            "sketchreid_alert_webhook_alerts",
+            "Watchlist alerts for the webhook since this process started, by outcome: delivered, "
+            "failed (every try), dropped (the queue was full), waiting (queued now); the alerts "
+            "themselves are stored whatever the outcome (the process that indexes crops sends "
+            "them: in the cluster profile, the worker, which logs them)",
+            ["outcome"],
+            registry=self.registry,
+        )
+
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(route).observe(seconds)

@@ -42,6 +42,15 @@ class WebhookNotifier:
         self._thread = threading.Thread(target=self._run, name="alert-webhook", daemon=True)
         self._thread.start()
 
+    def counts(self) -> dict[str, int]:
+        """Alerts delivered, failed (every try) and dropped (queue full) so far; waiting now."""
+        return {
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "dropped": self.dropped,
+            "waiting": self._queue.qsize(),
+        }
+
     def send(self, payload: dict[str, Any]) -> bool:
         """Queue one alert; False (logged) when the queue is full or the notifier stopped."""
         if self._stop.is_set():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -320,6 +321,17 @@ def test_alerts_are_posted_to_the_webhook_with_retries_without_holding_the_uploa
         assert not receiver.delivered.is_set() and receiver.tries == 0
         receiver.gate.set()
         assert receiver.delivered.wait(30), "the alert never reached the webhook"
+        # What an operator's monitoring reads: one alert delivered, none failed or waiting.
+        # (the receiver has the alert a moment before the sender has its answer)
+        delivered = 'sketchreid_alert_webhook_alerts{outcome="delivered"} 1.0'
+        for _ in range(100):
+            metrics = client.get("/metrics").text
+            if delivered in metrics:
+                break
+            time.sleep(0.05)
+        assert delivered in metrics, metrics
+        assert 'sketchreid_alert_webhook_alerts{outcome="failed"} 0.0' in metrics
+        assert 'sketchreid_alert_webhook_alerts{outcome="waiting"} 0.0' in metrics
     assert receiver.tries == 3  # 500, 503, then accepted
     [payload] = receiver.got
     alert = payload

@@ -90,7 +90,9 @@ export async function send(path, { method = "GET", json, form, query, key, expec
     const error = await errorFrom(response);
     error.retryAfter = Number(response.headers.get("Retry-After")) || null;
     if ((response.status === 401 || response.status === 403) && key === undefined) {
-      window.dispatchEvent(new CustomEvent(UNAUTHORISED, { detail: { status: response.status, message: error.message } }));
+      // `key`: the key this request went with, so that a request sent before the key was
+      // replaced does not refuse the new one.
+      window.dispatchEvent(new CustomEvent(UNAUTHORISED, { detail: { status: response.status, message: error.message, key: useKey } }));
     }
     throw error;
   }

@@ -118,7 +118,10 @@ async function main() {
     $(`tab-${view}`).addEventListener("click", () => showView(view));
   }
   window.addEventListener(UNAUTHORISED, (event) => {
-    const { status, message } = event.detail;
+    const { status, message, key } = event.detail;
+    // A request that went with an older key (an alert poll in flight when a new key was
+    // given) says nothing about the key in use now.
+    if (session.key && key !== session.key) return;
     if (!state.me) { // not signed in (yet): the sign-in form says why
       session.clear();
       leave(message);

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from app.services.webhook import WEBHOOK_HELP, WEBHOOK_METRIC
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -59,11 +61,9 @@ class Metrics:
         )
 
         self.webhook_alerts = Gauge(
-            "sketchreid_alert_webhook_alerts",
-            "Watchlist alerts for the webhook since this process started, by outcome: delivered, "
-            "failed (every try), dropped (the queue was full), waiting (queued now); the alerts "
-            "themselves are stored whatever the outcome (the process that indexes crops sends "
-            "them: in the cluster profile, the worker, which logs them)",
+            WEBHOOK_METRIC,
+            WEBHOOK_HELP + " (the process that indexes crops sends them: in the cluster "
+            "profile each worker, on its --metrics-port)",
             ["outcome"],
             registry=self.registry,
         )

@@ -51,6 +51,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     requeuer: Requeuer | None = None
     try:
         metrics = WorkerMetrics()
+        if ctx.watcher is not None and ctx.watcher.notifier is not None:
+            from app.services.webhook import WebhookCollector
+
+            metrics.registry.register(WebhookCollector(ctx.watcher.notifier))
         if args.metrics_port is not None:
             start_http_server(args.metrics_port, args.metrics_host, registry=metrics.registry)
         # Items of another model, and pending ones that lost their message (app.queue.requeue):

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import queue
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -117,3 +118,27 @@ class WebhookNotifier:
         self._thread.join(timeout)
         self._stop.set()
         self._thread.join(1.0)
+
+
+WEBHOOK_METRIC = "sketchreid_alert_webhook_alerts"
+WEBHOOK_HELP = (
+    "Watchlist alerts for the webhook since this process started, by outcome: delivered, failed "
+    "(every try), dropped (the queue was full), waiting (queued now); the alerts themselves are "
+    "stored whatever the outcome"
+)
+
+
+class WebhookCollector:
+    """Prometheus collector of a notifier's :meth:`WebhookNotifier.counts`, read at each scrape
+    (the worker's ``--metrics-port``; the API's ``/metrics`` sets its gauge the same way)."""
+
+    def __init__(self, notifier: WebhookNotifier) -> None:
+        self.notifier = notifier
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(WEBHOOK_METRIC, WEBHOOK_HELP, labels=["outcome"])
+        for outcome, count in self.notifier.counts().items():
+            family.add_metric([outcome], count)
+        yield family

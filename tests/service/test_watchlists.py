@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -357,3 +358,25 @@ def test_ingestion_goes_on_when_scoring_fails(client: TestClient, keys: Keys) ->
     after = snapshot(client)
     assert after["items"] == before["items"] + 1 and crop in after["index"]  # type: ignore[operator]
     assert _alerts(client, keys.investigator)["total"] == 0
+
+
+def test_the_workers_webhook_metric_is_read_at_each_scrape() -> None:
+    """A worker's --metrics-port shows its notifier's counts as they are when scraped (the
+    alert is sent after the task that raised it has ended)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from app.services.webhook import WebhookCollector, WebhookNotifier
+
+    with socket.socket() as s:  # a port nobody listens on: every try fails
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    notifier = WebhookNotifier(f"http://127.0.0.1:{port}/", attempts=2, backoff=0.01, timeout=1)
+    registry = CollectorRegistry()
+    registry.register(WebhookCollector(notifier))
+    failed = 'sketchreid_alert_webhook_alerts{outcome="failed"}'
+    assert f"{failed} 0.0" in generate_latest(registry).decode()
+    assert notifier.send({"alert_id": 1})
+    notifier.close()
+    text = generate_latest(registry).decode()
+    assert f"{failed} 1.0" in text
+    assert 'sketchreid_alert_webhook_alerts{outcome="delivered"} 0.0' in text

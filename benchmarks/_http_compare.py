@@ -2,11 +2,11 @@
 
 The server (``_server.Server``, uvicorn, one worker) gets the in-process app's DATA_DIR, database
 and model bundle, and every one of its settings as a ``SKETCHREID_*`` variable, with the backend,
-precision and device its bundle actually runs (the benchmark loads the bundle with PyTorch). The
-rest of the environment, thread variables included, is inherited unchanged (``threads=None``), so
-both processes pick the same thread counts. Before anything is timed, the two answers of
-``GET /api/v1/model`` (model, inference backend and precision, batching settings, index type and
-size) must agree, else the run stops.
+precision, device and intra-op threads its bundle actually runs (the benchmark loads the bundle
+with PyTorch; its sessions take this process's PyTorch thread count, which the caller may have
+set). The rest of the environment is inherited unchanged (``threads=None``). Before anything
+is timed, the two answers of ``GET /api/v1/model`` (model, inference backend, precision and
+threads, batching settings, index type and size) must agree, else the run stops.
 
 Each start first saves the in-process index to DATA_DIR/index, so the server loads that very index
 (the same HNSW graph, not a rebuild); the caller restarts the server whenever the in-process app
@@ -26,6 +26,8 @@ from fastapi.testclient import TestClient
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _server import Server, request_counts
 
+from app.services.model import inference_threads
+
 # /api/v1/model "batching" entries that count work done rather than describe settings.
 COUNTERS = frozenset({"queued", "requests", "items", "passes", "largest_batch", "refused"})
 Stats = dict[str, tuple[float, float]]  # stage or "request" -> (median, p95) ms
@@ -38,6 +40,9 @@ def server_env(client: TestClient) -> dict[str, str]:
     env["SKETCHREID_BACKEND"] = ctx.bundle.inference["backend"]
     env["SKETCHREID_PRECISION"] = ctx.bundle.inference["precision"]
     env["SKETCHREID_MODEL_DEVICE"] = str(ctx.bundle.embedder.device)
+    # The threads the in-process model really runs with (PyTorch's count of this process when
+    # it loaded the bundle, which another caller may have changed), so both run alike.
+    env["SKETCHREID_INFERENCE_THREADS"] = str(inference_threads(ctx.bundle))
     return env
 
 

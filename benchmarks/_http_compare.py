@@ -26,8 +26,6 @@ from fastapi.testclient import TestClient
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _server import Server, request_counts
 
-from app.services.model import inference_threads
-
 # /api/v1/model "batching" entries that count work done rather than describe settings.
 COUNTERS = frozenset({"queued", "requests", "items", "passes", "largest_batch", "refused"})
 Stats = dict[str, tuple[float, float]]  # stage or "request" -> (median, p95) ms
@@ -42,7 +40,7 @@ def server_env(client: TestClient) -> dict[str, str]:
     env["SKETCHREID_MODEL_DEVICE"] = str(ctx.bundle.embedder.device)
     # The threads the in-process model really runs with (PyTorch's count of this process when
     # it loaded the bundle, which another caller may have changed), so both run alike.
-    env["SKETCHREID_INFERENCE_THREADS"] = str(inference_threads(ctx.bundle))
+    env["SKETCHREID_INFERENCE_THREADS"] = str(ctx.bundle.embedder.intra_op_threads())
     return env
 
 

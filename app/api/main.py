@@ -48,11 +48,13 @@ from app.services.context import (
     ServiceContext,
     close_context,
     index_size,
+    notifier_of,
     open_context,
     sync_index,
 )
 from app.services.orphans import sweep_orphans
 from app.services.search import MAX_SKETCHES
+from app.services.webhook import WebhookCollector
 from app.web import install as install_web
 from app.web.headers import SecurityHeaders
 
@@ -109,6 +111,10 @@ def create_app(settings: Settings | None = None, *, bundle: Bundle | None = None
     # Decoded images freed in one worker thread go back to the system, not to its heap.
     map_large_allocations()
     metrics = Metrics()
+    # Read at each scrape from the context the lifespan opens (none before it, nor after).
+    metrics.registry.register(
+        WebhookCollector(lambda: notifier_of(getattr(app.state, "ctx", None)))
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -6,8 +6,6 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from app.services.webhook import WEBHOOK_HELP, WEBHOOK_METRIC
-
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -57,14 +55,6 @@ class Metrics:
             "sketchreid_queue_depth",
             "Messages waiting in the ingestion queue (-1: the broker did not answer; "
             "cluster profile only)",
-            registry=self.registry,
-        )
-
-        self.webhook_alerts = Gauge(
-            WEBHOOK_METRIC,
-            WEBHOOK_HELP + " (the process that indexes crops sends them: in the cluster "
-            "profile each worker, on its --metrics-port)",
-            ["outcome"],
             registry=self.registry,
         )
 

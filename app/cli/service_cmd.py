@@ -372,9 +372,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                         continue
                     camera = meta_base.camera_id
                     if args.camera_from_filename and camera is None:
-                        camera = gallery.camera_from_filename(path.name)
-                        if camera is None:  # the API's rule: refused, not stored without one
-                            failures.append(f"{path}: {gallery.NO_CAMERA_IN_NAME}")
+                        try:
+                            camera = gallery.camera_from_filename_or_refuse(path.name)
+                        except UserInputError as exc:
+                            failures.append(f"{path}: {exc}")
                             continue
                     meta = gallery.ItemMetadata(camera_id=camera, location=meta_base.location)
                     todo.append((str(path), data, meta))

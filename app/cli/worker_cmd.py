@@ -37,7 +37,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from app.queue.celery_app import QUEUE
     from app.queue.requeue import Requeuer
     from app.queue.worker import WorkerMetrics, worker_app
-    from app.services.context import close_context, open_context
+    from app.services.context import close_context, notifier_of, open_context
+    from app.services.webhook import WebhookCollector
 
     settings = get_settings()
     if not settings.BROKER_URL:
@@ -51,10 +52,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     requeuer: Requeuer | None = None
     try:
         metrics = WorkerMetrics()
-        if ctx.watcher is not None and ctx.watcher.notifier is not None:
-            from app.services.webhook import WebhookCollector
-
-            metrics.registry.register(WebhookCollector(ctx.watcher.notifier))
+        metrics.registry.register(WebhookCollector(lambda: notifier_of(ctx)))
         if args.metrics_port is not None:
             start_http_server(args.metrics_port, args.metrics_host, registry=metrics.registry)
         # Items of another model, and pending ones that lost their message (app.queue.requeue):

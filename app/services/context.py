@@ -44,6 +44,7 @@ from app.services.model import load_model
 
 if TYPE_CHECKING:
     from app.services.watchlists import Watcher
+    from app.services.webhook import WebhookNotifier
 
 log = logging.getLogger(__name__)
 
@@ -437,6 +438,13 @@ def make_watcher(ctx: ServiceContext, *, worker: bool = False) -> Watcher:
         notifier,
         refresh_seconds=0.0 if worker else 1.0,
     )
+
+
+def notifier_of(ctx: ServiceContext | None) -> WebhookNotifier | None:
+    """The alert webhook's notifier of this process, if it has one."""
+    if ctx is None or ctx.watcher is None:
+        return None
+    return ctx.watcher.notifier
 
 
 def close_context(ctx: ServiceContext, save_index: bool = True) -> None:

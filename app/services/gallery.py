@@ -126,6 +126,15 @@ def camera_from_filename(name: str) -> str | None:
     return f"c{int(match.group(1))}" if match else None
 
 
+def camera_from_filename_or_refuse(name: str | None) -> str:
+    """:func:`camera_from_filename`, refusing (UserInputError) a name that holds no camera:
+    with the option on, a file is never stored without one (the API and `sketchreid ingest`)."""
+    camera = camera_from_filename(name or "")
+    if camera is None:
+        raise UserInputError(NO_CAMERA_IN_NAME)
+    return camera
+
+
 @dataclass
 class IngestOutcome:
     """The result for one uploaded file."""
@@ -679,9 +688,7 @@ def _entry_metadata(entry: BatchEntry, camera_from_name: bool) -> ItemMetadata:
         if values[key] is not None and not isinstance(values[key], str):
             raise UserInputError(f"metadata {key} must be a string")
     if camera_from_name and not values["camera_id"]:
-        values["camera_id"] = camera_from_filename(entry.filename or "")
-        if values["camera_id"] is None:
-            raise UserInputError(NO_CAMERA_IN_NAME)
+        values["camera_id"] = camera_from_filename_or_refuse(entry.filename)
     return make_metadata(**values)  # type: ignore[arg-type]
 
 

@@ -26,7 +26,6 @@ silently served as fp32.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -128,18 +127,6 @@ def _int8_bundle(settings: Settings, bundle: Bundle) -> Bundle:
         record.parity,
     )
     return with_onnx(bundle, folder, "int8")
-
-
-def inference_threads(bundle: Bundle) -> int:
-    """Intra-op threads the loaded model's passes run with: each ONNX Runtime session's count
-    (ONNX Runtime's default, one per core, where that is 0), else PyTorch's (set from
-    ``INFERENCE_THREADS`` when the model was loaded)."""
-    threads = getattr(bundle.embedder, "threads", None)
-    if threads is not None:
-        return int(threads) or os.cpu_count() or 1
-    import torch  # a PyTorch embedder: PyTorch is loaded
-
-    return int(torch.get_num_threads())
 
 
 def _prepared_bundle(settings: Settings) -> Bundle | None:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -124,21 +124,26 @@ WEBHOOK_METRIC = "sketchreid_alert_webhook_alerts"
 WEBHOOK_HELP = (
     "Watchlist alerts for the webhook since this process started, by outcome: delivered, failed "
     "(every try), dropped (the queue was full), waiting (queued now); the alerts themselves are "
-    "stored whatever the outcome"
+    "stored whatever the outcome (the process that indexes crops sends them: in the cluster "
+    "profile each worker, on its --metrics-port)"
 )
 
 
 class WebhookCollector:
     """Prometheus collector of a notifier's :meth:`WebhookNotifier.counts`, read at each scrape
-    (the worker's ``--metrics-port``; the API's ``/metrics`` sets its gauge the same way)."""
+    (the API's ``/metrics``, a worker's ``--metrics-port``). ``notifier`` gives the process's
+    notifier, or None (no webhook configured, or the service not started yet): nothing then."""
 
-    def __init__(self, notifier: WebhookNotifier) -> None:
+    def __init__(self, notifier: Callable[[], WebhookNotifier | None]) -> None:
         self.notifier = notifier
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
+        notifier = self.notifier()
+        if notifier is None:
+            return
         family = GaugeMetricFamily(WEBHOOK_METRIC, WEBHOOK_HELP, labels=["outcome"])
-        for outcome, count in self.notifier.counts().items():
+        for outcome, count in notifier.counts().items():
             family.add_metric([outcome], count)
         yield family

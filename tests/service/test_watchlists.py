@@ -372,7 +372,7 @@ def test_the_workers_webhook_metric_is_read_at_each_scrape() -> None:
         port = s.getsockname()[1]
     notifier = WebhookNotifier(f"http://127.0.0.1:{port}/", attempts=2, backoff=0.01, timeout=1)
     registry = CollectorRegistry()
-    registry.register(WebhookCollector(notifier))
+    registry.register(WebhookCollector(lambda: notifier))
     failed = 'sketchreid_alert_webhook_alerts{outcome="failed"}'
     assert f"{failed} 0.0" in generate_latest(registry).decode()
     assert notifier.send({"alert_id": 1})

@@ -110,8 +110,4 @@ def metrics(request: Request) -> Response:
         if ctx.queue is not None:
             depth = ctx.queue.depth()
             registry.queue_depth.set(-1 if depth is None else depth)
-        notifier = ctx.watcher.notifier if ctx.watcher is not None else None
-        if notifier is not None:
-            for outcome, count in notifier.counts().items():
-                registry.webhook_alerts.labels(outcome).set(count)
     return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)

@@ -8,7 +8,6 @@ from fastapi import APIRouter
 
 from app.api.deps import CtxDep, ReaderDep
 from app.services.context import index_size
-from app.services.model import inference_threads
 
 router = APIRouter(tags=["model"])
 
@@ -26,7 +25,7 @@ def get_model(ctx: CtxDep, _key: ReaderDep) -> dict[str, Any]:
         "rerank_auto_min_items": ctx.settings.RERANK_AUTO_MIN_ITEMS,
         "rerank_candidates": ctx.settings.RERANK_CANDIDATES,
         "inference": ctx.bundle.inference,
-        "inference_threads": inference_threads(ctx.bundle),
+        "inference_threads": ctx.bundle.embedder.intra_op_threads(),
         "batching": ctx.inference.describe(),
         "index": {"type": ctx.index.index_type, "kind": ctx.index.kind, "items": index_size(ctx)},
         "manifest": ctx.bundle.manifest.model_dump(mode="json"),

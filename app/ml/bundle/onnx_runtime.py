@@ -101,6 +101,9 @@ class OnnxEmbedder(BaseEmbedder):
         self.member_dims = list(member_dims)
         self.dim = sum(self.member_dims)
 
+    def intra_op_threads(self) -> int:
+        return self.threads or os.cpu_count() or 1
+
     def _raw_members(self, x: np.ndarray) -> list[np.ndarray]:
         return [_run(session, x) for session in self.sessions]
 

@@ -111,6 +111,10 @@ class BaseEmbedder(ABC):
         self.dim = 0
 
     @abstractmethod
+    def intra_op_threads(self) -> int:
+        """Threads one pass of a member runs with."""
+
+    @abstractmethod
     def _raw_members(self, x: np.ndarray) -> list[np.ndarray]:
         """Normalised float32 ``[M, 3, H, W]`` -> one raw float32 ``[M, d_i]`` per member."""
 

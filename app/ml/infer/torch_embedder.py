@@ -130,6 +130,9 @@ class Embedder(BaseEmbedder):
         with self._runner.running(models):
             return [member_embedding(model, x).float() for model in models]
 
+    def intra_op_threads(self) -> int:
+        return int(torch.get_num_threads())  # process-wide: INFERENCE_THREADS sets it at load
+
     def _raw_members(self, x: np.ndarray) -> list[np.ndarray]:
         out = self._run(self.models, torch.from_numpy(x).to(self.device))
         return [o.cpu().numpy() for o in out]

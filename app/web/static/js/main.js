@@ -55,6 +55,11 @@ function resume(me) {
   enter(me);
 }
 
+function signOut() {
+  session.clear();
+  leave(null);
+}
+
 function leave(reason) {
   state.me = null;
   state.prompt.close();
@@ -93,13 +98,7 @@ async function main() {
   state.investigator = new Investigator({ caps, viewer });
   state.operator = new Operator({ viewer });
   state.alerts = new Alerts({ caps, viewer });
-  state.prompt = new KeyPrompt({
-    onKey: resume,
-    onSignOut: () => {
-      session.clear();
-      leave(null);
-    },
-  });
+  state.prompt = new KeyPrompt({ onKey: resume, onSignOut: signOut });
 
   $("signin-form").addEventListener("submit", (event) => {
     event.preventDefault(); // never a real form submission: the key must not leave in a URL
@@ -110,10 +109,7 @@ async function main() {
     }
     signIn(key);
   });
-  $("signout").addEventListener("click", () => {
-    session.clear();
-    leave(null);
-  });
+  $("signout").addEventListener("click", signOut);
   for (const view of ["search", "gallery"]) {
     $(`tab-${view}`).addEventListener("click", () => showView(view));
   }

@@ -60,3 +60,32 @@ def test_int8_falls_back_to_synthetic_people_when_every_trained_identity_is_test
     report = _evaluate(synth_root, model, tmp_path / "r.json", "--test-ids", "all", *int8)
     assert report["int8_calibration"][str(model)].startswith("synthetic generator, 4 people")
     assert report["inference"]["precision"] == "int8"
+
+
+def test_backend_onnx_evaluates_the_served_fp32_graphs_with_torchs_figures(
+    random_bundle_dir: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "onnx"
+    onnx = ("--backend", "onnx", "--onnx-cache", str(cache))
+    ref = _evaluate(synth_root, random_bundle_dir, tmp_path / "t.json", "--test-ids", "all")
+    report = _evaluate(
+        synth_root, random_bundle_dir, tmp_path / "o.json", "--test-ids", "all", *onnx
+    )
+    assert ref["inference"] == {"backend": "torch", "precision": "fp32"}
+    assert report["inference"] == {"backend": "onnx", "precision": "fp32"}
+    assert report["mAP"] == ref["mAP"] and report["cmc"] == ref["cmc"]
+    (folder,) = cache.iterdir()
+    assert folder.name.endswith("-fp32") and read_onnx_manifest(folder).precision == "fp32"
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    _evaluate(synth_root, random_bundle_dir, tmp_path / "p.json", "--test-ids", "all", *onnx)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
+
+
+def test_backend_onnx_refuses_bf16(
+    random_bundle_dir: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    argv = ["evaluate", "--data-root", str(synth_root), "--model", str(random_bundle_dir)]
+    extra = ["--test-ids", "all", "--backend", "onnx", "--precision", "bf16"]
+    extra += ["--json", str(tmp_path / "r.json")]
+    assert main([*argv, *extra]) == 2
+    assert not (tmp_path / "r.json").exists()

@@ -72,6 +72,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "records none, on synthetic people",
     )
     ev.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="torch (default): the bundle's PyTorch networks; onnx: ONNX Runtime's fp32 "
+        "graphs, as `sketchreid serve` runs them (exported into --onnx-cache when needed, held "
+        "to the export's parity bound; several times faster on a CPU). --precision int8 is "
+        "always ONNX Runtime",
+    )
+    ev.add_argument(
+        "--onnx-cache",
+        type=Path,
+        default=Path("runs/onnx-cache"),
+        metavar="DIR",
+        help="where --backend onnx keeps each bundle's fp32 graphs (default runs/onnx-cache)",
+    )
+    ev.add_argument(
         "--int8-cache",
         type=Path,
         default=Path("runs/int8-cache"),
@@ -315,8 +331,9 @@ def _runs(
 ) -> tuple[list[tuple[Bundle, Split]], dict[str, str]]:
     """The (bundle, split) pairs to evaluate and, with int8, each bundle's calibration."""
     int8 = args.precision == "int8"
+    onnx = int8 or args.backend == "onnx"
     bundles = [
-        load_bundle(path, precision="fp32" if int8 else args.precision) for path in args.model
+        load_bundle(path, precision="fp32" if onnx else args.precision) for path in args.model
     ]
     if args.test_ids == "heldout":
         runs = [(bundle, heldout_split(bundle, dataset)) for bundle in bundles]
@@ -327,13 +344,21 @@ def _runs(
         )
     else:
         runs = [(bundles[0], split) for split in resolve_splits(args, dataset)]
-    if not int8:
+    if not int8 and args.backend == "torch":
         return runs, {}
     from app.ml.bundle.onnx_runtime import onnxruntime_available
-    from app.ml.evaluation.quantized import int8_runs
+    from app.ml.evaluation.quantized import fp32_onnx_runs, int8_runs
 
     if not onnxruntime_available():
-        raise UserInputError("--precision int8 needs onnx and onnxruntime: pip install '.[onnx]'")
+        raise UserInputError(
+            "--precision int8 and --backend onnx need onnx and onnxruntime: pip install '.[onnx]'"
+        )
+    if not int8:
+        if args.precision not in ("fp32", "auto"):
+            raise UserInputError(
+                f"--backend onnx runs fp32 or int8 graphs, not --precision {args.precision}"
+            )
+        return fp32_onnx_runs(runs, args.onnx_cache), {}
     runs, sources = int8_runs(runs, dataset, args.int8_cache, args.int8_images)
     for path, source in sources.items():
         print(f"int8 graphs of {path} calibrated on {source}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Evaluation through int8 ONNX graphs (``sketchreid evaluate --precision int8``).
+"""Evaluation through ONNX Runtime graphs: int8 (``sketchreid evaluate --precision int8``)
+and fp32 (``--backend onnx``, what ``sketchreid serve`` runs by default).
 
 The calibration rule: an int8 model must not have been calibrated on the people it is tested
 on. Each bundle is calibrated on the photos and sketches of its own training identities in the
@@ -8,7 +9,8 @@ and sketches there, on synthetic people (:func:`app.ml.data.calibration.syntheti
 
 Quantised folders are cached in ``cache_dir/<weights digest>-int8`` and reused when they pass
 :func:`app.ml.bundle.onnx_parity.with_onnx`'s int8 checks and were calibrated on the same
-images (the record's calibration source); otherwise they are made again.
+images (the record's calibration source); otherwise they are made again. fp32 exports are
+cached in ``cache_dir/<weights digest>-fp32`` and reused when they pass the fp32 parity check.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.errors import BundleError
+from app.ml.bundle.onnx_export import export_onnx
 from app.ml.bundle.onnx_files import onnx_digest, read_onnx_manifest
 from app.ml.bundle.onnx_parity import with_onnx
 from app.ml.bundle.onnx_quantize import quantize_bundle
@@ -82,3 +85,27 @@ def int8_runs(
             served[bundle.path], _folder = int8_bundle(bundle, calibration, cache_dir)
             sources[str(bundle.path)] = calibration.source
     return [(served[b.path], split) for b, split in runs], sources
+
+
+def fp32_onnx_bundle(bundle: Bundle, cache_dir: Path) -> Bundle:
+    """``bundle`` running ONNX Runtime fp32 graphs from ``cache_dir`` (exported when needed):
+    the function the service serves, held to the export's parity bound."""
+    folder = cache_dir / f"{onnx_digest(bundle.manifest)}-fp32"
+    if folder.exists():
+        try:
+            return with_onnx(bundle, folder, "fp32")
+        except BundleError:
+            pass
+    export_onnx(bundle, folder, overwrite=True)
+    return with_onnx(bundle, folder, "fp32")
+
+
+def fp32_onnx_runs(
+    runs: list[tuple[Bundle, Split]], cache_dir: Path
+) -> list[tuple[Bundle, Split]]:
+    """``runs`` with every bundle running its ONNX Runtime fp32 graphs."""
+    served: dict[Path, Bundle] = {}
+    for bundle, _ in runs:
+        if bundle.path not in served:
+            served[bundle.path] = fp32_onnx_bundle(bundle, cache_dir)
+    return [(served[b.path], split) for b, split in runs]

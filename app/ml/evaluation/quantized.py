@@ -100,9 +100,7 @@ def fp32_onnx_bundle(bundle: Bundle, cache_dir: Path) -> Bundle:
     return with_onnx(bundle, folder, "fp32")
 
 
-def fp32_onnx_runs(
-    runs: list[tuple[Bundle, Split]], cache_dir: Path
-) -> list[tuple[Bundle, Split]]:
+def fp32_onnx_runs(runs: list[tuple[Bundle, Split]], cache_dir: Path) -> list[tuple[Bundle, Split]]:
     """``runs`` with every bundle running its ONNX Runtime fp32 graphs."""
     served: dict[Path, Bundle] = {}
     for bundle, _ in runs:

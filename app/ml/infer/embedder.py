@@ -75,7 +75,6 @@ def modalities_of(modality: Modality | Sequence[Modality], count: int) -> list[M
     return listed
 
 
-
 class BaseEmbedder(ABC):
     """Ensemble embedding of person images (photos or sketches), whatever runs the members.
 

@@ -169,6 +169,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the translation's weight in a fused query, between 0 and 1 exclusive (the "
         "sketch's is 1 - W; default 0.5)",
     )
+    annotate.add_argument(
+        "--photo-flip",
+        choices=("on", "off"),
+        help="flip test-time augmentation for photos (gallery crops, a query's translation); "
+        "sketches keep the bundle's flip TTA. Changes the embedding key: a service re-embeds "
+        "its gallery with the new rule",
+    )
     annotate.set_defaults(func=cmd_annotate)
 
 
@@ -187,7 +194,13 @@ def format_manifest(manifest: Manifest) -> str:
         f"bundle      {manifest.name} {manifest.version} (format {manifest.format_version})",
         f"created     {manifest.created_at}",
         f"input       {h}x{w} (HxW), sketch grey: {manifest.sketch_grey}, "
-        f"flip TTA: {manifest.tta_flip}, combine: {manifest.combine}",
+        f"flip TTA: {manifest.tta_flip}"
+        + (
+            f" (photos: {manifest.photo_tta_flip})"
+            if manifest.photo_tta_flip not in (None, manifest.tta_flip)
+            else ""
+        )
+        + f", combine: {manifest.combine}",
         f"members     {len(manifest.members)}",
     ]
     dim = 0
@@ -449,6 +462,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
                 f"got {args.translation_weight}"
             )
         fields["translation_weight"] = args.translation_weight
+    if args.photo_flip is not None:
+        fields["photo_tta_flip"] = args.photo_flip == "on"
     updated = update_manifest(args.bundle, **fields)
     print(f"annotated {args.bundle}: {updated.name} {updated.version}")
     return 0

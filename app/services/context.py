@@ -63,6 +63,8 @@ def embedding_key(manifest: Manifest) -> str:
         "tta_flip": manifest.tta_flip,
         "combine": manifest.combine,
     }
+    if manifest.photo_tta_flip is not None:  # absent from older keys: they stay valid
+        shaping["photo_tta_flip"] = manifest.photo_tta_flip
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
     return f"{manifest.name}:{manifest.version}:{digest}"
 

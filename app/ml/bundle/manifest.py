@@ -75,6 +75,10 @@ class Manifest(BaseModel):
     std: tuple[float, float, float] = DEFAULT_STD
     sketch_grey: bool = True
     tta_flip: bool = True
+    # Flip TTA for photos (gallery crops, and a query's translation, embedded as a photo) when
+    # it differs from ``tta_flip`` (which then covers sketches only); None: as ``tta_flip``.
+    # Dropping it halves a crop's cost (docs/results.md, "Flip TTA for the gallery").
+    photo_tta_flip: bool | None = None
     combine: Literal["concat-l2"] = "concat-l2"
     members: list[MemberEntry] = Field(min_length=1)
     translator: TranslatorEntry | None = None

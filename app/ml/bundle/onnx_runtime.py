@@ -86,13 +86,20 @@ class OnnxEmbedder(BaseEmbedder):
         *,
         sketch_grey: bool = True,
         tta_flip: bool = True,
+        photo_flip: bool | None = None,
         precision: RunPrecision = "fp32",
         threads: int = 0,
     ) -> None:
         if not sessions or len(sessions) != len(member_dims):
             raise ValueError("OnnxEmbedder needs one session and one dimension per member")
         super().__init__(
-            input_size, mean, std, sketch_grey=sketch_grey, tta_flip=tta_flip, device="cpu"
+            input_size,
+            mean,
+            std,
+            sketch_grey=sketch_grey,
+            tta_flip=tta_flip,
+            photo_flip=photo_flip,
+            device="cpu",
         )
         self.precision = precision
         # Intra-op threads each session runs with (0: ONNX Runtime's default, one per core).
@@ -137,6 +144,7 @@ def load_sessions(
         manifest.std,
         sketch_grey=manifest.sketch_grey,
         tta_flip=manifest.tta_flip,
+        photo_flip=manifest.photo_tta_flip,
         precision=record.precision,
         threads=n,
     )

@@ -118,6 +118,7 @@ def save_bundle(
     std: Sequence[float] = DEFAULT_STD,
     sketch_grey: bool = True,
     tta_flip: bool = True,
+    photo_tta_flip: bool | None = None,
     training: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
     notes: list[str] | None = None,
@@ -200,6 +201,7 @@ def save_bundle(
             std=_triple("std", std),
             sketch_grey=sketch_grey,
             tta_flip=tta_flip,
+            photo_tta_flip=photo_tta_flip,
             members=entries,
             translator=translator_entry,
             query_view=query_view,
@@ -297,6 +299,7 @@ def manifest_embedder(
         manifest.std,
         sketch_grey=manifest.sketch_grey,
         tta_flip=manifest.tta_flip,
+        photo_flip=manifest.photo_tta_flip,
         device=device,
         precision=precision,
     )
@@ -315,7 +318,7 @@ def combine_bundles(bundles: Sequence[Bundle], device: str | torch.device = "cpu
     if not bundles:
         raise BundleError("combine_bundles needs at least one bundle")
     first = bundles[0].manifest
-    alike = {"input_size", "mean", "std", "sketch_grey", "tta_flip", "combine"}
+    alike = {"input_size", "mean", "std", "sketch_grey", "tta_flip", "photo_tta_flip", "combine"}
     want = first.model_dump(include=alike)
     for other in bundles[1:]:
         got = other.manifest.model_dump(include=alike)
@@ -376,6 +379,7 @@ def resave(
         "std": m.std,
         "sketch_grey": m.sketch_grey,
         "tta_flip": m.tta_flip,
+        "photo_tta_flip": m.photo_tta_flip,
         "training": m.training,
         "evaluation": m.evaluation,
         "notes": m.notes,

@@ -93,6 +93,7 @@ def cross_validate(
                     m.std,
                     sketch_grey=m.sketch_grey,
                     tta_flip=m.tta_flip,
+                    photo_flip=m.photo_tta_flip,
                     device=plan.device,
                 )
                 embedded = embed_test_set(alone, None, plan.dataset, split.test, translate=False)

@@ -181,6 +181,8 @@ def bundle_key(bundle: Bundle) -> str:
         m.combine,
         bundle.inference,
     ]
+    if m.photo_tta_flip is not None:  # absent from older keys: their caches stay valid
+        parts.append({"photo_tta_flip": m.photo_tta_flip})
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

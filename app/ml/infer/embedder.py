@@ -97,6 +97,7 @@ class BaseEmbedder(ABC):
         *,
         sketch_grey: bool,
         tta_flip: bool,
+        photo_flip: bool | None = None,
         device: Any = "cpu",
     ) -> None:
         self.device = device
@@ -105,6 +106,8 @@ class BaseEmbedder(ABC):
         self.std = tuple(float(v) for v in std)
         self.sketch_grey = sketch_grey
         self.tta_flip = tta_flip
+        # Flip TTA for photos: as for sketches unless the bundle says otherwise.
+        self.photo_flip = tta_flip if photo_flip is None else photo_flip
         self._lock = threading.Lock()
         self.member_dims: list[int] = []
         self.dim = 0
@@ -117,34 +120,60 @@ class BaseEmbedder(ABC):
     def _raw_members(self, x: np.ndarray) -> list[np.ndarray]:
         """Normalised float32 ``[M, 3, H, W]`` -> one raw float32 ``[M, d_i]`` per member."""
 
-    def network_input(self, batch_uint8: np.ndarray) -> np.ndarray:
+    def flips(self, modalities: Sequence[Modality]) -> np.ndarray:
+        """Which images of a batch of these modalities get flip TTA (bool, one per image)."""
+        return np.array(
+            [self.photo_flip if m == "photo" else self.tta_flip for m in modalities], dtype=bool
+        )
+
+    def _flip_mask(self, n: int, flip: np.ndarray | Sequence[bool] | None) -> np.ndarray:
+        if flip is None:
+            return np.full(n, self.tta_flip, dtype=bool)
+        mask = np.asarray(flip, dtype=bool)
+        if mask.shape != (n,):
+            raise ValueError(f"{mask.shape[0] if mask.ndim else 0} flip flags for {n} images")
+        return mask
+
+    def network_input(
+        self, batch_uint8: np.ndarray, flip: np.ndarray | Sequence[bool] | None = None
+    ) -> np.ndarray:
         """What the member networks receive for uint8 ``[N, 3, H, W]`` images: normalised
-        float32, followed by the N mirror images when flip TTA is on (``[2N, 3, H, W]``).
-        Int8 calibration (:mod:`app.ml.bundle.onnx_quantize`) feeds exactly this."""
+        float32, followed by the mirror images of those ``flip`` marks (default: all of them
+        when flip TTA is on, ``[2N, 3, H, W]``). Int8 calibration
+        (:mod:`app.ml.bundle.onnx_quantize`) feeds exactly this."""
         x = normalize_array(np.asarray(batch_uint8), self.mean, self.std)
-        if self.tta_flip:
-            x = np.concatenate([x, x[:, :, :, ::-1]], 0)
+        mask = self._flip_mask(x.shape[0], flip)
+        if mask.any():
+            x = np.concatenate([x, x[mask][:, :, :, ::-1]], 0)
         return np.ascontiguousarray(x)
 
-    def _forward(self, batch_uint8: np.ndarray) -> np.ndarray:
+    def _forward(
+        self, batch_uint8: np.ndarray, flip: np.ndarray | Sequence[bool] | None = None
+    ) -> np.ndarray:
         n = batch_uint8.shape[0]
-        x = self.network_input(batch_uint8)
+        mask = self._flip_mask(n, flip)
+        x = self.network_input(batch_uint8, mask)
         with self._lock:
             raw = self._raw_members(x)
         parts = []
         for out in raw:
             emb = l2_normalize(out)
-            if self.tta_flip:
-                emb = l2_normalize(emb[:n] + emb[n:])
+            if mask.any():
+                own = emb[:n].copy()
+                own[mask] = l2_normalize(own[mask] + emb[n:])
+                emb = own
             parts.append(emb)
         combined = np.concatenate(parts, 1) / np.float32(math.sqrt(len(parts)))
         return l2_normalize(combined)
 
-    def embed_array(self, batch_uint8: np.ndarray) -> np.ndarray:
+    def embed_array(
+        self, batch_uint8: np.ndarray, flip: np.ndarray | Sequence[bool] | None = None
+    ) -> np.ndarray:
         """uint8 ``[N, 3, H, W]`` at ``input_size`` -> float32 ``[N, dim]``.
 
         Grey conversion for sketches is the caller's job here (``image_to_array(...,
-        grey=True)``); :meth:`embed` does it for PIL images.
+        grey=True)``); :meth:`embed` does it for PIL images, and says which images get flip
+        TTA (``flip``, one flag per image; default: all of them when ``tta_flip``).
         """
         if batch_uint8.dtype != np.uint8 or batch_uint8.ndim != 4:
             raise ValueError(
@@ -158,7 +187,7 @@ class BaseEmbedder(ABC):
             )
         if batch_uint8.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self._forward(batch_uint8)
+        return self._forward(batch_uint8, flip)
 
     def embed_tensor(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """:meth:`embed_array` for a uint8 tensor; float32 ``[N, dim]`` on ``self.device``."""
@@ -212,7 +241,7 @@ class BaseEmbedder(ABC):
         for start in range(0, len(images), batch_size):
             stop = start + batch_size
             batch = self.to_uint8(images[start:stop], modalities[start:stop])
-            chunks.append(self.embed_array(batch))
+            chunks.append(self.embed_array(batch, self.flips(modalities[start:stop])))
         return np.concatenate(chunks, 0)
 
 

@@ -99,6 +99,7 @@ class Embedder(BaseEmbedder):
         *,
         sketch_grey: bool = True,
         tta_flip: bool = True,
+        photo_flip: bool | None = None,
         device: str | torch.device | None = "cpu",
         precision: Precision = "fp32",
     ) -> None:
@@ -111,6 +112,7 @@ class Embedder(BaseEmbedder):
             std,
             sketch_grey=sketch_grey,
             tta_flip=tta_flip,
+            photo_flip=photo_flip,
             device=self._runner.device,
         )
         self.precision = self._runner.precision

@@ -163,3 +163,23 @@ def test_prepared_folders_are_readable_by_other_users(prepared: Path) -> None:
     would stop the start with a permission error."""
     for precision in ("fp32", "int8"):
         assert prepared_dir(prepared, precision).stat().st_mode & 0o005 == 0o005
+
+
+def test_auto_serves_the_prepared_int8_files_on_a_vnni_cpu_and_fp32_elsewhere(
+    prepared: Path, random_bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PRECISION=auto: int8 only where the graphs were quantised for (8-bit dot products) and
+    only from files the bundle carries; never PyTorch's bf16 on the CPU."""
+    from app.core.config import load_settings
+    from app.services.model import load_model
+
+    def served(bundle: Path) -> dict[str, str]:
+        settings = load_settings(DATA_DIR=tmp_path / "data", MODEL_DIR=bundle, PRECISION="auto")
+        return load_model(settings).inference
+
+    monkeypatch.setattr("app.ml.infer.precision.cpu_has_vnni", lambda: True)
+    assert served(prepared) == {"backend": "onnx", "precision": "int8"}
+    monkeypatch.setattr("app.ml.infer.precision._cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    assert served(random_bundle_dir) == {"backend": "onnx", "precision": "fp32"}
+    monkeypatch.setattr("app.ml.infer.precision.cpu_has_vnni", lambda: False)
+    assert served(prepared) == {"backend": "onnx", "precision": "fp32"}

@@ -34,11 +34,13 @@ class Settings(BaseSettings):
     DATABASE_URL: str = ""
     MODEL_DIR: Path = Path("model_store/default")
     MODEL_DEVICE: str = "cpu"
-    # Inference precision (app.ml.infer.precision): fp32; bf16 autocast; auto = bf16 where the
-    # CPU or GPU has bf16 units; int8 = ONNX Runtime's statically quantised member graphs
-    # (app.ml.bundle.onnx_quantize; built into DATA_DIR/onnx/<digest>-int8 at start when absent,
-    # the translator stays fp32; needs BACKEND onnx or auto and the CPU). fp32 by default: bf16
-    # changes top-10 lists on the shipped model (docs/results.md, "Inference speed").
+    # Inference precision (app.ml.infer.precision): fp32; bf16 autocast; int8 = ONNX Runtime's
+    # statically quantised member graphs (app.ml.bundle.onnx_quantize; built into
+    # DATA_DIR/onnx/<digest>-int8 at start when absent, the translator stays fp32; needs
+    # BACKEND onnx or auto and the CPU); auto = on the CPU, the bundle's prepared int8 files
+    # (`sketchreid model prepare --int8`) on a CPU with VNNI, else fp32; on a GPU, bf16 where
+    # it has bf16 units. bf16 is never chosen for the CPU: it changes top-10 lists and PyTorch
+    # bf16 is slower there than ONNX Runtime fp32 (docs/results.md, "Precision").
     PRECISION: ServingPrecision = "fp32"
     # What runs the networks: torch; onnx (ONNX Runtime, CPU, fp32 or int8: exported once into
     # DATA_DIR/onnx and checked against the bundle at every start); auto = onnx when

@@ -129,24 +129,37 @@ def _int8_bundle(settings: Settings, bundle: Bundle) -> Bundle:
     return with_onnx(bundle, folder, "int8")
 
 
+def _on_cpu(settings: Settings) -> bool:
+    return settings.MODEL_DEVICE.startswith("cpu")
+
+
 def _prepared_bundle(settings: Settings) -> Bundle | None:
     """The bundle served from its prepared ONNX files, or None when the settings ask for
-    something else (PyTorch, bf16, a GPU) or the bundle carries none for the precision."""
+    something else (PyTorch, bf16, a GPU) or the bundle carries none for the precision.
+    ``auto`` on the CPU: the prepared int8 files on a CPU with 8-bit dot products (VNNI; the
+    graphs are quantised for them), else the prepared fp32 files."""
     from app.ml.bundle.onnx_runtime import onnxruntime_available
     from app.ml.bundle.prepared import load_prepared
+    from app.ml.infer.precision import cpu_has_vnni
 
     precision = settings.PRECISION
-    if settings.BACKEND == "torch" or precision not in ("fp32", "int8"):
+    if settings.BACKEND == "torch" or precision not in ("fp32", "int8", "auto"):
         return None
-    if not settings.MODEL_DEVICE.startswith("cpu") or not onnxruntime_available():
+    if not _on_cpu(settings) or not onnxruntime_available():
         return None
-    wanted: OnnxPrecision = "int8" if precision == "int8" else "fp32"
+    wanted: list[OnnxPrecision] = ["int8"] if precision == "int8" else ["fp32"]
+    if precision == "auto" and cpu_has_vnni():
+        wanted = ["int8", "fp32"]
     start = time.perf_counter()
-    bundle = load_prepared(settings.MODEL_DIR, wanted, settings.INFERENCE_THREADS or None)
+    bundle = None
+    for choice in wanted:
+        bundle = load_prepared(settings.MODEL_DIR, choice, settings.INFERENCE_THREADS or None)
+        if bundle is not None:
+            break
     if bundle is not None:
         log.info(
             "serving the bundle's prepared %s ONNX files (checked in %.2f s)",
-            wanted,
+            bundle.embedder.precision,
             time.perf_counter() - start,
         )
     return bundle
@@ -183,6 +196,10 @@ def _torch_model(settings: Settings) -> Bundle:
     if settings.INFERENCE_THREADS:
         torch.set_num_threads(settings.INFERENCE_THREADS)
     precision = settings.PRECISION
+    if precision == "auto" and _on_cpu(settings):
+        # On the CPU auto is int8 only from prepared files (above); PyTorch's bf16 is slower
+        # than ONNX Runtime's fp32 here and changes top-10 lists (docs/results.md).
+        precision = "fp32"
     bundle = load_bundle(
         settings.MODEL_DIR,
         device=settings.MODEL_DEVICE,

@@ -257,6 +257,13 @@ def main(argv: list[str] | None = None) -> int:
         help="what runs the networks (onnx: exported into the temporary folder first)",
     )
     parser.add_argument(
+        "--precision",
+        choices=["fp32", "int8", "auto"],
+        default="fp32",
+        help="with --backend onnx, as SKETCHREID_PRECISION (int8/auto: the bundle's prepared "
+        "int8 files, or quantised into the temporary folder)",
+    )
+    parser.add_argument(
         "--threads",
         "--torch-threads",
         type=int,
@@ -265,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         "PyTorch's own count: OMP_NUM_THREADS, else one per core)",
     )
     args = parser.parse_args(argv)
+    if args.precision != "fp32" and args.backend != "onnx":
+        parser.error("--precision int8/auto needs --backend onnx")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -277,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                     MODEL_DIR=model,
                     DATA_DIR=tmp_path / "onnx",
                     BACKEND="onnx",
+                    PRECISION=args.precision,
                     INFERENCE_THREADS=args.threads,
                 )
             )

@@ -102,12 +102,31 @@ def table(
     return "\n".join(lines)
 
 
+def as_json(
+    configs: list[tuple[str, dict[str, dict[tuple[int, str], Figures]]]],
+) -> dict[str, Any]:
+    """label -> test identities of the split -> "SIZE/VARIANT" -> figures (4 decimals)."""
+    return {
+        label: {
+            split: {
+                f"{size}/{variant}": {k: round(v, 4) for k, v in figures.items()}
+                for (size, variant), figures in sorted(rows.items())
+            }
+            for split, rows in splits.items()
+        }
+        for label, splits in configs
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("configs", nargs="+", metavar="LABEL=GLOB")
     parser.add_argument("--baseline", help="the LABEL the others are compared with")
     parser.add_argument(
         "--variant", action="append", choices=("plain", "rerank"), help="default: both"
+    )
+    parser.add_argument(
+        "--json", type=Path, help="also write every split's figures here (label -> split -> ...)"
     )
     args = parser.parse_args(argv)
     configs = []
@@ -119,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline and args.baseline not in dict(configs):
         parser.error(f"--baseline {args.baseline} is not one of the labels")
     print(table(configs, args.baseline, args.variant or ["plain", "rerank"]))
+    if args.json:
+        args.json.write_text(json.dumps(as_json(configs), indent=1) + "\n")
     return 0
 
 

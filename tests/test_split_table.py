@@ -45,3 +45,9 @@ def test_reports_of_two_splits_merge_into_their_mean_and_pair_by_split(
     row = next(line for line in text.splitlines() if line.startswith("| b | plain"))
     assert f"{100 * sum(want) / 2:.1f} ± {100 * abs(want[0] - want[1]) / 2:.1f}" in row
     assert row.endswith("0: 0 / 0; 5: 0 / 0 |")  # the same reports: never better, never worse
+    out = tmp_path / "t.json"
+    assert script.main(["a=" + str(tmp_path / "r*.json"), "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())["a"]
+    assert sorted(round(s["5/plain"]["mAP"], 4) for s in saved.values()) == sorted(
+        round(v, 4) for v in want
+    )

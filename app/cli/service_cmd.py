@@ -175,7 +175,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        timeout_graceful_shutdown=settings.SHUTDOWN_TIMEOUT_SECONDS,
+        # Typed int by uvicorn, used as an asyncio timeout: fractions of a second work.
+        timeout_graceful_shutdown=settings.SHUTDOWN_TIMEOUT_SECONDS,  # type: ignore[arg-type]
     )
     return 0
 

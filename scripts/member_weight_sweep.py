@@ -28,13 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 from app.ml.bundle.store import load_bundle
 from app.ml.data.pku import load_pku_sketch
 from app.ml.evaluation.evaluate import embed_test_set, heldout_split, score
+from app.ml.infer.embedder import l2_normalize
 from app.ml.retrieval.metrics import mean_std
-
-FIGURES = ("rank1", "rank5", "rank10", "mAP")
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+from scripts.fusion_sweep import FIGURES, leave_one_out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         e = embed_test_set(bundle.embedder, None, dataset, split.test, view="sketch")
         dim = bundle.manifest.members[0].spec.fc_dim
         parts = [slice(0, dim), slice(dim, None)]
-        q = [_unit(e.query[:, s]) for s in parts]
-        g = [_unit(e.gallery[:, s]) for s in parts]
+        q = [l2_normalize(e.query[:, s]) for s in parts]
+        g = [l2_normalize(e.gallery[:, s]) for s in parts]
         row: dict[float, dict[str, Any]] = {}
         for a in args.weights:
             w = np.sqrt([a, 1.0 - a])
@@ -81,16 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         report["weights"][a] = {**figures, "wins_over_equal": wins}
         cells = [f"{figures[k]['mean'] * 100:.1f} ± {figures[k]['std'] * 100:.1f}" for k in FIGURES]
         print(f"| {a:g} | {' | '.join(cells)} | {wins[0]} / {wins[1]} |")
-    chosen, scored = [], []
-    for i in range(len(per_split)):
-        others = [s for j, s in enumerate(per_split) if j != i]
-        best = max(args.weights, key=lambda a: float(np.mean([s[a]["mAP"] for s in others])))
-        chosen.append(best)
-        scored.append(per_split[i][best])
-    loo = mean_std(scored)
-    report["leave_one_out_mAP"] = {"chosen": chosen, **loo}
+    loo = leave_one_out(per_split, "mAP")
+    report["leave_one_out_mAP"] = loo
     cells = [f"{loo[k]['mean'] * 100:.1f} ± {loo[k]['std'] * 100:.1f}" for k in FIGURES]
-    print(f"| chosen by mAP, leave one split out ({chosen}) | {' | '.join(cells)} | |")
+    print(f"| chosen by mAP, leave one split out ({loo['chosen']}) | {' | '.join(cells)} | |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1, default=str))
     return 0

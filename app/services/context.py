@@ -35,7 +35,7 @@ from app.db.session import DbLimits, make_engine, make_session_factory, session_
 from app.errors import SketchReidError
 from app.index.pgvector import PgVectorIndex
 from app.index.store import VectorIndex
-from app.ml.bundle.manifest import Bundle, Manifest
+from app.ml.bundle.manifest import Bundle, Manifest, vector_shaping
 from app.ml.images import DecodeBudget, load_image
 from app.ml.infer.batching import InferenceQueue
 from app.queue.producer import IngestQueue
@@ -55,16 +55,7 @@ def embedding_key(manifest: Manifest) -> str:
     Two bundles with the same name and version but other weights or preprocessing get other
     keys, so stale vectors are never mixed with new ones.
     """
-    shaping = {
-        "members": [m.sha256 for m in manifest.members],
-        "input_size": list(manifest.input_size),
-        "mean": list(manifest.mean),
-        "std": list(manifest.std),
-        "tta_flip": manifest.tta_flip,
-        "combine": manifest.combine,
-    }
-    if manifest.photo_tta_flip is not None:  # absent from older keys: they stay valid
-        shaping["photo_tta_flip"] = manifest.photo_tta_flip
+    shaping = vector_shaping(manifest)
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
     return f"{manifest.name}:{manifest.version}:{digest}"
 

@@ -70,15 +70,9 @@ def _export(settings: Settings, bundle: Bundle) -> Path:
 
 
 def _onnx_bundle(settings: Settings, bundle: Bundle) -> Bundle:
-    from app.ml.bundle.onnx_parity import with_onnx
+    from app.ml.bundle.onnx_export import with_fp32_export
 
-    folder = onnx_cache_dir(settings, bundle)
-    if folder.exists():
-        try:
-            return with_onnx(bundle, folder, "fp32")
-        except BundleError as exc:
-            log.warning("exporting the model to ONNX again: %s", exc)
-    return with_onnx(bundle, _export(settings, bundle), "fp32")
+    return with_fp32_export(bundle, onnx_cache_dir(settings, bundle))
 
 
 def _fp32_export(settings: Settings, bundle: Bundle) -> Path:

@@ -95,6 +95,22 @@ class Manifest(BaseModel):
     onnx: dict[Literal["fp32", "int8"], str] = Field(default_factory=dict)
 
 
+def vector_shaping(manifest: Manifest) -> dict[str, Any]:
+    """What shapes a bundle's vectors: its weights and how images are embedded (the service's
+    embedding key and the evaluation's distractor cache are digests of it)."""
+    shaping: dict[str, Any] = {
+        "members": [m.sha256 for m in manifest.members],
+        "input_size": list(manifest.input_size),
+        "mean": list(manifest.mean),
+        "std": list(manifest.std),
+        "tta_flip": manifest.tta_flip,
+        "combine": manifest.combine,
+    }
+    if manifest.photo_tta_flip is not None:  # absent from older keys: they stay valid
+        shaping["photo_tta_flip"] = manifest.photo_tta_flip
+    return shaping
+
+
 def _manifest_json(manifest: Manifest) -> str:
     return json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
 

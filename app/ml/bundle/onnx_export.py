@@ -18,9 +18,11 @@ which the sha256s recorded in its manifest tie to this check (:mod:`app.ml.bundl
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from copy import deepcopy
 from pathlib import Path
@@ -38,11 +40,13 @@ from app.ml.bundle.onnx_files import (
     OnnxMember,
     _record_json,
 )
-from app.ml.bundle.onnx_parity import check_parity
+from app.ml.bundle.onnx_parity import check_parity, with_onnx
 from app.ml.bundle.onnx_runtime import load_sessions
 from app.ml.bundle.store import Bundle, _fsync_write, _replace_dir, _sha256
 from app.ml.infer.torch_embedder import member_embedding
 from app.ml.models.resnet_cifar import SpatialPyramidPool
+
+log = logging.getLogger(__name__)
 
 
 class _Embed(nn.Module):
@@ -180,3 +184,24 @@ def export_onnx(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return record
+
+
+def with_fp32_export(bundle: Bundle, folder: str | os.PathLike[str]) -> Bundle:
+    """``bundle`` running the ONNX Runtime fp32 graphs of its export in ``folder`` (a cache):
+    reused when it passes :func:`with_onnx`'s checks, exported again when missing, stale or
+    altered. The service's unprepared bundles and ``evaluate --backend onnx`` both go here."""
+    out = Path(folder)
+    if out.exists():
+        try:
+            return with_onnx(bundle, out, "fp32")
+        except BundleError as exc:
+            log.warning("exporting the model to ONNX again: %s", exc)
+    start = time.perf_counter()
+    record = export_onnx(bundle, out, overwrite=True)
+    log.info(
+        "exported the model to ONNX in %.1f s into %s (parity %s)",
+        time.perf_counter() - start,
+        out,
+        record.parity,
+    )
+    return with_onnx(bundle, out, "fp32")

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import DataLayoutError, UserInputError
+from app.ml.bundle.manifest import vector_shaping
 from app.ml.bundle.store import Bundle
 from app.ml.data.market import MARKET_SUBSETS, load_market
 from app.ml.data.pku import IMAGE_SUFFIXES
@@ -171,18 +172,7 @@ def load_distractors(
 
 def bundle_key(bundle: Bundle) -> str:
     """What a distractor embedding depends on: the weights and how images are embedded."""
-    m = bundle.manifest
-    parts = [
-        [e.sha256 for e in m.members],
-        list(m.input_size),
-        m.mean,
-        m.std,
-        m.tta_flip,
-        m.combine,
-        bundle.inference,
-    ]
-    if m.photo_tta_flip is not None:  # absent from older keys: their caches stay valid
-        parts.append({"photo_tta_flip": m.photo_tta_flip})
+    parts = [vector_shaping(bundle.manifest), bundle.inference]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.errors import BundleError
-from app.ml.bundle.onnx_export import export_onnx
+from app.ml.bundle.onnx_export import with_fp32_export
 from app.ml.bundle.onnx_files import onnx_digest, read_onnx_manifest
 from app.ml.bundle.onnx_parity import with_onnx
 from app.ml.bundle.onnx_quantize import quantize_bundle
@@ -87,23 +87,12 @@ def int8_runs(
     return [(served[b.path], split) for b, split in runs], sources
 
 
-def fp32_onnx_bundle(bundle: Bundle, cache_dir: Path) -> Bundle:
-    """``bundle`` running ONNX Runtime fp32 graphs from ``cache_dir`` (exported when needed):
-    the function the service serves, held to the export's parity bound."""
-    folder = cache_dir / f"{onnx_digest(bundle.manifest)}-fp32"
-    if folder.exists():
-        try:
-            return with_onnx(bundle, folder, "fp32")
-        except BundleError:
-            pass
-    export_onnx(bundle, folder, overwrite=True)
-    return with_onnx(bundle, folder, "fp32")
-
-
 def fp32_onnx_runs(runs: list[tuple[Bundle, Split]], cache_dir: Path) -> list[tuple[Bundle, Split]]:
-    """``runs`` with every bundle running its ONNX Runtime fp32 graphs."""
+    """``runs`` with every bundle running its ONNX Runtime fp32 graphs (exported into
+    ``cache_dir`` when needed): the function the service serves."""
     served: dict[Path, Bundle] = {}
     for bundle, _ in runs:
         if bundle.path not in served:
-            served[bundle.path] = fp32_onnx_bundle(bundle, cache_dir)
+            folder = cache_dir / f"{onnx_digest(bundle.manifest)}-fp32"
+            served[bundle.path] = with_fp32_export(bundle, folder)
     return [(served[b.path], split) for b, split in runs]

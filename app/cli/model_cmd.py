@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +177,34 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "sketches keep the bundle's flip TTA. Changes the embedding key: a service re-embeds "
         "its gallery with the new rule",
     )
+    annotate.add_argument(
+        "--member-weights",
+        metavar="W1,W2,...",
+        help="each member's share of the ensemble's cosine, in the manifest's member order "
+        "(positive, normalised to sum 1), or 'equal'. Changes the embedding key: a service "
+        "re-embeds its gallery with the new weights",
+    )
     annotate.set_defaults(func=cmd_annotate)
+
+
+def _member_weights(text: str, members: int) -> list[float] | None:
+    """``--member-weights``: 'equal' (None) or one positive number a member."""
+    if text.strip().lower() == "equal":
+        return None
+    try:
+        weights = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise UserInputError(
+            f"--member-weights takes comma-separated numbers or 'equal', got {text!r}"
+        ) from None
+    if len(weights) != members:
+        raise UserInputError(
+            f"--member-weights has {len(weights)} values for {members} members "
+            "(one a member, in the manifest's order)"
+        )
+    if not all(math.isfinite(w) and w > 0 for w in weights):
+        raise UserInputError(f"--member-weights must all be positive, got {text!r}")
+    return weights
 
 
 def _fmt_value(value: Any) -> str:
@@ -204,14 +232,17 @@ def format_manifest(manifest: Manifest) -> str:
         f"members     {len(manifest.members)}",
     ]
     dim = 0
-    for m in manifest.members:
+    shares = manifest.shares()
+    for i, m in enumerate(manifest.members):
         s = m.spec
         dim += s.fc_dim
         pool = "spp" if s.spp else "gap"
         neck = ", bn-neck" if s.bn_neck else ""
+        share = f", weight {shares[i]:.3g}" if shares is not None else ""
         lines.append(
             f"  - {m.name}: {s.arch} {pool}, fc {s.fc_dim}{neck}, {s.num_classes} classes, "
             f"{m.parameters / 1e6:.3f} M params ({m.embedding_parameters / 1e6:.3f} M embedding)"
+            + share
         )
     lines.append(f"embedding   {dim} dims")
     t = manifest.translator
@@ -464,6 +495,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         fields["translation_weight"] = args.translation_weight
     if args.photo_flip is not None:
         fields["photo_tta_flip"] = args.photo_flip == "on"
+    if args.member_weights is not None:
+        fields["member_weights"] = _member_weights(args.member_weights, len(manifest.members))
     updated = update_manifest(args.bundle, **fields)
     print(f"annotated {args.bundle}: {updated.name} {updated.version}")
     return 0

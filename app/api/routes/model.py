@@ -22,6 +22,7 @@ def get_model(ctx: CtxDep, _key: ReaderDep) -> dict[str, Any]:
         "translator": ctx.bundle.translator is not None,
         "query_view": ctx.bundle.view,
         "translation_weight": ctx.bundle.manifest.translation_weight,
+        "member_weights": ctx.bundle.manifest.shares(),
         "rerank_auto_min_items": ctx.settings.RERANK_AUTO_MIN_ITEMS,
         "rerank_candidates": ctx.settings.RERANK_CANDIDATES,
         "inference": ctx.bundle.inference,

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from app.errors import BundleError
 from app.ml.infer.embedder import BaseEmbedder, BaseTranslator
@@ -81,6 +81,10 @@ class Manifest(BaseModel):
     photo_tta_flip: bool | None = None
     combine: Literal["concat-l2"] = "concat-l2"
     members: list[MemberEntry] = Field(min_length=1)
+    # Each member's share of the ensemble's cosine (normalised to sum 1, one per member);
+    # None: equal shares (bundles before the field). Chosen on the protocol:
+    # scripts/member_weight_sweep.py, `sketchreid model annotate --member-weights`.
+    member_weights: list[float] | None = None
     translator: TranslatorEntry | None = None
     # How the service embeds a query sketch by default (app.ml.infer.query_views); None: as
     # translated when there is a translator, as drawn when not (bundles before the field).
@@ -93,6 +97,25 @@ class Manifest(BaseModel):
     # The prepared ONNX folders the bundle carries (app.ml.bundle.prepared): precision ->
     # sha256 of the folder's onnx.json, the folder being onnx/<precision>/ in the bundle.
     onnx: dict[Literal["fp32", "int8"], str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_member_weights(self) -> Manifest:
+        weights = self.member_weights
+        if weights is not None:
+            if len(weights) != len(self.members):
+                raise ValueError(
+                    f"member_weights has {len(weights)} weights for {len(self.members)} members"
+                )
+            if not all(w > 0 for w in weights):
+                raise ValueError(f"member_weights must all be positive, got {weights}")
+        return self
+
+    def shares(self) -> list[float] | None:
+        """The members' normalised weights (sum 1), or None for equal shares."""
+        if self.member_weights is None:
+            return None
+        total = sum(self.member_weights)
+        return [w / total for w in self.member_weights]
 
 
 def vector_shaping(manifest: Manifest) -> dict[str, Any]:
@@ -108,6 +131,9 @@ def vector_shaping(manifest: Manifest) -> dict[str, Any]:
     }
     if manifest.photo_tta_flip is not None:  # absent from older keys: they stay valid
         shaping["photo_tta_flip"] = manifest.photo_tta_flip
+    shares = manifest.shares()
+    if shares is not None and len(set(shares)) > 1:  # equal shares embed as None does
+        shaping["member_weights"] = [round(w, 6) for w in shares]
     return shaping
 
 

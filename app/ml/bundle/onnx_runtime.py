@@ -16,6 +16,7 @@ folder, by sha256 and parity with the bundle's PyTorch networks).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -87,6 +88,7 @@ class OnnxEmbedder(BaseEmbedder):
         sketch_grey: bool = True,
         tta_flip: bool = True,
         photo_flip: bool | None = None,
+        member_weights: Sequence[float] | None = None,
         precision: RunPrecision = "fp32",
         threads: int = 0,
     ) -> None:
@@ -99,6 +101,7 @@ class OnnxEmbedder(BaseEmbedder):
             sketch_grey=sketch_grey,
             tta_flip=tta_flip,
             photo_flip=photo_flip,
+            member_weights=member_weights,
             device="cpu",
         )
         self.precision = precision
@@ -145,6 +148,7 @@ def load_sessions(
         sketch_grey=manifest.sketch_grey,
         tta_flip=manifest.tta_flip,
         photo_flip=manifest.photo_tta_flip,
+        member_weights=manifest.member_weights,
         precision=record.precision,
         threads=n,
     )

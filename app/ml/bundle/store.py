@@ -124,6 +124,7 @@ def save_bundle(
     notes: list[str] | None = None,
     query_view: QueryView | None = None,
     translation_weight: float = 0.5,
+    member_weights: Sequence[float] | None = None,
     overwrite: bool = False,
 ) -> Manifest:
     """Write a bundle folder atomically and return its manifest.
@@ -206,6 +207,7 @@ def save_bundle(
             translator=translator_entry,
             query_view=query_view,
             translation_weight=translation_weight,
+            member_weights=None if member_weights is None else list(member_weights),
             training=dict(training or {}),
             evaluation=dict(evaluation or {}),
             notes=list(notes or []),
@@ -300,6 +302,7 @@ def manifest_embedder(
         sketch_grey=manifest.sketch_grey,
         tta_flip=manifest.tta_flip,
         photo_flip=manifest.photo_tta_flip,
+        member_weights=manifest.member_weights,
         device=device,
         precision=precision,
     )
@@ -344,6 +347,7 @@ def combine_bundles(bundles: Sequence[Bundle], device: str | torch.device = "cpu
         update={
             "name": "+".join(b.name for b in bundles),
             "members": entries,
+            "member_weights": None,  # a new ensemble: equal shares until annotated
             "translator": next(
                 (b.manifest.translator for b in bundles if b.manifest.translator), None
             ),
@@ -351,7 +355,7 @@ def combine_bundles(bundles: Sequence[Bundle], device: str | torch.device = "cpu
     )
     precision = bundles[0].embedder.precision  # int8 graphs are per bundle: combine in fp32
     embedder = manifest_embedder(
-        first, members, device, "fp32" if precision == "int8" else precision
+        manifest, members, device, "fp32" if precision == "int8" else precision
     )
     return Bundle(bundles[0].path, manifest, members, embedder, translator, generator)
 
@@ -385,6 +389,7 @@ def resave(
         "notes": m.notes,
         "query_view": m.query_view,
         "translation_weight": m.translation_weight,
+        "member_weights": m.member_weights,
     }
     kwargs.update(changes)
     return save_bundle(bundle_dir, overwrite=overwrite, **kwargs)

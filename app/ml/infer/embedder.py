@@ -79,8 +79,9 @@ class BaseEmbedder(ABC):
     """Ensemble embedding of person images (photos or sketches), whatever runs the members.
 
     Each member's embedding is L2-normalised (with flip-TTA: the normalised mean of the
-    image's and its mirror's), members are concatenated, divided by sqrt(M) and
-    L2-normalised, so the cosine of two outputs is the mean of the member cosines.
+    image's and its mirror's), members are concatenated, each multiplied by the square root of
+    its share (``member_weights`` normalised to sum 1; default 1/M each) and L2-normalised, so
+    the cosine of two outputs is the share-weighted mean of the member cosines.
     Subclasses implement :meth:`_raw_members`; calls are serialised by a lock. ``device`` is
     where the networks run (``"cpu"`` or a ``torch.device``); :meth:`embed_tensor` returns
     its tensors there.
@@ -98,6 +99,7 @@ class BaseEmbedder(ABC):
         sketch_grey: bool,
         tta_flip: bool,
         photo_flip: bool | None = None,
+        member_weights: Sequence[float] | None = None,
         device: Any = "cpu",
     ) -> None:
         self.device = device
@@ -108,6 +110,11 @@ class BaseEmbedder(ABC):
         self.tta_flip = tta_flip
         # Flip TTA for photos: as for sketches unless the bundle says otherwise.
         self.photo_flip = tta_flip if photo_flip is None else photo_flip
+        if member_weights is not None and (
+            not member_weights or any(not w > 0 for w in member_weights)
+        ):
+            raise ValueError(f"member weights must be positive, got {list(member_weights)}")
+        self.member_weights = None if member_weights is None else [float(w) for w in member_weights]
         self._lock = threading.Lock()
         self.member_dims: list[int] = []
         self.dim = 0
@@ -163,7 +170,16 @@ class BaseEmbedder(ABC):
                 own[mask] = l2_normalize(own[mask] + emb[n:])
                 emb = own
             parts.append(emb)
-        combined = np.concatenate(parts, 1) / np.float32(math.sqrt(len(parts)))
+        if self.member_weights is None:
+            combined = np.concatenate(parts, 1) / np.float32(math.sqrt(len(parts)))
+        else:
+            if len(self.member_weights) != len(parts):
+                raise ValueError(
+                    f"{len(self.member_weights)} member weights for {len(parts)} members"
+                )
+            total = sum(self.member_weights)
+            scales = [np.float32(math.sqrt(w / total)) for w in self.member_weights]
+            combined = np.concatenate([p * c for p, c in zip(parts, scales, strict=True)], 1)
         return l2_normalize(combined)
 
     def embed_array(

@@ -100,6 +100,7 @@ class Embedder(BaseEmbedder):
         sketch_grey: bool = True,
         tta_flip: bool = True,
         photo_flip: bool | None = None,
+        member_weights: Sequence[float] | None = None,
         device: str | torch.device | None = "cpu",
         precision: Precision = "fp32",
     ) -> None:
@@ -113,6 +114,7 @@ class Embedder(BaseEmbedder):
             sketch_grey=sketch_grey,
             tta_flip=tta_flip,
             photo_flip=photo_flip,
+            member_weights=member_weights,
             device=self._runner.device,
         )
         self.precision = self._runner.precision

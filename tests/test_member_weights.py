@@ -1,0 +1,140 @@
+"""Members weighted unequally (manifest ``member_weights``, issue 22): the ensemble's cosine is
+the share-weighted mean of its members' cosines. The weights travel with the bundle
+(``model annotate --member-weights``), reach both backends and change the embedding key;
+equal weights embed, and key, as a bundle without the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app.cli.main import main
+from app.ml.bundle.onnx_export import export_onnx
+from app.ml.bundle.onnx_parity import with_onnx
+from app.ml.bundle.store import combine_bundles, load_bundle, save_bundle
+from app.ml.evaluation.distractors import bundle_key
+from app.ml.infer.embedder import l2_normalize
+from app.ml.infer.torch_embedder import Embedder
+from app.ml.models.resnet_cifar import MemberSpec, build_member
+from app.services.context import embedding_key
+
+torch.set_num_threads(1)
+
+SIZE = (64, 32)
+SPEC = MemberSpec(arch="resnet8", num_classes=5, fc_dim=16, input_size=SIZE, bn_neck=True)
+
+
+def picture(seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(8, 4, 3), dtype=np.uint8)
+    return Image.fromarray(coarse, "RGB").resize((32, 64), Image.Resampling.BILINEAR)
+
+
+@pytest.fixture(scope="module")
+def members() -> list[torch.nn.Module]:
+    torch.manual_seed(0)
+    return [build_member(SPEC).eval(), build_member(SPEC).eval()]
+
+
+def test_the_cosine_is_the_weighted_mean_of_the_member_cosines(
+    members: list[torch.nn.Module],
+) -> None:
+    images = [picture(i) for i in range(6)]
+    alone = [Embedder([m], SIZE).embed(images) for m in members]
+    cos = [a @ a.T for a in alone]
+    for weights in ([0.6, 0.4], [3.0, 1.0], [0.2, 0.8]):
+        share = weights[0] / sum(weights)
+        e = Embedder(members, SIZE, member_weights=weights).embed(images)
+        np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(e @ e.T, share * cos[0] + (1 - share) * cos[1], atol=1e-5)
+    # Equal weights are the shipped mean of cosines, and unequal ones move the scores.
+    equal = Embedder(members, SIZE, member_weights=[1.0, 1.0]).embed(images)
+    np.testing.assert_allclose(equal, Embedder(members, SIZE).embed(images), atol=1e-6)
+    tilted = Embedder(members, SIZE, member_weights=[0.9, 0.1]).embed(images)
+    assert np.abs(tilted @ tilted.T - equal @ equal.T).max() > 1e-3
+    with pytest.raises(ValueError, match="positive"):
+        Embedder(members, SIZE, member_weights=[1.0, 0.0])
+    with pytest.raises(ValueError, match="2 member weights for 1 members"):
+        Embedder(members[:1], SIZE, member_weights=[0.5, 0.5]).embed(images[:1])
+
+
+def _bundle(folder: Path, members: list[torch.nn.Module]) -> Path:
+    parts = [(f"m{i}", SPEC, m, {}) for i, m in enumerate(members)]
+    save_bundle(folder, name="weights-demo", version="1", members=parts)
+    return folder
+
+
+def test_annotate_sets_the_weights_for_both_backends_and_the_keys(
+    members: list[torch.nn.Module], tmp_path: Path
+) -> None:
+    folder = _bundle(tmp_path / "b", members)
+    before = load_bundle(folder)
+    key, dkey = embedding_key(before.manifest), bundle_key(before)
+    images = [picture(20 + i) for i in range(4)]
+    plain = before.embedder.embed(images)
+
+    assert main(["model", "annotate", str(folder), "--member-weights", "0.6,0.4"]) == 0
+    after = load_bundle(folder)
+    assert after.manifest.member_weights == [0.6, 0.4]
+    assert after.manifest.shares() == pytest.approx([0.6, 0.4])
+    assert embedding_key(after.manifest) != key and bundle_key(after) != dkey
+    weighted = after.embedder.embed(images)
+    np.testing.assert_allclose(
+        weighted,
+        Embedder(members, SIZE, member_weights=[0.6, 0.4]).embed(images),
+        atol=1e-6,
+    )
+    assert np.abs(weighted - plain).max() > 1e-3
+
+    onnx = with_onnx(after, (export_onnx(after, tmp_path / "onnx"), tmp_path / "onnx")[1])
+    assert onnx.embedder.backend == "onnx"
+    np.testing.assert_allclose(onnx.embedder.embed(images), weighted, atol=1e-4)
+
+    # Equal weights: the vectors and the key of a bundle without the field.
+    assert main(["model", "annotate", str(folder), "--member-weights", "1,1"]) == 0
+    assert embedding_key(load_bundle(folder).manifest) == key
+    assert main(["model", "annotate", str(folder), "--member-weights", "equal"]) == 0
+    assert load_bundle(folder).manifest.member_weights is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0.6", "1 values for 2 members"),
+        ("0.6,0.3,0.1", "3 values for 2 members"),
+        ("0.6,-0.4", "must all be positive"),
+        ("0.6,nan", "must all be positive"),
+        ("heavy,light", "comma-separated numbers"),
+    ],
+)
+def test_annotate_refuses_bad_weights_and_leaves_the_manifest(
+    members: list[torch.nn.Module],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    text: str,
+    message: str,
+) -> None:
+    folder = _bundle(tmp_path / "b", members)
+    before = (folder / "manifest.json").read_bytes()
+    assert main(["model", "annotate", str(folder), "--member-weights", text]) == 2
+    assert message in capsys.readouterr().err
+    assert (folder / "manifest.json").read_bytes() == before
+
+
+def test_a_combined_ensemble_starts_with_equal_weights(
+    members: list[torch.nn.Module], tmp_path: Path
+) -> None:
+    folder = _bundle(tmp_path / "b", members)
+    assert main(["model", "annotate", str(folder), "--member-weights", "0.7,0.3"]) == 0
+    single = tmp_path / "single"
+    save_bundle(single, name="one", version="1", members=[("x", SPEC, members[0], {})])
+    combined = combine_bundles([load_bundle(folder), load_bundle(single)])
+    assert combined.manifest.member_weights is None and len(combined.members) == 3
+    images = [picture(40 + i) for i in range(2)]
+    e = combined.embedder.embed(images)
+    parts = [l2_normalize(e[:, i * 16 : (i + 1) * 16]) for i in range(3)]
+    np.testing.assert_allclose(e, np.concatenate(parts, 1) / np.sqrt(3), atol=1e-5)

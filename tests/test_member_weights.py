@@ -5,6 +5,7 @@ equal weights embed, and key, as a bundle without the field."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
+import app.ml.evaluation.distractors as distractors_mod
 from app.cli.main import main
 from app.ml.bundle.onnx_export import export_onnx
 from app.ml.bundle.onnx_parity import with_onnx
 from app.ml.bundle.store import combine_bundles, load_bundle, save_bundle
-from app.ml.evaluation.distractors import bundle_key
+from app.ml.evaluation.distractors import DistractorOptions, bundle_key, distractors_for
 from app.ml.infer.embedder import l2_normalize
 from app.ml.infer.torch_embedder import Embedder
 from app.ml.models.resnet_cifar import MemberSpec, build_member
@@ -138,3 +140,34 @@ def test_a_combined_ensemble_starts_with_equal_weights(
     e = combined.embedder.embed(images)
     parts = [l2_normalize(e[:, i * 16 : (i + 1) * 16]) for i in range(3)]
     np.testing.assert_allclose(e, np.concatenate(parts, 1) / np.sqrt(3), atol=1e-5)
+
+
+def test_bundles_that_differ_only_in_weights_share_one_distractor_cache(
+    members: list[torch.nn.Module], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A weight sweep on the protocol embeds the strangers once: the cache holds equal-share
+    vectors and each bundle gets exactly its own weighting back."""
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for i in range(5):
+        picture(60 + i).save(crops / f"c{i}.png")
+    opts = DistractorOptions(folders=(crops,), cache_dir=tmp_path / "cache")
+    folder = _bundle(tmp_path / "b", members)
+    _, equal = distractors_for(load_bundle(folder), opts)
+    assert main(["model", "annotate", str(folder), "--member-weights", "0.7,0.3"]) == 0
+    weighted_bundle = load_bundle(folder)
+    loaded: list[Path] = []
+    real = distractors_mod.load_image
+    monkeypatch.setattr(distractors_mod, "load_image", lambda p: loaded.append(p) or real(p))
+    dset, weighted = distractors_for(weighted_bundle, opts)
+    assert loaded == [], "the weighted bundle reads the equal-weight bundle's cache"
+    assert len(list((tmp_path / "cache").glob("distractors-*.npy"))) == 1
+    direct = weighted_bundle.embedder.embed([real(d.path) for d in dset.items], modality="photo")
+    np.testing.assert_allclose(weighted, direct, atol=1e-5)
+    assert np.abs(weighted - equal).max() > 1e-3
+    # Written by a weighted bundle, read back by the equal one: the same vectors again.
+    shutil.rmtree(tmp_path / "cache")
+    distractors_for(weighted_bundle, opts)
+    assert main(["model", "annotate", str(folder), "--member-weights", "equal"]) == 0
+    _, again = distractors_for(load_bundle(folder), opts)
+    np.testing.assert_allclose(again, equal, atol=1e-5)

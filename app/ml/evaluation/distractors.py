@@ -35,7 +35,7 @@ from app.ml.data.market import MARKET_SUBSETS, load_market
 from app.ml.data.pku import IMAGE_SUFFIXES
 from app.ml.evaluation.testset import Embedded
 from app.ml.images import load_image
-from app.ml.infer.embedder import BaseEmbedder
+from app.ml.infer.embedder import BaseEmbedder, reweight_members
 from app.ml.retrieval.distances import distances
 from app.ml.retrieval.metrics import mean_std, ranking_result
 from app.ml.retrieval.rerank import rerank_top_candidates
@@ -170,9 +170,13 @@ def load_distractors(
     return DistractorSet(items, seen, [str(f) for f in folders], seed)
 
 
-def bundle_key(bundle: Bundle) -> str:
-    """What a distractor embedding depends on: the weights and how images are embedded."""
-    parts = [vector_shaping(bundle.manifest), bundle.inference]
+def bundle_key(bundle: Bundle, *, member_weights: bool = True) -> str:
+    """What a distractor embedding depends on: the weights and how images are embedded
+    (``member_weights=False``: but for the members' shares, which the cache re-applies)."""
+    shaping = vector_shaping(bundle.manifest)
+    if not member_weights:
+        shaping.pop("member_weights", None)
+    parts = [shaping, bundle.inference]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -191,14 +195,19 @@ def embed_distractors(
     cache_dir: Path | None,
 ) -> np.ndarray:
     """Photo embeddings of every distractor of ``dset`` (float32, one row each), from the
-    cache in ``cache_dir`` when an earlier run embedded the same files with the same bundle."""
+    cache in ``cache_dir`` when an earlier run embedded the same files with the same bundle.
+
+    The cache holds the vectors with equal member shares (``key`` leaves the shares out:
+    :func:`bundle_key` with ``member_weights=False``), so bundles that differ only in their
+    members' weights share one embedding of the distractors (:func:`reweight_members`)."""
     if not dset.items:
         return np.zeros((0, embedder.dim), dtype=np.float32)
+    dims, shares = embedder.member_dims, embedder.shares()
     cache = cache_dir / f"distractors-{key}-{_list_key(dset.items)}.npy" if cache_dir else None
     if cache is not None and cache.is_file():
         cached = np.load(cache)
         if cached.shape[0] == len(dset.items):
-            return cached.astype(np.float32, copy=False)
+            return reweight_members(cached.astype(np.float32, copy=False), dims, None, shares)
     rows = []
     for start in range(0, len(dset.items), EMBED_CHUNK):
         chunk = dset.items[start : start + EMBED_CHUNK]
@@ -207,7 +216,7 @@ def embed_distractors(
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, out)
+        np.save(tmp, reweight_members(out, dims, shares, None))
         tmp.replace(cache)
     return out
 
@@ -246,7 +255,8 @@ def distractors_for(bundle: Bundle, opts: DistractorOptions) -> tuple[Distractor
         unseen_only=opts.unseen_only,
         seed=opts.seed,
     )
-    return dset, embed_distractors(bundle.embedder, bundle_key(bundle), dset, opts.cache_dir)
+    key = bundle_key(bundle, member_weights=False)
+    return dset, embed_distractors(bundle.embedder, key, dset, opts.cache_dir)
 
 
 def score_by_gallery_size(

@@ -63,6 +63,31 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, np.float32(1e-12))
 
 
+def reweight_members(
+    vectors: np.ndarray,
+    member_dims: Sequence[int],
+    shares_from: Sequence[float] | None,
+    shares_to: Sequence[float] | None,
+) -> np.ndarray:
+    """Ensemble vectors combined with members' shares ``shares_from`` as if combined with
+    ``shares_to`` (normalised weights; None: equal shares). Exact: each member's slice of a
+    vector is its unit embedding times the square root of its share."""
+    m = len(member_dims)
+    src = [1.0 / m] * m if shares_from is None else list(shares_from)
+    dst = [1.0 / m] * m if shares_to is None else list(shares_to)
+    if len(src) != m or len(dst) != m or sum(member_dims) != vectors.shape[1]:
+        raise ValueError(f"shares or member sizes do not fit vectors of {vectors.shape[1]} dims")
+    if src == dst:
+        return vectors
+    scale = np.concatenate(
+        [
+            np.full(d, math.sqrt(b / a), dtype=np.float32)
+            for d, a, b in zip(member_dims, src, dst, strict=True)
+        ]
+    )
+    return l2_normalize(vectors * scale)
+
+
 def modalities_of(modality: Modality | Sequence[Modality], count: int) -> list[Modality]:
     """One modality per image: ``modality`` repeated when it is one, else checked to be one
     known modality per image."""
@@ -118,6 +143,13 @@ class BaseEmbedder(ABC):
         self._lock = threading.Lock()
         self.member_dims: list[int] = []
         self.dim = 0
+
+    def shares(self) -> list[float] | None:
+        """The members' normalised weights (sum 1); None: equal shares."""
+        if self.member_weights is None:
+            return None
+        total = sum(self.member_weights)
+        return [w / total for w in self.member_weights]
 
     @abstractmethod
     def intra_op_threads(self) -> int:
@@ -177,8 +209,7 @@ class BaseEmbedder(ABC):
                 raise ValueError(
                     f"{len(self.member_weights)} member weights for {len(parts)} members"
                 )
-            total = sum(self.member_weights)
-            scales = [np.float32(math.sqrt(w / total)) for w in self.member_weights]
+            scales = [np.float32(math.sqrt(w)) for w in self.shares() or []]
             combined = np.concatenate([p * c for p, c in zip(parts, scales, strict=True)], 1)
         return l2_normalize(combined)
 

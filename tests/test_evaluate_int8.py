@@ -89,3 +89,19 @@ def test_backend_onnx_refuses_bf16(
     extra += ["--json", str(tmp_path / "r.json")]
     assert main([*argv, *extra]) == 2
     assert not (tmp_path / "r.json").exists()
+
+
+def test_int8_calibration_methods_are_cached_apart(
+    random_bundle_dir: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "a"
+    resave(load_bundle(random_bundle_dir), model, training={"train_pids": list(range(1, 9))})
+    cache = tmp_path / "cache"
+    int8 = ("--precision", "int8", "--int8-cache", str(cache), "--int8-images", "4")
+    _evaluate(synth_root, model, tmp_path / "m.json", "--test-ids", "heldout", *int8)
+    pct = ("--int8-calibration", "percentile")
+    _evaluate(synth_root, model, tmp_path / "p.json", "--test-ids", "heldout", *int8, *pct)
+    folders = sorted(cache.iterdir(), key=lambda p: p.name)
+    assert len(folders) == 2 and folders[1].name == folders[0].name + "-percentile"
+    methods = [read_onnx_manifest(f).quantization for f in folders]
+    assert [q.calibrate_method for q in methods if q] == ["MinMax", "Percentile"]

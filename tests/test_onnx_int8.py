@@ -243,3 +243,39 @@ def test_cli_model_quantize_on_synthetic_people_by_default(
     record = read_onnx_manifest(out)
     assert record.quantization is not None
     assert record.quantization.calibration.source.startswith("synthetic generator, 4 people")
+
+
+def test_percentile_calibration_is_recorded_and_sets_other_ranges(
+    bundle: Bundle, fp32_dir: Path, int8_dir: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    """``calibration="percentile"`` clips activation ranges: the graphs differ from MinMax's
+    (other QuantizeLinear scales), the record says which method made them, and they pass the
+    same int8 bound."""
+    import onnx
+    from onnx import numpy_helper
+
+    out = tmp_path / "pct"
+    photos, sketches = _images(synth_root, "photo"), _images(synth_root, "sketch")
+    record = quantize_onnx(
+        bundle, fp32_dir, out, photos, sketches, source="synth_root", calibration="percentile"
+    )
+    assert record.quantization is not None
+    assert record.quantization.calibrate_method == "Percentile"
+    minmax = read_onnx_manifest(int8_dir).quantization
+    assert minmax is not None and minmax.calibrate_method == "MinMax"
+    assert record.parity["embedding_min_cosine"] >= INT8_MIN_COSINE
+
+    def scales(path: Path) -> dict[str, float]:
+        graph = onnx.load(str(path)).graph
+        inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        return {
+            n.input[0]: float(inits[n.input[1]].reshape(-1)[0])
+            for n in graph.node
+            if n.op_type == "QuantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 1
+        }
+
+    member = record.members[0].file
+    a, b = scales(int8_dir / member), scales(out / member)
+    shared = set(a) & set(b)
+    assert shared and any(b[k] < a[k] * 0.999 for k in shared), "percentile clips some range"
+    assert all(b[k] <= a[k] * 1.0001 for k in shared), "never wider than the observed range"

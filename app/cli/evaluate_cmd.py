@@ -18,6 +18,7 @@ from app.cli.common import (
 )
 from app.cli.train_cmd import add_member_options, add_run_options, plan_from_args
 from app.errors import UserInputError
+from app.ml.bundle.onnx_files import CALIBRATIONS
 from app.ml.bundle.store import Bundle, load_bundle
 from app.ml.data.calibration import DEFAULT_CALIBRATION_IMAGES
 from app.ml.data.pku import PKUSketchDataset
@@ -101,6 +102,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help=f"int8 calibration: at most N photos and N sketches (default "
         f"{DEFAULT_CALIBRATION_IMAGES})",
+    )
+    ev.add_argument(
+        "--int8-calibration",
+        choices=CALIBRATIONS,
+        default="minmax",
+        help="int8 calibration: how activation ranges are chosen from the calibration images "
+        "(default minmax, as `model prepare --int8`; percentile: the 99.999th percentile; "
+        "entropy: the KL-optimal threshold)",
     )
     ev.add_argument(
         "--feedback",
@@ -359,7 +368,9 @@ def _runs(
                 f"--backend onnx runs fp32 or int8 graphs, not --precision {args.precision}"
             )
         return fp32_onnx_runs(runs, args.onnx_cache), {}
-    runs, sources = int8_runs(runs, dataset, args.int8_cache, args.int8_images)
+    runs, sources = int8_runs(
+        runs, dataset, args.int8_cache, args.int8_images, args.int8_calibration
+    )
     for path, source in sources.items():
         print(f"int8 graphs of {path} calibrated on {source}", file=sys.stderr)
     return runs, sources

@@ -14,6 +14,7 @@ from typing import Any
 from app.cli.common import command_line, positive_int
 from app.errors import UserInputError
 from app.ml.bundle.manifest import Manifest, read_manifest, update_manifest
+from app.ml.bundle.onnx_files import CALIBRATIONS
 from app.ml.data.calibration import DEFAULT_CALIBRATION_IMAGES
 from app.ml.infer.query_views import QUERY_VIEWS, bundle_view
 
@@ -63,6 +64,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="N",
         help=f"--int8: at most N photos and N sketches (default {DEFAULT_CALIBRATION_IMAGES})",
     )
+    prepare.add_argument(
+        "--calibration",
+        choices=CALIBRATIONS,
+        default="minmax",
+        help="--int8: how activation ranges are chosen (default minmax; percentile, entropy)",
+    )
     prepare.set_defaults(func=cmd_prepare)
 
     export = sub.add_parser(
@@ -96,6 +103,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="N",
         help="at most N photos and N sketches (seeded draw; synthetic: N people) "
         f"(default {DEFAULT_CALIBRATION_IMAGES})",
+    )
+    quantize.add_argument(
+        "--calibration",
+        choices=CALIBRATIONS,
+        default="minmax",
+        help="how activation ranges are chosen from the images (default minmax; percentile: "
+        "the 99.999th percentile; entropy: the KL-optimal threshold)",
     )
     quantize.add_argument(
         "--onnx",
@@ -328,9 +342,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             images.sketches,
             source=images.source,
             overwrite=True,
+            calibration=args.calibration,
         )
         print(
-            f"wrote {int8_dir} (int8, calibrated on {images.source}; lowest cosine to "
+            f"wrote {int8_dir} (int8, {args.calibration} calibration on {images.source}; "
+            "lowest cosine to "
             f"PyTorch fp32 {record.parity['embedding_min_cosine']:.4f})"
         )
         precisions.append("int8")
@@ -381,13 +397,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         images.sketches,
         source=images.source,
         fp32_dir=args.onnx,
+        calibration=args.calibration,
     )
     q = record.quantization
     assert q is not None
     print(
         f"wrote int8 {', '.join(m.file for m in record.members)} to {args.out} "
         f"({q.quant_format}, {q.activation_type} activations, {q.weight_type} per-channel "
-        f"weights{', 7-bit' if q.reduce_range else ''}; translator fp32), calibrated on "
+        f"weights{', 7-bit' if q.reduce_range else ''}; translator fp32), "
+        f"{q.calibrate_method} calibration on "
         f"{images.source}; lowest cosine to PyTorch fp32 "
         f"{record.parity['embedding_min_cosine']:.4f}"
     )

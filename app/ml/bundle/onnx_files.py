@@ -54,6 +54,16 @@ class OnnxCalibration(BaseModel):
     translated: int
 
 
+Calibration = Literal["minmax", "percentile", "entropy"]
+CALIBRATIONS: tuple[Calibration, ...] = ("minmax", "percentile", "entropy")
+_METHOD_NAMES = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+
+
+def calibrate_method_name(calibration: Calibration) -> str:
+    """The record's ``calibrate_method``: ONNX Runtime's ``CalibrationMethod`` name."""
+    return _METHOD_NAMES[calibration]
+
+
 class OnnxQuantization(BaseModel):
     """How an int8 folder was made (``onnxruntime.quantization.quantize_static``)."""
 

@@ -14,7 +14,10 @@ Choices, following ONNX Runtime's guidance for x86 CPUs (``quantize_static``'s d
   per-channel scales keep the narrow channels of a ResNet's convolutions apart;
 * ``reduce_range`` (7-bit weights) only on a CPU without VNNI (:func:`cpu_has_vnni`), where
   AVX2's ``VPMADDUBSW`` can saturate its 16-bit sums of u8 x s8 products;
-* MinMax calibration on real inputs, fed exactly as the graphs receive them: the images go
+* calibration on real inputs (MinMax by default; ``calibration="percentile"`` clips each
+  activation's range at its 99.999th percentile, ``"entropy"`` at the KL-optimal threshold:
+  finer steps for the bulk of the values, chosen on the protocol), fed exactly as the graphs
+  receive them: the images go
   through the project's preprocessing (:func:`app.ml.transforms.to_uint8_array`, grey for
   sketches when the bundle says so) and :meth:`BaseEmbedder.network_input` (normalisation and
   the mirror images of flip TTA). Photos, sketches and, with a translator, the translations of
@@ -40,13 +43,16 @@ from PIL import Image
 
 from app.errors import BundleError, SketchReidError
 from app.ml.bundle.onnx_files import (
+    CALIBRATIONS,
     ONNX_MANIFEST,
     PROBE_FILE,
+    Calibration,
     OnnxCalibration,
     OnnxManifest,
     OnnxMember,
     OnnxQuantization,
     _record_json,
+    calibrate_method_name,
     verify_onnx_dir,
 )
 from app.ml.bundle.onnx_int8 import check_int8_parity, check_quantized_graph
@@ -99,6 +105,16 @@ class CalibrationImages:
                 yield np.ascontiguousarray(x, dtype=np.float32)
 
 
+def uniform_batches(batches: list[np.ndarray], size: int) -> list[np.ndarray]:
+    """The rows of ``batches`` in batches of exactly ``size`` rows, the last one completed with
+    rows from the start: ONNX Runtime's histogram calibrators stack a tensor's outputs across
+    batches and need one shape."""
+    rows = np.concatenate(batches)
+    if len(rows) % size:
+        rows = np.concatenate([rows, np.resize(rows, (size - len(rows) % size, *rows.shape[1:]))])
+    return [np.ascontiguousarray(rows[i : i + size]) for i in range(0, len(rows), size)]
+
+
 class _Reader:
     """``onnxruntime.quantization.CalibrationDataReader`` over precomputed input batches."""
 
@@ -114,7 +130,13 @@ class _Reader:
         self._next = iter(self.batches)
 
 
-def _quantize_graph(src: Path, out: Path, batches: list[np.ndarray], reduce_range: bool) -> None:
+def _quantize_graph(
+    src: Path,
+    out: Path,
+    batches: list[np.ndarray],
+    reduce_range: bool,
+    calibration: Calibration = "minmax",
+) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -127,6 +149,11 @@ def _quantize_graph(src: Path, out: Path, batches: list[np.ndarray], reduce_rang
         float_nodes = [
             n.name for n in onnx.load(str(prepared)).graph.node if n.op_type in KEEP_FLOAT_OPS
         ]
+        extra: dict[str, object] = {}
+        if calibration != "minmax":
+            batches = uniform_batches(batches, CALIBRATION_BATCH)
+            # Histograms are made every few batches, not from every output held at once.
+            extra["CalibMaxIntermediateOutputs"] = 4
         quantize_static(
             str(prepared),
             str(out),
@@ -136,8 +163,9 @@ def _quantize_graph(src: Path, out: Path, batches: list[np.ndarray], reduce_rang
             reduce_range=reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=getattr(CalibrationMethod, calibrate_method_name(calibration)),
             nodes_to_exclude=float_nodes,
+            extra_options=extra,
         )
 
 
@@ -151,12 +179,14 @@ def quantize_onnx(
     source: str,
     overwrite: bool = False,
     reduce_range: bool | None = None,
+    calibration: Calibration = "minmax",
 ) -> OnnxManifest:
     """Quantise the verified fp32 export ``fp32_dir`` of ``bundle`` into ``out_dir``,
     calibrated on ``photos`` and ``sketches`` (``source`` says where they came from, for the
     record). The folder appears whole or not at all; graphs that fail the int8 checks
     (:mod:`app.ml.bundle.onnx_int8`) raise :class:`BundleError` and leave nothing behind.
-    ``reduce_range`` None: 7-bit weights only on a CPU without VNNI."""
+    ``reduce_range`` None: 7-bit weights only on a CPU without VNNI. ``calibration``: how
+    activation ranges are chosen from the calibration images (module docstring)."""
     import onnxruntime
 
     src = Path(fp32_dir)
@@ -166,6 +196,8 @@ def quantize_onnx(
         raise BundleError(f"{out} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise BundleError(f"{out} already exists and is not empty; choose another folder")
+    if calibration not in CALIBRATIONS:
+        raise SketchReidError(f"unknown int8 calibration {calibration!r}; one of {CALIBRATIONS}")
     if reduce_range is None:
         reduce_range = not cpu_has_vnni()
     images = CalibrationImages(bundle, photos, sketches)
@@ -176,7 +208,7 @@ def quantize_onnx(
         members: list[OnnxMember] = []
         for member in fp32.members:
             path = tmp / member.file
-            _quantize_graph(src / member.file, path, batches, reduce_range)
+            _quantize_graph(src / member.file, path, batches, reduce_range, calibration)
             check_quantized_graph(path)
             members.append(member.model_copy(update={"sha256": _sha256(path)}))
         if fp32.translator is not None:
@@ -195,7 +227,7 @@ def quantize_onnx(
                     weight_type="QInt8",
                     per_channel=True,
                     reduce_range=reduce_range,
-                    calibrate_method="MinMax",
+                    calibrate_method=calibrate_method_name(calibration),
                     calibration=OnnxCalibration(
                         source=source,
                         photos=len(images.photos),
@@ -229,12 +261,20 @@ def quantize_bundle(
     source: str,
     fp32_dir: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    calibration: Calibration = "minmax",
 ) -> OnnxManifest:
     """:func:`quantize_onnx` from ``fp32_dir``, or from a fresh fp32 export in a temporary
     folder when none is given."""
     if fp32_dir is not None:
         return quantize_onnx(
-            bundle, fp32_dir, out_dir, photos, sketches, source=source, overwrite=overwrite
+            bundle,
+            fp32_dir,
+            out_dir,
+            photos,
+            sketches,
+            source=source,
+            overwrite=overwrite,
+            calibration=calibration,
         )
     from app.ml.bundle.onnx_export import export_onnx
 
@@ -242,5 +282,12 @@ def quantize_bundle(
         folder = Path(work) / "fp32"
         export_onnx(bundle, folder)
         return quantize_onnx(
-            bundle, folder, out_dir, photos, sketches, source=source, overwrite=overwrite
+            bundle,
+            folder,
+            out_dir,
+            photos,
+            sketches,
+            source=source,
+            overwrite=overwrite,
+            calibration=calibration,
         )

@@ -7,10 +7,12 @@ evaluation's data folder (``training.train_pids`` of its manifest) less every id
 tested on in this evaluation; when the manifest records none, or none of them has both photos
 and sketches there, on synthetic people (:func:`app.ml.data.calibration.synthetic_calibration`).
 
-Quantised folders are cached in ``cache_dir/<weights digest>-int8`` and reused when they pass
+Quantised folders are cached in ``cache_dir/<weights digest>-int8`` (``-int8-<method>`` for a
+calibration method other than MinMax) and reused when they pass
 :func:`app.ml.bundle.onnx_parity.with_onnx`'s int8 checks and were calibrated on the same
-images (the record's calibration source); otherwise they are made again. fp32 exports are
-cached in ``cache_dir/<weights digest>-fp32`` and reused when they pass the fp32 parity check.
+images (the record's calibration source) by the same method; otherwise they are made again.
+fp32 exports are cached in ``cache_dir/<weights digest>-fp32`` and reused when they pass the
+fp32 parity check.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from pathlib import Path
 
 from app.errors import BundleError
 from app.ml.bundle.onnx_export import with_fp32_export
-from app.ml.bundle.onnx_files import onnx_digest, read_onnx_manifest
+from app.ml.bundle.onnx_files import (
+    Calibration,
+    calibrate_method_name,
+    onnx_digest,
+    read_onnx_manifest,
+)
 from app.ml.bundle.onnx_parity import with_onnx
 from app.ml.bundle.onnx_quantize import quantize_bundle
 from app.ml.bundle.store import Bundle
@@ -43,15 +50,21 @@ def calibration_for(
 
 
 def int8_bundle(
-    bundle: Bundle, calibration: CalibrationSet, cache_dir: Path
+    bundle: Bundle, calibration: CalibrationSet, cache_dir: Path, method: Calibration = "minmax"
 ) -> tuple[Bundle, Path]:
-    """``bundle`` running int8 graphs from ``cache_dir`` (made there when needed)."""
-    folder = cache_dir / f"{onnx_digest(bundle.manifest)}-int8"
+    """``bundle`` running int8 graphs from ``cache_dir`` (made there when needed), calibrated
+    on ``calibration``'s images by ``method``."""
+    suffix = "" if method == "minmax" else f"-{method}"
+    folder = cache_dir / f"{onnx_digest(bundle.manifest)}-int8{suffix}"
     if folder.exists():
         try:
             record = read_onnx_manifest(folder)
             q = record.quantization
-            if q is not None and q.calibration.source == calibration.source:
+            if (
+                q is not None
+                and q.calibration.source == calibration.source
+                and q.calibrate_method == calibrate_method_name(method)
+            ):
                 return with_onnx(bundle, folder, "int8"), folder
         except BundleError:
             pass
@@ -62,6 +75,7 @@ def int8_bundle(
         calibration.sketches,
         source=calibration.source,
         overwrite=True,
+        calibration=method,
     )
     return with_onnx(bundle, folder, "int8"), folder
 
@@ -71,6 +85,7 @@ def int8_runs(
     dataset: PKUSketchDataset,
     cache_dir: Path,
     images: int,
+    method: Calibration = "minmax",
 ) -> tuple[list[tuple[Bundle, Split]], dict[str, str]]:
     """``runs`` with every bundle running int8 graphs; and, per bundle folder, where its
     calibration images came from."""
@@ -82,7 +97,7 @@ def int8_runs(
     for bundle, _ in runs:
         if bundle.path not in served:
             calibration = calibration_for(bundle, dataset, tested[bundle.path], images)
-            served[bundle.path], _folder = int8_bundle(bundle, calibration, cache_dir)
+            served[bundle.path], _folder = int8_bundle(bundle, calibration, cache_dir, method)
             sources[str(bundle.path)] = calibration.source
     return [(served[b.path], split) for b, split in runs], sources
 

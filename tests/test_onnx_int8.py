@@ -279,3 +279,8 @@ def test_percentile_calibration_is_recorded_and_sets_other_ranges(
     shared = set(a) & set(b)
     assert shared and any(b[k] < a[k] * 0.999 for k in shared), "percentile clips some range"
     assert all(b[k] <= a[k] * 1.0001 for k in shared), "never wider than the observed range"
+    # Vectors of the two calibrations are cached apart (evaluate's distractor cache).
+    from app.ml.evaluation.distractors import bundle_key
+
+    keys = {bundle_key(with_onnx(bundle, d)) for d in (int8_dir, out)}
+    assert len(keys) == 2

@@ -105,6 +105,9 @@ class OnnxEmbedder(BaseEmbedder):
             device="cpu",
         )
         self.precision = precision
+        # The int8 graphs' checksums (set by load_sessions): two calibrations of one bundle
+        # embed differently, and caches of vectors tell them apart by this.
+        self.graphs: str | None = None
         # Intra-op threads each session runs with (0: ONNX Runtime's default, one per core).
         self.threads = threads
         self.sessions = sessions
@@ -152,6 +155,8 @@ def load_sessions(
         precision=record.precision,
         threads=n,
     )
+    if record.precision == "int8":  # which int8 graphs: the calibration shapes the vectors
+        embedder.graphs = ",".join(m.sha256 for m in record.members)
     translator = None
     if record.translator is not None and manifest.translator is not None:
         session = _session(onnx_dir / record.translator.file, n)

@@ -176,7 +176,10 @@ def bundle_key(bundle: Bundle, *, member_weights: bool = True) -> str:
     shaping = vector_shaping(bundle.manifest)
     if not member_weights:
         shaping.pop("member_weights", None)
-    parts = [shaping, bundle.inference]
+    parts: list[Any] = [shaping, bundle.inference]
+    graphs = getattr(bundle.embedder, "graphs", None)
+    if graphs:  # int8: the graphs of one calibration
+        parts.append(graphs)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

@@ -200,6 +200,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     annotate.set_defaults(func=cmd_annotate)
 
+    center = sub.add_parser(
+        "center",
+        help="modality centering: store each member's mean photo and sketch embedding over the "
+        "bundle's training identities (manifest training.train_pids) in the manifest; the "
+        "service then subtracts the mean of an image's kind before combining members. Changes "
+        "the embedding key: a service re-embeds its gallery",
+    )
+    center.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
+    center.add_argument(
+        "--data-root",
+        type=Path,
+        metavar="DIR",
+        help="the PKU-Sketch-layout folder the bundle was trained on (required unless --off)",
+    )
+    center.add_argument("--off", action="store_true", help="remove the bundle's centering instead")
+    center.set_defaults(func=cmd_center)
+
 
 def _member_weights(text: str, members: int) -> list[float] | None:
     """``--member-weights``: 'equal' (None) or one positive number a member."""
@@ -273,6 +290,11 @@ def format_manifest(manifest: Manifest) -> str:
         f"query view  {view}"
         + ("" if manifest.query_view else " (default)")
         + (f", translation weight {manifest.translation_weight:g}" if view == "fused" else "")
+    )
+    c = manifest.centering
+    lines.append(
+        "centering   "
+        + (f"modality means of {c.identities} identities ({c.source})" if c else "none")
     )
     prepared = ", ".join(f"onnx/{p}" for p in sorted(manifest.onnx))
     lines.append(f"prepared    {prepared or 'none (the service exports at start: model prepare)'}")
@@ -408,6 +430,35 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         f"{q.calibrate_method} calibration on "
         f"{images.source}; lowest cosine to PyTorch fp32 "
         f"{record.parity['embedding_min_cosine']:.4f}"
+    )
+    return 0
+
+
+def cmd_center(args: argparse.Namespace) -> int:
+    from app.ml.bundle.centering import modality_means
+    from app.ml.bundle.store import load_bundle
+    from app.ml.data.pku import load_pku_sketch
+
+    if args.off:
+        if args.data_root is not None:
+            raise UserInputError("--off takes no --data-root")
+        update_manifest(args.bundle, centering=None)
+        print(f"{args.bundle}: no modality centering")
+        return 0
+    if args.data_root is None:
+        raise UserInputError("model center needs --data-root (or --off)")
+    bundle = load_bundle(args.bundle)
+    trained = bundle.manifest.training.get("train_pids")
+    if not isinstance(trained, list) or not trained:
+        raise UserInputError(
+            f"{args.bundle} does not record its training identities (manifest "
+            "training.train_pids): the means must come from people it was trained on"
+        )
+    centering = modality_means(bundle, load_pku_sketch(args.data_root), [int(p) for p in trained])
+    update_manifest(args.bundle, centering=centering)
+    print(
+        f"{args.bundle}: modality centering from {centering.photos} photos and "
+        f"{centering.sketches} sketches of {centering.identities} identities"
     )
     return 0
 

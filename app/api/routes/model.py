@@ -23,6 +23,7 @@ def get_model(ctx: CtxDep, _key: ReaderDep) -> dict[str, Any]:
         "query_view": ctx.bundle.view,
         "translation_weight": ctx.bundle.manifest.translation_weight,
         "member_weights": ctx.bundle.manifest.shares(),
+        "centering": ctx.bundle.manifest.centering is not None,
         "rerank_auto_min_items": ctx.settings.RERANK_AUTO_MIN_ITEMS,
         "rerank_candidates": ctx.settings.RERANK_CANDIDATES,
         "inference": ctx.bundle.inference,

@@ -61,6 +61,23 @@ class TranslatorEntry(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict)
 
 
+class Centering(BaseModel):
+    """Each member's mean unit embedding of photos and of sketches (concatenated in member
+    order), taken from the training identities: the service subtracts the mean of an image's
+    kind from each member's embedding before combining them (app.ml.infer.embedder), which
+    removes what all photos, or all sketches, have in common. See docs/results.md,
+    "Modality centering"; made by `sketchreid model center`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    photo: list[float]
+    sketch: list[float]
+    source: str
+    identities: int
+    photos: int
+    sketches: int
+
+
 class Manifest(BaseModel):
     """Contents of ``manifest.json``."""
 
@@ -85,6 +102,8 @@ class Manifest(BaseModel):
     # None: equal shares (bundles before the field). Chosen on the protocol:
     # scripts/member_weight_sweep.py, `sketchreid model annotate --member-weights`.
     member_weights: list[float] | None = None
+    # Modality means subtracted from each member's embedding (None: none, bundles before it).
+    centering: Centering | None = None
     translator: TranslatorEntry | None = None
     # How the service embeds a query sketch by default (app.ml.infer.query_views); None: as
     # translated when there is a translator, as drawn when not (bundles before the field).
@@ -108,7 +127,20 @@ class Manifest(BaseModel):
                 )
             if not all(w > 0 for w in weights):
                 raise ValueError(f"member_weights must all be positive, got {weights}")
+        if self.centering is not None:
+            dim = sum(m.spec.fc_dim for m in self.members)
+            c = self.centering
+            if len(c.photo) != dim or len(c.sketch) != dim:
+                raise ValueError(
+                    f"centering has {len(c.photo)} photo and {len(c.sketch)} sketch values "
+                    f"for a {dim}-d embedding"
+                )
         return self
+
+    def centering_means(self) -> tuple[list[float], list[float]] | None:
+        """(photo mean, sketch mean) for the embedder, or None."""
+        c = self.centering
+        return None if c is None else (c.photo, c.sketch)
 
     def shares(self) -> list[float] | None:
         """The members' normalised weights (sum 1), or None for equal shares."""
@@ -131,6 +163,9 @@ def vector_shaping(manifest: Manifest) -> dict[str, Any]:
     }
     if manifest.photo_tta_flip is not None:  # absent from older keys: they stay valid
         shaping["photo_tta_flip"] = manifest.photo_tta_flip
+    if manifest.centering is not None:  # the means, not where they came from
+        means = [manifest.centering.photo, manifest.centering.sketch]
+        shaping["centering"] = hashlib.sha256(json.dumps(means).encode()).hexdigest()[:16]
     shares = manifest.shares()
     if shares is not None and len(set(shares)) > 1:  # equal shares embed as None does
         shaping["member_weights"] = [round(w, 6) for w in shares]

@@ -89,6 +89,7 @@ class OnnxEmbedder(BaseEmbedder):
         tta_flip: bool = True,
         photo_flip: bool | None = None,
         member_weights: Sequence[float] | None = None,
+        centering: tuple[Sequence[float], Sequence[float]] | None = None,
         precision: RunPrecision = "fp32",
         threads: int = 0,
     ) -> None:
@@ -102,6 +103,7 @@ class OnnxEmbedder(BaseEmbedder):
             tta_flip=tta_flip,
             photo_flip=photo_flip,
             member_weights=member_weights,
+            centering=centering,
             device="cpu",
         )
         self.precision = precision
@@ -152,6 +154,7 @@ def load_sessions(
         tta_flip=manifest.tta_flip,
         photo_flip=manifest.photo_tta_flip,
         member_weights=manifest.member_weights,
+        centering=manifest.centering_means(),
         precision=record.precision,
         threads=n,
     )

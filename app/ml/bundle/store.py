@@ -32,6 +32,7 @@ from app.ml.bundle.manifest import (
     MANIFEST_FILE,
     TRANSLATOR_FILE,
     Bundle,
+    Centering,
     Manifest,
     MemberEntry,
     TranslatorEntry,
@@ -125,6 +126,7 @@ def save_bundle(
     query_view: QueryView | None = None,
     translation_weight: float = 0.5,
     member_weights: Sequence[float] | None = None,
+    centering: Centering | None = None,
     overwrite: bool = False,
 ) -> Manifest:
     """Write a bundle folder atomically and return its manifest.
@@ -208,6 +210,7 @@ def save_bundle(
             query_view=query_view,
             translation_weight=translation_weight,
             member_weights=None if member_weights is None else list(member_weights),
+            centering=centering,
             training=dict(training or {}),
             evaluation=dict(evaluation or {}),
             notes=list(notes or []),
@@ -303,6 +306,7 @@ def manifest_embedder(
         tta_flip=manifest.tta_flip,
         photo_flip=manifest.photo_tta_flip,
         member_weights=manifest.member_weights,
+        centering=manifest.centering_means(),
         device=device,
         precision=precision,
     )
@@ -348,6 +352,7 @@ def combine_bundles(bundles: Sequence[Bundle], device: str | torch.device = "cpu
             "name": "+".join(b.name for b in bundles),
             "members": entries,
             "member_weights": None,  # a new ensemble: equal shares until annotated
+            "centering": None,  # and no modality means until `model center`
             "translator": next(
                 (b.manifest.translator for b in bundles if b.manifest.translator), None
             ),
@@ -390,6 +395,7 @@ def resave(
         "query_view": m.query_view,
         "translation_weight": m.translation_weight,
         "member_weights": m.member_weights,
+        "centering": m.centering,
     }
     kwargs.update(changes)
     return save_bundle(bundle_dir, overwrite=overwrite, **kwargs)

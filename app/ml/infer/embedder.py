@@ -125,6 +125,7 @@ class BaseEmbedder(ABC):
         tta_flip: bool,
         photo_flip: bool | None = None,
         member_weights: Sequence[float] | None = None,
+        centering: tuple[Sequence[float], Sequence[float]] | None = None,
         device: Any = "cpu",
     ) -> None:
         self.device = device
@@ -140,6 +141,12 @@ class BaseEmbedder(ABC):
         ):
             raise ValueError(f"member weights must be positive, got {list(member_weights)}")
         self.member_weights = None if member_weights is None else [float(w) for w in member_weights]
+        # Rows: the photo and the sketch mean of each member's unit embedding (concatenated).
+        self.centering = None if centering is None else np.asarray(centering, dtype=np.float32)
+        if self.centering is not None and (
+            self.centering.ndim != 2 or self.centering.shape[0] != 2
+        ):
+            raise ValueError("centering takes a photo mean and a sketch mean of equal length")
         self._lock = threading.Lock()
         self.member_dims: list[int] = []
         self.dim = 0
@@ -187,7 +194,10 @@ class BaseEmbedder(ABC):
         return np.ascontiguousarray(x)
 
     def _forward(
-        self, batch_uint8: np.ndarray, flip: np.ndarray | Sequence[bool] | None = None
+        self,
+        batch_uint8: np.ndarray,
+        flip: np.ndarray | Sequence[bool] | None = None,
+        sketch: np.ndarray | Sequence[bool] | None = None,
     ) -> np.ndarray:
         n = batch_uint8.shape[0]
         mask = self._flip_mask(n, flip)
@@ -202,6 +212,8 @@ class BaseEmbedder(ABC):
                 own[mask] = l2_normalize(own[mask] + emb[n:])
                 emb = own
             parts.append(emb)
+        if self.centering is not None:
+            parts = self._centered(parts, sketch)
         if self.member_weights is None:
             combined = np.concatenate(parts, 1) / np.float32(math.sqrt(len(parts)))
         else:
@@ -213,14 +225,41 @@ class BaseEmbedder(ABC):
             combined = np.concatenate([p * c for p, c in zip(parts, scales, strict=True)], 1)
         return l2_normalize(combined)
 
+    def _centered(
+        self, parts: list[np.ndarray], sketch: np.ndarray | Sequence[bool] | None
+    ) -> list[np.ndarray]:
+        """Each member's unit embeddings less the mean of their kind, normalised again."""
+        assert self.centering is not None
+        n = parts[0].shape[0]
+        kinds = np.zeros(n, dtype=np.int64) if sketch is None else np.asarray(sketch, dtype=bool)
+        if kinds.shape != (n,):
+            raise ValueError(f"{kinds.shape[0] if kinds.ndim else 0} sketch flags for {n} images")
+        if self.centering.shape[1] != sum(p.shape[1] for p in parts):
+            raise ValueError(
+                f"centering means of {self.centering.shape[1]} values for a "
+                f"{sum(p.shape[1] for p in parts)}-d embedding"
+            )
+        rows = self.centering[kinds.astype(np.int64)]
+        out, start = [], 0
+        for emb in parts:
+            stop = start + emb.shape[1]
+            out.append(l2_normalize(emb - rows[:, start:stop]))
+            start = stop
+        return out
+
     def embed_array(
-        self, batch_uint8: np.ndarray, flip: np.ndarray | Sequence[bool] | None = None
+        self,
+        batch_uint8: np.ndarray,
+        flip: np.ndarray | Sequence[bool] | None = None,
+        sketch: np.ndarray | Sequence[bool] | None = None,
     ) -> np.ndarray:
         """uint8 ``[N, 3, H, W]`` at ``input_size`` -> float32 ``[N, dim]``.
 
         Grey conversion for sketches is the caller's job here (``image_to_array(...,
         grey=True)``); :meth:`embed` does it for PIL images, and says which images get flip
-        TTA (``flip``, one flag per image; default: all of them when ``tta_flip``).
+        TTA (``flip``, one flag per image; default: all of them when ``tta_flip``) and which
+        are sketches (``sketch``, one flag per image; default: none), for a bundle's
+        modality centering.
         """
         if batch_uint8.dtype != np.uint8 or batch_uint8.ndim != 4:
             raise ValueError(
@@ -234,7 +273,7 @@ class BaseEmbedder(ABC):
             )
         if batch_uint8.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self._forward(batch_uint8, flip)
+        return self._forward(batch_uint8, flip, sketch)
 
     def embed_tensor(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """:meth:`embed_array` for a uint8 tensor; float32 ``[N, dim]`` on ``self.device``."""
@@ -288,7 +327,9 @@ class BaseEmbedder(ABC):
         for start in range(0, len(images), batch_size):
             stop = start + batch_size
             batch = self.to_uint8(images[start:stop], modalities[start:stop])
-            chunks.append(self.embed_array(batch, self.flips(modalities[start:stop])))
+            kinds = modalities[start:stop]
+            sketch = np.array([m == "sketch" for m in kinds], dtype=bool)
+            chunks.append(self.embed_array(batch, self.flips(kinds), sketch))
         return np.concatenate(chunks, 0)
 
 

@@ -101,6 +101,7 @@ class Embedder(BaseEmbedder):
         tta_flip: bool = True,
         photo_flip: bool | None = None,
         member_weights: Sequence[float] | None = None,
+        centering: tuple[Sequence[float], Sequence[float]] | None = None,
         device: str | torch.device | None = "cpu",
         precision: Precision = "fp32",
     ) -> None:
@@ -115,6 +116,7 @@ class Embedder(BaseEmbedder):
             tta_flip=tta_flip,
             photo_flip=photo_flip,
             member_weights=member_weights,
+            centering=centering,
             device=self._runner.device,
         )
         self.precision = self._runner.precision

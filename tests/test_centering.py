@@ -52,7 +52,7 @@ def test_each_member_loses_the_mean_of_the_images_kind(members: list[torch.nn.Mo
     images = [picture(i) for i in range(4)]
     kinds: list[Modality] = ["photo", "sketch", "photo", "sketch"]
     have = centered.embed(images, modality=kinds)
-    units = plain.embed(images, modality=kinds) * np.sqrt(2)
+    units = plain.embed_units(images, modality=kinds)
     for row, unit, kind in zip(have, units, kinds, strict=True):
         mean = photo_mean if kind == "photo" else sketch_mean
         want = np.concatenate(
@@ -139,3 +139,31 @@ def test_a_manifest_with_means_of_the_wrong_size_is_refused(
     (folder / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(BundleError, match="centering"):
         load_bundle(folder)
+
+
+def test_a_centred_bundle_reads_the_plain_bundles_distractor_units(
+    members: list[torch.nn.Module],
+    synth_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import app.ml.evaluation.distractors as distractors_mod
+    from app.ml.evaluation.distractors import DistractorOptions, distractors_for
+
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for i in range(5):
+        picture(70 + i).save(crops / f"c{i}.png")
+    opts = DistractorOptions(folders=(crops,), cache_dir=tmp_path / "cache")
+    folder = _trained_bundle(tmp_path / "b", members)
+    _, plain = distractors_for(load_bundle(folder), opts)
+    assert main(["model", "center", str(folder), "--data-root", str(synth_root)]) == 0
+    centred = load_bundle(folder)
+    loaded: list[Path] = []
+    real = distractors_mod.load_image
+    monkeypatch.setattr(distractors_mod, "load_image", lambda p: loaded.append(p) or real(p))
+    dset, vectors = distractors_for(centred, opts)
+    assert loaded == [] and len(list((tmp_path / "cache").glob("units-*.npy"))) == 1
+    direct = centred.embedder.embed([real(d.path) for d in dset.items], modality="photo")
+    np.testing.assert_allclose(vectors, direct, atol=1e-5)
+    assert np.abs(vectors - plain).max() > 1e-2

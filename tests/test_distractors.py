@@ -118,7 +118,7 @@ def test_distractor_embeddings_are_cached_per_bundle(
 ) -> None:
     args = ["--view", "sketch", "--distractors", strangers, "--distractor-cache", tmp_path / "c"]
     first = _evaluate(synth_root, random_bundle_dir, tmp_path / "a.json", *args)
-    assert len(list((tmp_path / "c").glob("distractors-*.npy"))) == 1
+    assert len(list((tmp_path / "c").glob("units-*.npy"))) == 1
     loaded: list[Path] = []
     real = distractors_mod.load_image
     monkeypatch.setattr(distractors_mod, "load_image", lambda p: loaded.append(p) or real(p))
@@ -138,7 +138,7 @@ def test_distractor_embeddings_are_cached_per_bundle(
     (other / "manifest.json").write_text(json.dumps(manifest))
     _evaluate(synth_root, other, tmp_path / "c.json", *args)
     assert len(loaded) == 20
-    assert len(list((tmp_path / "c").glob("distractors-*.npy"))) == 2
+    assert len(list((tmp_path / "c").glob("units-*.npy"))) == 2
 
 
 def _pretrained_on(bundle_dir: Path, out: Path, market: Path, held: list[int]) -> Path:
@@ -256,4 +256,4 @@ def test_crossval_reports_each_variant_at_each_gallery_size(
     assert variants["plain@10"]["splits"][0]["n_gallery"] == 8 + 10
     assert variants["plain@0"]["rank1"] == variants["plain"]["rank1"]
     assert report["distractors"]["sizes"] == [0, 10]
-    assert list((tmp_path / "w" / "distractor-cache").glob("distractors-*.npy"))
+    assert list((tmp_path / "w" / "distractor-cache").glob("units-*.npy"))

@@ -161,7 +161,7 @@ def test_bundles_that_differ_only_in_weights_share_one_distractor_cache(
     monkeypatch.setattr(distractors_mod, "load_image", lambda p: loaded.append(p) or real(p))
     dset, weighted = distractors_for(weighted_bundle, opts)
     assert loaded == [], "the weighted bundle reads the equal-weight bundle's cache"
-    assert len(list((tmp_path / "cache").glob("distractors-*.npy"))) == 1
+    assert len(list((tmp_path / "cache").glob("units-*.npy"))) == 1
     direct = weighted_bundle.embedder.embed([real(d.path) for d in dset.items], modality="photo")
     np.testing.assert_allclose(weighted, direct, atol=1e-5)
     assert np.abs(weighted - equal).max() > 1e-3

@@ -9,9 +9,8 @@ protocol it pays where the gallery is large (docs/results.md, "Modality centerin
 
 from __future__ import annotations
 
-import copy
-import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -24,17 +23,13 @@ from app.ml.infer.embedder import BaseEmbedder, Modality
 CHUNK = 64
 
 
-def member_units(embedder: BaseEmbedder, paths: Sequence[object], modality: Modality) -> np.ndarray:
+def member_units(embedder: BaseEmbedder, paths: Sequence[Path], modality: Modality) -> np.ndarray:
     """Each member's unit embedding of the images at ``paths`` (concatenated in member
     order), without the bundle's centering or member weights."""
-    plain = copy.copy(embedder)  # shares the networks and their lock
-    plain.centering = None
-    plain.member_weights = None
-    scale = np.float32(math.sqrt(len(plain.member_dims)))
-    rows = [np.zeros((0, plain.dim), dtype=np.float32)]
+    rows = [np.zeros((0, embedder.dim), dtype=np.float32)]
     for start in range(0, len(paths), CHUNK):
-        images = [load_image(p) for p in paths[start : start + CHUNK]]  # type: ignore[arg-type]
-        rows.append(plain.embed(images, modality=modality) * scale)
+        images = [load_image(p) for p in paths[start : start + CHUNK]]
+        rows.append(embedder.embed_units(images, modality=modality))
     return np.concatenate(rows)
 
 

@@ -35,7 +35,7 @@ from app.ml.data.market import MARKET_SUBSETS, load_market
 from app.ml.data.pku import IMAGE_SUFFIXES
 from app.ml.evaluation.testset import Embedded
 from app.ml.images import load_image
-from app.ml.infer.embedder import BaseEmbedder, reweight_members
+from app.ml.infer.embedder import BaseEmbedder
 from app.ml.retrieval.distances import distances
 from app.ml.retrieval.metrics import mean_std, ranking_result
 from app.ml.retrieval.rerank import rerank_top_candidates
@@ -170,12 +170,14 @@ def load_distractors(
     return DistractorSet(items, seen, [str(f) for f in folders], seed)
 
 
-def bundle_key(bundle: Bundle, *, member_weights: bool = True) -> str:
+def bundle_key(bundle: Bundle, *, units: bool = False) -> str:
     """What a distractor embedding depends on: the weights and how images are embedded
-    (``member_weights=False``: but for the members' shares, which the cache re-applies)."""
+    (``units=True``: what the members' unit embeddings depend on, less the members' shares
+    and the centering, which the cache applies to them)."""
     shaping = vector_shaping(bundle.manifest)
-    if not member_weights:
+    if units:
         shaping.pop("member_weights", None)
+        shaping.pop("centering", None)
     parts: list[Any] = [shaping, bundle.inference]
     graphs = getattr(bundle.embedder, "graphs", None)
     if graphs:  # int8: the graphs of one calibration
@@ -200,28 +202,28 @@ def embed_distractors(
     """Photo embeddings of every distractor of ``dset`` (float32, one row each), from the
     cache in ``cache_dir`` when an earlier run embedded the same files with the same bundle.
 
-    The cache holds the vectors with equal member shares (``key`` leaves the shares out:
-    :func:`bundle_key` with ``member_weights=False``), so bundles that differ only in their
-    members' weights share one embedding of the distractors (:func:`reweight_members`)."""
+    The cache holds the members' unit embeddings (``key``: :func:`bundle_key` with
+    ``units=True``) and :meth:`BaseEmbedder.combine_units` makes the bundle's vectors of them,
+    so bundles that differ only in their members' weights or their centering share one
+    embedding of the distractors."""
     if not dset.items:
         return np.zeros((0, embedder.dim), dtype=np.float32)
-    dims, shares = embedder.member_dims, embedder.shares()
-    cache = cache_dir / f"distractors-{key}-{_list_key(dset.items)}.npy" if cache_dir else None
+    cache = cache_dir / f"units-{key}-{_list_key(dset.items)}.npy" if cache_dir else None
     if cache is not None and cache.is_file():
         cached = np.load(cache)
-        if cached.shape[0] == len(dset.items):
-            return reweight_members(cached.astype(np.float32, copy=False), dims, None, shares)
+        if cached.shape == (len(dset.items), embedder.dim):
+            return embedder.combine_units(cached.astype(np.float32, copy=False))
     rows = []
     for start in range(0, len(dset.items), EMBED_CHUNK):
         chunk = dset.items[start : start + EMBED_CHUNK]
-        rows.append(embedder.embed([load_image(d.path) for d in chunk], modality="photo"))
-    out = np.concatenate(rows).astype(np.float32, copy=False)
+        rows.append(embedder.embed_units([load_image(d.path) for d in chunk], modality="photo"))
+    units = np.concatenate(rows).astype(np.float32, copy=False)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, reweight_members(out, dims, shares, None))
+        np.save(tmp, units)
         tmp.replace(cache)
-    return out
+    return embedder.combine_units(units)
 
 
 def distractor_ids(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -258,7 +260,7 @@ def distractors_for(bundle: Bundle, opts: DistractorOptions) -> tuple[Distractor
         unseen_only=opts.unseen_only,
         seed=opts.seed,
     )
-    key = bundle_key(bundle, member_weights=False)
+    key = bundle_key(bundle, units=True)
     return dset, embed_distractors(bundle.embedder, key, dset, opts.cache_dir)
 
 

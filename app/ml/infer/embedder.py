@@ -21,6 +21,7 @@ embeddings are within cosine 0.999 of fp32 but top-10 lists change (docs/results
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from abc import ABC, abstractmethod
@@ -61,31 +62,6 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.sqrt(np.sum(x * x, axis=1, keepdims=True, dtype=np.float32))
     return x / np.maximum(norms, np.float32(1e-12))
-
-
-def reweight_members(
-    vectors: np.ndarray,
-    member_dims: Sequence[int],
-    shares_from: Sequence[float] | None,
-    shares_to: Sequence[float] | None,
-) -> np.ndarray:
-    """Ensemble vectors combined with members' shares ``shares_from`` as if combined with
-    ``shares_to`` (normalised weights; None: equal shares). Exact: each member's slice of a
-    vector is its unit embedding times the square root of its share."""
-    m = len(member_dims)
-    src = [1.0 / m] * m if shares_from is None else list(shares_from)
-    dst = [1.0 / m] * m if shares_to is None else list(shares_to)
-    if len(src) != m or len(dst) != m or sum(member_dims) != vectors.shape[1]:
-        raise ValueError(f"shares or member sizes do not fit vectors of {vectors.shape[1]} dims")
-    if src == dst:
-        return vectors
-    scale = np.concatenate(
-        [
-            np.full(d, math.sqrt(b / a), dtype=np.float32)
-            for d, a, b in zip(member_dims, src, dst, strict=True)
-        ]
-    )
-    return l2_normalize(vectors * scale)
 
 
 def modalities_of(modality: Modality | Sequence[Modality], count: int) -> list[Modality]:
@@ -193,12 +169,11 @@ class BaseEmbedder(ABC):
             x = np.concatenate([x, x[mask][:, :, :, ::-1]], 0)
         return np.ascontiguousarray(x)
 
-    def _forward(
-        self,
-        batch_uint8: np.ndarray,
-        flip: np.ndarray | Sequence[bool] | None = None,
-        sketch: np.ndarray | Sequence[bool] | None = None,
-    ) -> np.ndarray:
+    def _member_units(
+        self, batch_uint8: np.ndarray, flip: np.ndarray | Sequence[bool] | None = None
+    ) -> list[np.ndarray]:
+        """Each member's unit embedding of the images (with flip TTA: of the image and its
+        mirror's normalised sum), one ``[N, d_i]`` array a member."""
         n = batch_uint8.shape[0]
         mask = self._flip_mask(n, flip)
         x = self.network_input(batch_uint8, mask)
@@ -212,6 +187,24 @@ class BaseEmbedder(ABC):
                 own[mask] = l2_normalize(own[mask] + emb[n:])
                 emb = own
             parts.append(emb)
+        return parts
+
+    def combine_units(
+        self,
+        units: np.ndarray | Sequence[np.ndarray],
+        sketch: np.ndarray | Sequence[bool] | None = None,
+    ) -> np.ndarray:
+        """The ensemble's vectors from its members' unit embeddings (``[N, dim]`` as
+        :meth:`embed_units` returns them, or one array a member): each less the mean of its
+        image's kind when the bundle is centred (``sketch``: which images are sketches;
+        default none), weighted by its share, concatenated and normalised."""
+        if isinstance(units, np.ndarray):
+            cuts = np.cumsum([0, *self.member_dims])
+            if units.ndim != 2 or units.shape[1] != cuts[-1]:
+                raise ValueError(f"expected [N, {cuts[-1]}] member units, got {units.shape}")
+            parts = [units[:, a:b] for a, b in itertools.pairwise(cuts)]
+        else:
+            parts = list(units)
         if self.centering is not None:
             parts = self._centered(parts, sketch)
         if self.member_weights is None:
@@ -224,6 +217,14 @@ class BaseEmbedder(ABC):
             scales = [np.float32(math.sqrt(w)) for w in self.shares() or []]
             combined = np.concatenate([p * c for p, c in zip(parts, scales, strict=True)], 1)
         return l2_normalize(combined)
+
+    def _forward(
+        self,
+        batch_uint8: np.ndarray,
+        flip: np.ndarray | Sequence[bool] | None = None,
+        sketch: np.ndarray | Sequence[bool] | None = None,
+    ) -> np.ndarray:
+        return self.combine_units(self._member_units(batch_uint8, flip), sketch)
 
     def _centered(
         self, parts: list[np.ndarray], sketch: np.ndarray | Sequence[bool] | None
@@ -320,14 +321,39 @@ class BaseEmbedder(ABC):
         ``modality`` is one for all images or one per image: sketches and photos then go
         through the networks in the same forward pass (each preprocessed as its kind), as a
         fused query's sketch and translation do (:mod:`app.ml.infer.query_views`)."""
+        return self._chunked(images, modality, batch_size, units=False)
+
+    def embed_units(
+        self,
+        images: Sequence[Image.Image],
+        modality: Modality | Sequence[Modality] = "photo",
+        batch_size: int = 64,
+    ) -> np.ndarray:
+        """PIL images -> each member's unit embedding, concatenated (float32 ``(N, dim)``),
+        before centering and member weights: what :meth:`combine_units` turns into
+        :meth:`embed`'s vectors (caches keep these, so a change of weights or centering
+        re-uses them)."""
+        return self._chunked(images, modality, batch_size, units=True)
+
+    def _chunked(
+        self,
+        images: Sequence[Image.Image],
+        modality: Modality | Sequence[Modality],
+        batch_size: int,
+        *,
+        units: bool,
+    ) -> np.ndarray:
         modalities = modalities_of(modality, len(images))
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         chunks = [np.zeros((0, self.dim), dtype=np.float32)]
         for start in range(0, len(images), batch_size):
             stop = start + batch_size
-            batch = self.to_uint8(images[start:stop], modalities[start:stop])
             kinds = modalities[start:stop]
+            batch = self.to_uint8(images[start:stop], kinds)
+            if units:
+                chunks.append(np.concatenate(self._member_units(batch, self.flips(kinds)), 1))
+                continue
             sketch = np.array([m == "sketch" for m in kinds], dtype=bool)
             chunks.append(self.embed_array(batch, self.flips(kinds), sketch))
         return np.concatenate(chunks, 0)

@@ -21,6 +21,9 @@
 # retrained members can keep the shipped one). QUERY_VIEW (sketch,
 # translated or fused) records how the service embeds a query sketch by default, and
 # TRANSLATION_WEIGHT (0 < W < 1, default 0.5) the translation's weight in a fused query.
+# MEMBER_WEIGHTS (e.g. 0.6,0.4, in MEMBERS' order) sets each member's share of the ensemble's
+# cosine, and CENTER=1 stores the modality means of the training identities (`sketchreid model
+# center`); the shipped bundle has both (docs/results.md, "Modality centering").
 # Fine-tuning checkpoints and decoded images are kept
 # in WORKDIR (default runs/default): delete it to start from nothing.
 # Afterwards the bundle gets its fit check (`sketchreid evaluate --test-ids all` in the bundle's
@@ -45,6 +48,8 @@ TRANSLATOR_SET="${TRANSLATOR_SET:-}"
 TRANSLATOR_FROM="${TRANSLATOR_FROM:-}"
 QUERY_VIEW="${QUERY_VIEW:-}"
 TRANSLATION_WEIGHT="${TRANSLATION_WEIGHT:-}"
+MEMBER_WEIGHTS="${MEMBER_WEIGHTS:-}"
+CENTER="${CENTER:-0}"
 SKETCHREID="${SKETCHREID:-.venv/bin/sketchreid}"
 NAME="${NAME:-}"
 VERSION="${VERSION:-}"
@@ -121,7 +126,11 @@ fi
 view=()
 [[ -n "$QUERY_VIEW" ]] && view+=(--query-view "$QUERY_VIEW")
 [[ -n "$TRANSLATION_WEIGHT" ]] && view+=(--translation-weight "$TRANSLATION_WEIGHT")
+[[ -n "$MEMBER_WEIGHTS" ]] && view+=(--member-weights "$MEMBER_WEIGHTS")
 ((${#view[@]} == 0)) || "$SKETCHREID" model annotate "$OUT" "${view[@]}"
+if [[ "$CENTER" == 1 ]]; then
+    "$SKETCHREID" model center "$OUT" --data-root "$DATA_DIR/pku-sketch-dev"
+fi
 rm -f "$WORKDIR/fit.json"
 # (it warns that the bundle was trained on these identities: a fit check, not generalisation)
 "$SKETCHREID" evaluate --data-root "$DATA_DIR/pku-sketch-dev" --model "$OUT" --test-ids all \

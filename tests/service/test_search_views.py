@@ -237,3 +237,36 @@ def test_a_fused_search_is_one_translation_and_one_embedding_pass(
         expected, scores = _ranking(fused_bundle, ids, "fused")
         assert [h["gallery_id"] for h in body["results"]] == expected
         np.testing.assert_allclose([h["score"] for h in body["results"]], scores, atol=1e-4)
+
+
+def test_a_centred_bundle_centres_the_sketch_as_a_sketch_and_the_crops_as_photos(
+    make_settings: Callable[..., Settings],
+    bundle_dir: Path,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    """Modality centering in the service: the query loses the sketch mean and every crop
+    the photo mean (computed here from the members' unit embeddings, without combine_units);
+    /model says the bundle is centred."""
+    from app.ml.bundle.manifest import Centering
+
+    folder = tmp_path / "centred"
+    shutil.copytree(bundle_dir, folder)
+    rng = np.random.default_rng(3)
+    photo, sketch = rng.normal(0, 0.15, (2, 64)).round(6)
+    centering = Centering(
+        photo=list(photo), sketch=list(sketch), source="test", identities=1, photos=1, sketches=1
+    )
+    update_manifest(folder, query_view="sketch", centering=centering)
+    centred = load_bundle(folder)
+    with TestClient(create_app(make_settings(), bundle=centred)) as client:
+        ids = _fill(client, keys, 8)
+        assert client.get("/api/v1/model", headers=keys.investigator).json()["centering"] is True
+        body = _post(client, keys).json()
+    unit = centred.embedder.embed_units
+    q = unit([load_image(sketch_png(1))], modality="sketch")[0] - sketch
+    g = unit([load_image(jpeg(seed)) for seed in range(8)], modality="photo") - photo
+    scores = (g / np.linalg.norm(g, axis=1, keepdims=True)) @ (q / np.linalg.norm(q))
+    order = np.argsort(-scores, kind="stable")
+    assert [h["gallery_id"] for h in body["results"]] == [ids[k] for k in order]
+    np.testing.assert_allclose([h["score"] for h in body["results"]], scores[order], atol=1e-4)

@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from app.cli.main import main
-from app.ml.bundle.centering import member_units
 from app.ml.bundle.onnx_export import export_onnx
 from app.ml.bundle.onnx_parity import with_onnx
 from app.ml.bundle.store import load_bundle, resave, save_bundle
 from app.ml.data.pku import load_pku_sketch
+from app.ml.evaluation.centering import member_units
 from app.ml.evaluation.distractors import bundle_key
 from app.ml.images import load_image
 from app.ml.infer.embedder import Modality, l2_normalize

@@ -435,9 +435,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_center(args: argparse.Namespace) -> int:
-    from app.ml.bundle.centering import modality_means
     from app.ml.bundle.store import load_bundle
     from app.ml.data.pku import load_pku_sketch
+    from app.ml.evaluation.centering import modality_means
 
     if args.off:
         if args.data_root is not None:

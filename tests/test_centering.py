@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from two_members import SIZE, SPEC, picture, save_two, two_members
 
 from app.cli.main import main
 from app.ml.bundle.onnx_export import export_onnx
@@ -23,25 +23,14 @@ from app.ml.evaluation.distractors import bundle_key
 from app.ml.images import load_image
 from app.ml.infer.embedder import Modality, l2_normalize
 from app.ml.infer.torch_embedder import Embedder
-from app.ml.models.resnet_cifar import MemberSpec, build_member
 from app.services.context import embedding_key
 
 torch.set_num_threads(1)
 
-SIZE = (64, 32)
-SPEC = MemberSpec(arch="resnet8", num_classes=5, fc_dim=16, input_size=SIZE, bn_neck=True)
-
-
-def picture(seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, size=(8, 4, 3), dtype=np.uint8)
-    return Image.fromarray(coarse, "RGB").resize((32, 64), Image.Resampling.BILINEAR)
-
 
 @pytest.fixture(scope="module")
 def members() -> list[torch.nn.Module]:
-    torch.manual_seed(0)
-    return [build_member(SPEC).eval(), build_member(SPEC).eval()]
+    return two_members()
 
 
 def test_each_member_loses_the_mean_of_the_images_kind(members: list[torch.nn.Module]) -> None:
@@ -66,15 +55,7 @@ def test_each_member_loses_the_mean_of_the_images_kind(members: list[torch.nn.Mo
 
 
 def _trained_bundle(folder: Path, members: list[torch.nn.Module]) -> Path:
-    parts = [(f"m{i}", SPEC, m, {}) for i, m in enumerate(members)]
-    save_bundle(
-        folder,
-        name="center-demo",
-        version="1",
-        members=parts,
-        training={"train_pids": list(range(1, 9))},
-    )
-    return folder
+    return save_two(folder, members, "center-demo", training={"train_pids": list(range(1, 9))})
 
 
 def test_model_center_stores_the_training_means_for_both_backends_and_the_keys(

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from two_members import SIZE, SPEC, picture, save_two, two_members
 
 import app.ml.evaluation.distractors as distractors_mod
 from app.cli.main import main
@@ -21,25 +21,14 @@ from app.ml.bundle.store import combine_bundles, load_bundle, save_bundle
 from app.ml.evaluation.distractors import DistractorOptions, bundle_key, distractors_for
 from app.ml.infer.embedder import l2_normalize
 from app.ml.infer.torch_embedder import Embedder
-from app.ml.models.resnet_cifar import MemberSpec, build_member
 from app.services.context import embedding_key
 
 torch.set_num_threads(1)
 
-SIZE = (64, 32)
-SPEC = MemberSpec(arch="resnet8", num_classes=5, fc_dim=16, input_size=SIZE, bn_neck=True)
-
-
-def picture(seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, size=(8, 4, 3), dtype=np.uint8)
-    return Image.fromarray(coarse, "RGB").resize((32, 64), Image.Resampling.BILINEAR)
-
 
 @pytest.fixture(scope="module")
 def members() -> list[torch.nn.Module]:
-    torch.manual_seed(0)
-    return [build_member(SPEC).eval(), build_member(SPEC).eval()]
+    return two_members()
 
 
 def test_the_cosine_is_the_weighted_mean_of_the_member_cosines(
@@ -65,9 +54,7 @@ def test_the_cosine_is_the_weighted_mean_of_the_member_cosines(
 
 
 def _bundle(folder: Path, members: list[torch.nn.Module]) -> Path:
-    parts = [(f"m{i}", SPEC, m, {}) for i, m in enumerate(members)]
-    save_bundle(folder, name="weights-demo", version="1", members=parts)
-    return folder
+    return save_two(folder, members, "weights-demo")
 
 
 def test_annotate_sets_the_weights_for_both_backends_and_the_keys(

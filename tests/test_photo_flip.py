@@ -12,35 +12,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from two_members import SIZE, picture, save_two, two_members
 
 from app.cli.main import main
 from app.ml.bundle.onnx_export import export_onnx
 from app.ml.bundle.onnx_parity import with_onnx
-from app.ml.bundle.store import load_bundle, save_bundle
+from app.ml.bundle.store import load_bundle
 from app.ml.evaluation.distractors import bundle_key
 from app.ml.infer.embedder import Modality
 from app.ml.infer.torch_embedder import Embedder
-from app.ml.models.resnet_cifar import MemberSpec, build_member
 from app.services.context import embedding_key
 
 torch.set_num_threads(1)
 
-SIZE = (64, 32)
-
-
-def picture(seed: int) -> Image.Image:
-    """An asymmetric coloured picture (its mirror image embeds otherwise)."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, size=(8, 4, 3), dtype=np.uint8)
-    return Image.fromarray(coarse, "RGB").resize((32, 64), Image.Resampling.BILINEAR)
-
 
 @pytest.fixture(scope="module")
 def members() -> list[torch.nn.Module]:
-    torch.manual_seed(0)
-    spec = MemberSpec(arch="resnet8", num_classes=5, fc_dim=16, input_size=SIZE, bn_neck=True)
-    return [build_member(spec).eval(), build_member(spec).eval()]
+    return two_members()
 
 
 def test_photos_skip_the_mirror_image_and_sketches_keep_it(members: list[torch.nn.Module]) -> None:
@@ -62,10 +50,7 @@ def test_photos_skip_the_mirror_image_and_sketches_keep_it(members: list[torch.n
 
 
 def _bundle(folder: Path, members: list[torch.nn.Module]) -> Path:
-    spec = MemberSpec(arch="resnet8", num_classes=5, fc_dim=16, input_size=SIZE, bn_neck=True)
-    parts = [(f"m{i}", spec, m, {}) for i, m in enumerate(members)]
-    save_bundle(folder, name="flip-demo", version="1", members=parts)
-    return folder
+    return save_two(folder, members, "flip-demo")
 
 
 def test_annotate_sets_the_rule_for_both_backends_and_the_keys(

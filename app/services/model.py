@@ -55,17 +55,10 @@ def int8_cache_dir(settings: Settings, bundle: Bundle) -> Path:
 
 def _export(settings: Settings, bundle: Bundle) -> Path:
     """Export ``bundle`` to ONNX into its cache folder (replacing what was there)."""
-    from app.ml.bundle.onnx_export import export_onnx
+    from app.ml.bundle.onnx_export import export_logged
 
     folder = onnx_cache_dir(settings, bundle)
-    start = time.perf_counter()
-    record = export_onnx(bundle, folder, overwrite=True)
-    log.info(
-        "exported the model to ONNX in %.1f s into %s (parity %s)",
-        time.perf_counter() - start,
-        folder,
-        record.parity,
-    )
+    export_logged(bundle, folder)
     return folder
 
 

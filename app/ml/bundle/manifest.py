@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from app.errors import BundleError
-from app.ml.infer.embedder import BaseEmbedder, BaseTranslator
+from app.ml.infer.embedder import BaseEmbedder, BaseTranslator, member_shares
 from app.ml.infer.query_views import QueryView, bundle_view
 from app.ml.models.specs import GeneratorSpec, MemberSpec
 from app.ml.transforms import DEFAULT_MEAN, DEFAULT_STD
@@ -118,7 +118,7 @@ class Manifest(BaseModel):
     onnx: dict[Literal["fp32", "int8"], str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _check_member_weights(self) -> Manifest:
+    def _check_vector_fields(self) -> Manifest:
         weights = self.member_weights
         if weights is not None:
             if len(weights) != len(self.members):
@@ -144,10 +144,7 @@ class Manifest(BaseModel):
 
     def shares(self) -> list[float] | None:
         """The members' normalised weights (sum 1), or None for equal shares."""
-        if self.member_weights is None:
-            return None
-        total = sum(self.member_weights)
-        return [w / total for w in self.member_weights]
+        return member_shares(self.member_weights)
 
 
 def vector_shaping(manifest: Manifest) -> dict[str, Any]:

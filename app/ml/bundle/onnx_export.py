@@ -196,12 +196,19 @@ def with_fp32_export(bundle: Bundle, folder: str | os.PathLike[str]) -> Bundle:
             return with_onnx(bundle, out, "fp32")
         except BundleError as exc:
             log.warning("exporting the model to ONNX again: %s", exc)
+    export_logged(bundle, out)
+    return with_onnx(bundle, out, "fp32")
+
+
+def export_logged(bundle: Bundle, folder: Path) -> OnnxManifest:
+    """:func:`export_onnx` into ``folder`` (replacing what is there), logging how long it took:
+    the service exports at start when a bundle carries no prepared files."""
     start = time.perf_counter()
-    record = export_onnx(bundle, out, overwrite=True)
+    record = export_onnx(bundle, folder, overwrite=True)
     log.info(
         "exported the model to ONNX in %.1f s into %s (parity %s)",
         time.perf_counter() - start,
-        out,
+        folder,
         record.parity,
     )
-    return with_onnx(bundle, out, "fp32")
+    return record

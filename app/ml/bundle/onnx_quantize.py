@@ -265,22 +265,8 @@ def quantize_bundle(
 ) -> OnnxManifest:
     """:func:`quantize_onnx` from ``fp32_dir``, or from a fresh fp32 export in a temporary
     folder when none is given."""
-    if fp32_dir is not None:
-        return quantize_onnx(
-            bundle,
-            fp32_dir,
-            out_dir,
-            photos,
-            sketches,
-            source=source,
-            overwrite=overwrite,
-            calibration=calibration,
-        )
-    from app.ml.bundle.onnx_export import export_onnx
 
-    with tempfile.TemporaryDirectory(prefix="sketchreid-fp32-onnx-") as work:
-        folder = Path(work) / "fp32"
-        export_onnx(bundle, folder)
+    def quantize_from(folder: str | os.PathLike[str]) -> OnnxManifest:
         return quantize_onnx(
             bundle,
             folder,
@@ -291,3 +277,12 @@ def quantize_bundle(
             overwrite=overwrite,
             calibration=calibration,
         )
+
+    if fp32_dir is not None:
+        return quantize_from(fp32_dir)
+    from app.ml.bundle.onnx_export import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="sketchreid-fp32-onnx-") as work:
+        folder = Path(work) / "fp32"
+        export_onnx(bundle, folder)
+        return quantize_from(folder)

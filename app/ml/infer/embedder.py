@@ -57,6 +57,15 @@ def fuse_views(*views: np.ndarray, weights: Sequence[float] | None = None) -> np
     return (total / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def member_shares(weights: Sequence[float] | None) -> list[float] | None:
+    """Members' weights normalised to sum 1 (their shares of the ensemble's cosine); None:
+    equal shares."""
+    if weights is None:
+        return None
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows divided by their L2 norm (at least 1e-12), as ``torch.nn.functional.normalize``."""
     x = np.asarray(x, dtype=np.float32)
@@ -127,13 +136,6 @@ class BaseEmbedder(ABC):
         self.member_dims: list[int] = []
         self.dim = 0
 
-    def shares(self) -> list[float] | None:
-        """The members' normalised weights (sum 1); None: equal shares."""
-        if self.member_weights is None:
-            return None
-        total = sum(self.member_weights)
-        return [w / total for w in self.member_weights]
-
     @abstractmethod
     def intra_op_threads(self) -> int:
         """Threads one pass of a member runs with."""
@@ -197,24 +199,29 @@ class BaseEmbedder(ABC):
         """The ensemble's vectors from its members' unit embeddings (``[N, dim]`` as
         :meth:`embed_units` returns them, or one array a member): each less the mean of its
         image's kind when the bundle is centred (``sketch``: which images are sketches;
-        default none), weighted by its share, concatenated and normalised."""
-        if isinstance(units, np.ndarray):
-            cuts = np.cumsum([0, *self.member_dims])
-            if units.ndim != 2 or units.shape[1] != cuts[-1]:
-                raise ValueError(f"expected [N, {cuts[-1]}] member units, got {units.shape}")
-            parts = [units[:, a:b] for a, b in itertools.pairwise(cuts)]
-        else:
-            parts = list(units)
+        default none) and normalised again, weighted by its share, concatenated and
+        normalised."""
+        x = units if isinstance(units, np.ndarray) else np.concatenate(list(units), 1)
+        cuts = np.cumsum([0, *self.member_dims])
+        if x.ndim != 2 or x.shape[1] != cuts[-1]:
+            raise ValueError(f"expected [N, {cuts[-1]}] member units, got {x.shape}")
         if self.centering is not None:
-            parts = self._centered(parts, sketch)
-        if self.member_weights is None:
+            if self.centering.shape[1] != cuts[-1]:
+                raise ValueError(
+                    f"centering means of {self.centering.shape[1]} values for a "
+                    f"{cuts[-1]}-d embedding"
+                )
+            x = x - self.centering[self._sketch_rows(len(x), sketch)]
+        parts = [x[:, a:b] for a, b in itertools.pairwise(cuts)]
+        if self.centering is not None:
+            parts = [l2_normalize(p) for p in parts]
+        shares = member_shares(self.member_weights)
+        if shares is None:
             combined = np.concatenate(parts, 1) / np.float32(math.sqrt(len(parts)))
         else:
-            if len(self.member_weights) != len(parts):
-                raise ValueError(
-                    f"{len(self.member_weights)} member weights for {len(parts)} members"
-                )
-            scales = [np.float32(math.sqrt(w)) for w in self.shares() or []]
+            if len(shares) != len(parts):
+                raise ValueError(f"{len(shares)} member weights for {len(parts)} members")
+            scales = [np.float32(math.sqrt(w)) for w in shares]
             combined = np.concatenate([p * c for p, c in zip(parts, scales, strict=True)], 1)
         return l2_normalize(combined)
 
@@ -226,27 +233,12 @@ class BaseEmbedder(ABC):
     ) -> np.ndarray:
         return self.combine_units(self._member_units(batch_uint8, flip), sketch)
 
-    def _centered(
-        self, parts: list[np.ndarray], sketch: np.ndarray | Sequence[bool] | None
-    ) -> list[np.ndarray]:
-        """Each member's unit embeddings less the mean of their kind, normalised again."""
-        assert self.centering is not None
-        n = parts[0].shape[0]
-        kinds = np.zeros(n, dtype=np.int64) if sketch is None else np.asarray(sketch, dtype=bool)
-        if kinds.shape != (n,):
-            raise ValueError(f"{kinds.shape[0] if kinds.ndim else 0} sketch flags for {n} images")
-        if self.centering.shape[1] != sum(p.shape[1] for p in parts):
-            raise ValueError(
-                f"centering means of {self.centering.shape[1]} values for a "
-                f"{sum(p.shape[1] for p in parts)}-d embedding"
-            )
-        rows = self.centering[kinds.astype(np.int64)]
-        out, start = [], 0
-        for emb in parts:
-            stop = start + emb.shape[1]
-            out.append(l2_normalize(emb - rows[:, start:stop]))
-            start = stop
-        return out
+    def _sketch_rows(self, n: int, sketch: np.ndarray | Sequence[bool] | None) -> np.ndarray:
+        """Row of :attr:`centering` for each of ``n`` images: 1 for a sketch, 0 for a photo."""
+        rows = np.zeros(n, dtype=np.int64) if sketch is None else np.asarray(sketch, np.int64)
+        if rows.shape != (n,):
+            raise ValueError(f"{rows.shape[0] if rows.ndim else 0} sketch flags for {n} images")
+        return rows
 
     def embed_array(
         self,
@@ -321,7 +313,9 @@ class BaseEmbedder(ABC):
         ``modality`` is one for all images or one per image: sketches and photos then go
         through the networks in the same forward pass (each preprocessed as its kind), as a
         fused query's sketch and translation do (:mod:`app.ml.infer.query_views`)."""
-        return self._chunked(images, modality, batch_size, units=False)
+        modalities = modalities_of(modality, len(images))
+        sketch = np.array([m == "sketch" for m in modalities], dtype=bool)
+        return self.combine_units(self.embed_units(images, modalities, batch_size), sketch)
 
     def embed_units(
         self,
@@ -333,16 +327,6 @@ class BaseEmbedder(ABC):
         before centering and member weights: what :meth:`combine_units` turns into
         :meth:`embed`'s vectors (caches keep these, so a change of weights or centering
         re-uses them)."""
-        return self._chunked(images, modality, batch_size, units=True)
-
-    def _chunked(
-        self,
-        images: Sequence[Image.Image],
-        modality: Modality | Sequence[Modality],
-        batch_size: int,
-        *,
-        units: bool,
-    ) -> np.ndarray:
         modalities = modalities_of(modality, len(images))
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -351,11 +335,7 @@ class BaseEmbedder(ABC):
             stop = start + batch_size
             kinds = modalities[start:stop]
             batch = self.to_uint8(images[start:stop], kinds)
-            if units:
-                chunks.append(np.concatenate(self._member_units(batch, self.flips(kinds)), 1))
-                continue
-            sketch = np.array([m == "sketch" for m in kinds], dtype=bool)
-            chunks.append(self.embed_array(batch, self.flips(kinds), sketch))
+            chunks.append(np.concatenate(self._member_units(batch, self.flips(kinds)), 1))
         return np.concatenate(chunks, 0)
 
 

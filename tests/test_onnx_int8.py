@@ -284,3 +284,48 @@ def test_percentile_calibration_is_recorded_and_sets_other_ranges(
 
     keys = {bundle_key(with_onnx(bundle, d)) for d in (int8_dir, out)}
     assert len(keys) == 2
+
+
+def test_float_ends_keep_the_first_and_last_layers_float_and_nothing_else(
+    bundle: Bundle, fp32_dir: Path, int8_dir: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    """``float_ends`` leaves exactly the first convolution and the embedding layer in float,
+    says so in the record, passes the int8 checks and bound; the same graphs under a record
+    without ``float_ends`` are refused, and so is any other float layer."""
+    import onnx
+
+    from app.ml.bundle.onnx_int8 import FLOAT_ENDS_NODES
+
+    out = tmp_path / "ends"
+    photos, sketches = _images(synth_root, "photo"), _images(synth_root, "sketch")
+    record = quantize_onnx(
+        bundle, fp32_dir, out, photos, sketches, source="synth_root", float_ends=True
+    )
+    q = record.quantization
+    assert q is not None and q.float_ends
+    assert record.parity["embedding_min_cosine"] >= INT8_MIN_COSINE
+    for member in record.members:
+        path = out / member.file
+        graph = onnx.load(str(path)).graph
+        dq = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+        weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
+        floats = sorted(n.name for n in weighted if n.input[0] not in dq)
+        assert floats == sorted(FLOAT_ENDS_NODES)
+        assert set(FLOAT_ENDS_NODES) <= set(q.float_nodes[member.file])
+        assert check_quantized_graph(path, float_ends=True) == len(weighted)
+        with pytest.raises(BundleError, match="2 of .* layers run in float"):
+            check_quantized_graph(path)
+        # Every layer float (the fp32 export) is refused even under float_ends.
+        with pytest.raises(BundleError, match="not an int8 graph"):
+            check_quantized_graph(fp32_dir / member.file, float_ends=True)
+    # The whole folder loads and embeds through the checks of a served int8 folder.
+    served = with_onnx(bundle, out, "int8")
+    assert isinstance(served.embedder, OnnxEmbedder)
+    probe = np.load(out / PROBE_FILE)
+    ends = served.embedder.embed_array(probe)
+    plain = with_onnx(bundle, int8_dir, "int8").embedder.embed_array(probe)
+    assert not np.allclose(ends, plain, atol=1e-4), "float ends change the embeddings"
+    # Evaluate's int8 cache keeps the two schemes apart.
+    from app.ml.evaluation.distractors import bundle_key
+
+    assert bundle_key(served) != bundle_key(with_onnx(bundle, int8_dir, "int8"))

@@ -112,6 +112,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "entropy: the KL-optimal threshold)",
     )
     ev.add_argument(
+        "--int8-float-ends",
+        action="store_true",
+        help="int8: keep the first convolution and the embedding layer in float (as "
+        "`model prepare --int8 --float-ends`)",
+    )
+    ev.add_argument(
         "--feedback",
         action="store_true",
         help="also measure relevance feedback: confirm each photo of the person in turn, rank "
@@ -369,7 +375,12 @@ def _runs(
             )
         return fp32_onnx_runs(runs, args.onnx_cache), {}
     runs, sources = int8_runs(
-        runs, dataset, args.int8_cache, args.int8_images, args.int8_calibration
+        runs,
+        dataset,
+        args.int8_cache,
+        args.int8_images,
+        args.int8_calibration,
+        args.int8_float_ends,
     )
     for path, source in sources.items():
         print(f"int8 graphs of {path} calibrated on {source}", file=sys.stderr)

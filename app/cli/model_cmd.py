@@ -70,6 +70,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="minmax",
         help="--int8: how activation ranges are chosen (default minmax; percentile, entropy)",
     )
+    prepare.add_argument(
+        "--float-ends",
+        action="store_true",
+        help="--int8: keep the first convolution and the embedding layer in float "
+        "(a little slower; closer to fp32)",
+    )
     prepare.set_defaults(func=cmd_prepare)
 
     export = sub.add_parser(
@@ -110,6 +116,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="minmax",
         help="how activation ranges are chosen from the images (default minmax; percentile: "
         "the 99.999th percentile; entropy: the KL-optimal threshold)",
+    )
+    quantize.add_argument(
+        "--float-ends",
+        action="store_true",
+        help="keep the first convolution and the embedding layer in float "
+        "(a little slower; closer to fp32)",
     )
     quantize.add_argument(
         "--onnx",
@@ -365,9 +377,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             source=images.source,
             overwrite=True,
             calibration=args.calibration,
+            float_ends=args.float_ends,
         )
+        ends = ", first and last layers float" if args.float_ends else ""
         print(
-            f"wrote {int8_dir} (int8, {args.calibration} calibration on {images.source}; "
+            f"wrote {int8_dir} (int8{ends}, {args.calibration} calibration on {images.source}; "
             "lowest cosine to "
             f"PyTorch fp32 {record.parity['embedding_min_cosine']:.4f})"
         )
@@ -420,13 +434,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         source=images.source,
         fp32_dir=args.onnx,
         calibration=args.calibration,
+        float_ends=args.float_ends,
     )
     q = record.quantization
     assert q is not None
     print(
         f"wrote int8 {', '.join(m.file for m in record.members)} to {args.out} "
         f"({q.quant_format}, {q.activation_type} activations, {q.weight_type} per-channel "
-        f"weights{', 7-bit' if q.reduce_range else ''}; translator fp32), "
+        f"weights{', 7-bit' if q.reduce_range else ''}"
+        f"{'; first and last layers float' if q.float_ends else ''}; translator fp32), "
         f"{q.calibrate_method} calibration on "
         f"{images.source}; lowest cosine to PyTorch fp32 "
         f"{record.parity['embedding_min_cosine']:.4f}"

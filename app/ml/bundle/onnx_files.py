@@ -80,6 +80,8 @@ class OnnxQuantization(BaseModel):
     fp32_sha256: dict[str, str]
     probe_sha256: str
     translator_precision: OnnxPrecision
+    float_ends: bool = False  # the first convolution and the embedding layer kept in float
+    float_nodes: dict[str, list[str]] = {}  # per member file, the nodes left in float
 
 
 class OnnxManifest(BaseModel):

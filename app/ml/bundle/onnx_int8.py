@@ -42,9 +42,16 @@ WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 _INT8 = 3  # onnx.TensorProto.INT8
 
 
-def check_quantized_graph(path: Path) -> int:
+FLOAT_ENDS_NODES = ("/conv1/Conv", "/fc/Gemm")
+"""The layers an int8 graph made with ``float_ends`` keeps in float: the first convolution (it
+sees the raw pixels) and the embedding layer (its output is the embedding). Both are a small
+share of a member's compute."""
+
+
+def check_quantized_graph(path: Path, *, float_ends: bool = False) -> int:
     """Raise :class:`BundleError` unless every Conv/Gemm/MatMul of the graph in ``path``
-    takes a dequantised activation and dequantised int8 weights; returns how many it has."""
+    takes a dequantised activation and dequantised int8 weights (with ``float_ends``, except
+    :data:`FLOAT_ENDS_NODES`); returns how many it has."""
     try:
         import onnx
     except ImportError as exc:  # pragma: no cover - the onnx extra installs both
@@ -53,12 +60,16 @@ def check_quantized_graph(path: Path) -> int:
     int8_weights = {t.name for t in graph.initializer if t.data_type == _INT8}
     dequantised = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     weighted = [n for n in graph.node if n.op_type in WEIGHTED_OPS]
+    allowed = set(FLOAT_ENDS_NODES) if float_ends else set()
     plain = [
         n.name or n.op_type
         for n in weighted
-        if len(n.input) < 2
-        or n.input[0] not in dequantised
-        or dequantised.get(n.input[1]) not in int8_weights
+        if n.name not in allowed
+        and (
+            len(n.input) < 2
+            or n.input[0] not in dequantised
+            or dequantised.get(n.input[1]) not in int8_weights
+        )
     ]
     if not weighted or plain:
         raise BundleError(
@@ -99,6 +110,10 @@ def check_int8_parity(
     return {"embedding_min_cosine": low, "embedding_max_abs": diff}
 
 
+def _float_ends(record: OnnxManifest) -> bool:
+    return record.quantization is not None and record.quantization.float_ends
+
+
 def read_probe(folder: Path, size: tuple[int, int]) -> np.ndarray:
     """The int8 folder's probe images: uint8 ``[N, 3, H, W]`` at the bundle's input size."""
     try:
@@ -116,5 +131,5 @@ def check_int8(
     """The int8 checks on a verified int8 folder: every member graph quantised, the folder's
     probe within the int8 bounds of the fp32 ``reference``."""
     for member in record.members:
-        check_quantized_graph(folder / member.file)
+        check_quantized_graph(folder / member.file, float_ends=_float_ends(record))
     return check_int8_parity(reference, embedder, read_probe(folder, embedder.input_size))

@@ -55,7 +55,7 @@ from app.ml.bundle.onnx_files import (
     calibrate_method_name,
     verify_onnx_dir,
 )
-from app.ml.bundle.onnx_int8 import check_int8_parity, check_quantized_graph
+from app.ml.bundle.onnx_int8 import FLOAT_ENDS_NODES, check_int8_parity, check_quantized_graph
 from app.ml.bundle.onnx_parity import check_translator_parity, reference_embedder
 from app.ml.bundle.onnx_runtime import load_sessions
 from app.ml.bundle.store import Bundle, _fsync_write, _replace_dir, _sha256
@@ -136,7 +136,9 @@ def _quantize_graph(
     batches: list[np.ndarray],
     reduce_range: bool,
     calibration: Calibration = "minmax",
-) -> None:
+    float_ends: bool = False,
+) -> list[str]:
+    """Quantise ``src`` into ``out``; the names of the nodes left in float."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -147,7 +149,9 @@ def _quantize_graph(
         # A BN neck's BatchNormalization (after the FC layer, 1-D scale) stays float: its
         # rank-1 scale has no channel axis to quantise per channel, and it costs nothing.
         float_nodes = [
-            n.name for n in onnx.load(str(prepared)).graph.node if n.op_type in KEEP_FLOAT_OPS
+            n.name
+            for n in onnx.load(str(prepared)).graph.node
+            if n.op_type in KEEP_FLOAT_OPS or (float_ends and n.name in FLOAT_ENDS_NODES)
         ]
         extra: dict[str, object] = {}
         if calibration != "minmax":
@@ -167,6 +171,7 @@ def _quantize_graph(
             nodes_to_exclude=float_nodes,
             extra_options=extra,
         )
+    return float_nodes
 
 
 def quantize_onnx(
@@ -180,13 +185,16 @@ def quantize_onnx(
     overwrite: bool = False,
     reduce_range: bool | None = None,
     calibration: Calibration = "minmax",
+    float_ends: bool = False,
 ) -> OnnxManifest:
     """Quantise the verified fp32 export ``fp32_dir`` of ``bundle`` into ``out_dir``,
     calibrated on ``photos`` and ``sketches`` (``source`` says where they came from, for the
     record). The folder appears whole or not at all; graphs that fail the int8 checks
     (:mod:`app.ml.bundle.onnx_int8`) raise :class:`BundleError` and leave nothing behind.
     ``reduce_range`` None: 7-bit weights only on a CPU without VNNI. ``calibration``: how
-    activation ranges are chosen from the calibration images (module docstring)."""
+    activation ranges are chosen from the calibration images (module docstring).
+    ``float_ends``: keep the first convolution and the embedding layer in float
+    (:data:`FLOAT_ENDS_NODES`)."""
     import onnxruntime
 
     src = Path(fp32_dir)
@@ -206,10 +214,13 @@ def quantize_onnx(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         members: list[OnnxMember] = []
+        float_nodes: dict[str, list[str]] = {}
         for member in fp32.members:
             path = tmp / member.file
-            _quantize_graph(src / member.file, path, batches, reduce_range, calibration)
-            check_quantized_graph(path)
+            float_nodes[member.file] = _quantize_graph(
+                src / member.file, path, batches, reduce_range, calibration, float_ends
+            )
+            check_quantized_graph(path, float_ends=float_ends)
             members.append(member.model_copy(update={"sha256": _sha256(path)}))
         if fp32.translator is not None:
             shutil.copyfile(src / fp32.translator.file, tmp / fp32.translator.file)
@@ -237,6 +248,8 @@ def quantize_onnx(
                     fp32_sha256={m.file: m.sha256 for m in fp32.members},
                     probe_sha256=_sha256(tmp / PROBE_FILE),
                     translator_precision="fp32",
+                    float_ends=float_ends,
+                    float_nodes=float_nodes,
                 ),
             }
         )
@@ -262,6 +275,7 @@ def quantize_bundle(
     fp32_dir: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     calibration: Calibration = "minmax",
+    float_ends: bool = False,
 ) -> OnnxManifest:
     """:func:`quantize_onnx` from ``fp32_dir``, or from a fresh fp32 export in a temporary
     folder when none is given."""
@@ -276,6 +290,7 @@ def quantize_bundle(
             source=source,
             overwrite=overwrite,
             calibration=calibration,
+            float_ends=float_ends,
         )
 
     if fp32_dir is not None:

@@ -89,7 +89,8 @@ def load_prepared(
     embedder, translator = load_sessions(folder, record, manifest, threads)
     if precision == "int8":
         for member in record.members:
-            check_quantized_graph(folder / member.file)
+            q = record.quantization
+            check_quantized_graph(folder / member.file, float_ends=q is not None and q.float_ends)
     if manifest.translator is not None and translator is None:
         raise BundleError(f"{folder}: the bundle has a translator but the ONNX files do not")
     return Bundle(root, manifest, [], embedder, translator, None)

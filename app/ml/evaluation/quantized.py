@@ -50,11 +50,16 @@ def calibration_for(
 
 
 def int8_bundle(
-    bundle: Bundle, calibration: CalibrationSet, cache_dir: Path, method: Calibration = "minmax"
+    bundle: Bundle,
+    calibration: CalibrationSet,
+    cache_dir: Path,
+    method: Calibration = "minmax",
+    float_ends: bool = False,
 ) -> tuple[Bundle, Path]:
     """``bundle`` running int8 graphs from ``cache_dir`` (made there when needed), calibrated
-    on ``calibration``'s images by ``method``."""
-    suffix = "" if method == "minmax" else f"-{method}"
+    on ``calibration``'s images by ``method`` (``float_ends``: the first convolution and the
+    embedding layer kept in float)."""
+    suffix = ("" if method == "minmax" else f"-{method}") + ("-float-ends" if float_ends else "")
     folder = cache_dir / f"{onnx_digest(bundle.manifest)}-int8{suffix}"
     if folder.exists():
         try:
@@ -64,6 +69,7 @@ def int8_bundle(
                 q is not None
                 and q.calibration.source == calibration.source
                 and q.calibrate_method == calibrate_method_name(method)
+                and q.float_ends == float_ends
             ):
                 return with_onnx(bundle, folder, "int8"), folder
         except BundleError:
@@ -76,6 +82,7 @@ def int8_bundle(
         source=calibration.source,
         overwrite=True,
         calibration=method,
+        float_ends=float_ends,
     )
     return with_onnx(bundle, folder, "int8"), folder
 
@@ -86,6 +93,7 @@ def int8_runs(
     cache_dir: Path,
     images: int,
     method: Calibration = "minmax",
+    float_ends: bool = False,
 ) -> tuple[list[tuple[Bundle, Split]], dict[str, str]]:
     """``runs`` with every bundle running int8 graphs; and, per bundle folder, where its
     calibration images came from."""
@@ -97,7 +105,9 @@ def int8_runs(
     for bundle, _ in runs:
         if bundle.path not in served:
             calibration = calibration_for(bundle, dataset, tested[bundle.path], images)
-            served[bundle.path], _folder = int8_bundle(bundle, calibration, cache_dir, method)
+            served[bundle.path], _folder = int8_bundle(
+                bundle, calibration, cache_dir, method, float_ends
+            )
             sources[str(bundle.path)] = calibration.source
     return [(served[b.path], split) for b, split in runs], sources
 

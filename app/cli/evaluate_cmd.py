@@ -223,9 +223,11 @@ def split_indices(value: str) -> list[int]:
 
 def _rerank_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
-    p.add_argument("--k1", type=positive_int, default=20)
-    p.add_argument("--k2", type=positive_int, default=6)
-    p.add_argument("--lambda-value", type=float, default=0.3)
+    from app.ml.retrieval.rerank import DEFAULT_K1, DEFAULT_K2, DEFAULT_LAMBDA
+
+    p.add_argument("--k1", type=positive_int, default=DEFAULT_K1)
+    p.add_argument("--k2", type=positive_int, default=DEFAULT_K2)
+    p.add_argument("--lambda-value", type=float, default=DEFAULT_LAMBDA)
 
 
 def _sizes(value: str) -> tuple[int, ...]:

@@ -31,7 +31,7 @@ from app.index.pgvector import PgVectorIndex
 from app.ml.bundle.manifest import Manifest
 from app.ml.infer.query_views import QueryView, check_choice, embed_queries, resolve_view
 from app.ml.retrieval.feedback import FeedbackWeights, build_query
-from app.ml.retrieval.rerank import rerank_candidates
+from app.ml.retrieval.rerank import DEFAULT_K1, DEFAULT_K2, DEFAULT_LAMBDA, rerank_candidates
 from app.services import audit
 from app.services.blobs import sha256_hex, sniff_extension
 from app.services.context import ServiceContext
@@ -56,9 +56,9 @@ class SearchParams:
     translate: bool | None = None  # None: as the bundle's view says (app.ml.infer.query_views)
     view: QueryView | None = None  # sketch, translated or fused; None: the bundle's view
     rerank: bool | None = None  # None: automatic, by the searched gallery's size
-    k1: int = 20
-    k2: int = 6
-    lambda_value: float = 0.3
+    k1: int = DEFAULT_K1
+    k2: int = DEFAULT_K2
+    lambda_value: float = DEFAULT_LAMBDA
     camera_ids: tuple[str, ...] = ()
     captured_after: datetime | None = None
     captured_before: datetime | None = None

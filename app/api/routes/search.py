@@ -15,6 +15,7 @@ from app.api.uploads import read_upload
 from app.db.models import Case
 from app.db.types import MAX_ID
 from app.ml.infer.query_views import QueryView
+from app.ml.retrieval.rerank import DEFAULT_K1, DEFAULT_K2, DEFAULT_LAMBDA
 from app.services import audit, cases, feedback, report
 from app.services import search as search_service
 from app.services.blobs import content_type_for
@@ -95,17 +96,17 @@ def search(
             le=100,
             description="re-ranking's k1 (neighbours); `k2` must not be larger (422 otherwise)",
         ),
-    ] = 20,
+    ] = DEFAULT_K1,
     k2: Annotated[
         int,
         Form(
             ge=1,
             le=100,
-            description="re-ranking's k2, at most `k1` (its default 20 when left out): "
+            description=f"re-ranking's k2, at most `k1` (its default {DEFAULT_K1} when left out): "
             "`k2` > `k1` is 422",
         ),
-    ] = 6,
-    lambda_value: Annotated[float, Form(ge=0.0, le=1.0)] = 0.3,
+    ] = DEFAULT_K2,
+    lambda_value: Annotated[float, Form(ge=0.0, le=1.0)] = DEFAULT_LAMBDA,
     camera_id: Annotated[
         list[str] | None,
         Form(description="repeatable; text without NUL or lone surrogates (400 otherwise)"),

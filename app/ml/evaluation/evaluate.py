@@ -32,7 +32,7 @@ from app.ml.infer.query_views import QueryView
 from app.ml.retrieval.distances import distances
 from app.ml.retrieval.feedback import FeedbackWeights
 from app.ml.retrieval.metrics import mean_std, ranking_result
-from app.ml.retrieval.rerank import k_reciprocal_rerank
+from app.ml.retrieval.rerank import DEFAULT_K1, DEFAULT_K2, DEFAULT_LAMBDA, k_reciprocal_rerank
 
 __all__ = [
     "Embedded",
@@ -50,9 +50,9 @@ __all__ = [
 
 @dataclass(frozen=True)
 class RerankParams:
-    k1: int = 20
-    k2: int = 6
-    lambda_value: float = 0.3
+    k1: int = DEFAULT_K1
+    k2: int = DEFAULT_K2
+    lambda_value: float = DEFAULT_LAMBDA
 
 
 def distance_matrix(e: Embedded, rerank: RerankParams | None = None) -> np.ndarray:

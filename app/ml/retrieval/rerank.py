@@ -43,6 +43,12 @@ from app.ml.retrieval.keysets import PairSet, sum_by_key, unique_keys
 
 __all__ = ["k_reciprocal_rerank"]
 
+DEFAULT_K1 = 20
+DEFAULT_K2 = 6
+DEFAULT_LAMBDA = 0.3
+"""The re-ranking settings a search and ``sketchreid evaluate --rerank`` use unless told
+otherwise (the paper's k1 20, k2 6, lambda 0.3)."""
+
 # Upper bound on the number of elements of one temporary working block (rows x columns of
 # distances, neighbour tensors, gathered sparse entries): 256k elements, 1-2 MB each.
 _BLOCK_ELEMS = 1 << 18
@@ -313,9 +319,9 @@ def k_reciprocal_rerank(
     q_g_dist: ArrayLike,
     q_q_dist: ArrayLike,
     g_g_dist: ArrayLike,
-    k1: int = 20,
-    k2: int = 6,
-    lambda_value: float = 0.3,
+    k1: int = DEFAULT_K1,
+    k2: int = DEFAULT_K2,
+    lambda_value: float = DEFAULT_LAMBDA,
 ) -> F32Array:
     """Re-rank query→gallery distances with k-reciprocal encoding (Zhong et al., CVPR 2017).
 
@@ -412,9 +418,9 @@ def rerank_candidates(
     query: np.ndarray,
     candidates: np.ndarray,
     *,
-    k1: int = 20,
-    k2: int = 6,
-    lambda_value: float = 0.3,
+    k1: int = DEFAULT_K1,
+    k2: int = DEFAULT_K2,
+    lambda_value: float = DEFAULT_LAMBDA,
 ) -> NDArray[np.float32]:
     """k-reciprocal distances (N,) of one query to its N candidates (rows of ``candidates``):
     re-ranking at query time, as the service does it over the top-N of a large gallery.
@@ -437,9 +443,9 @@ def rerank_top_candidates(
     dist: np.ndarray,
     n: int,
     *,
-    k1: int = 20,
-    k2: int = 6,
-    lambda_value: float = 0.3,
+    k1: int = DEFAULT_K1,
+    k2: int = DEFAULT_K2,
+    lambda_value: float = DEFAULT_LAMBDA,
 ) -> NDArray[np.float32]:
     """Q x G distances where each query's ``n`` nearest gallery items (by ``dist``) are
     re-ranked by :func:`rerank_candidates` and rank first, in that order; the rest keep their

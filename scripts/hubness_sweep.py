@@ -41,6 +41,7 @@ from app.ml.evaluation.distractors import (
     with_distractors,
 )
 from app.ml.evaluation.evaluate import embed_test_set, heldout_split
+from app.ml.evaluation.quantized import fp32_onnx_runs
 from app.ml.retrieval.metrics import mean_std
 from app.ml.retrieval.rerank import rerank_top_candidates
 
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundles", required=True, help="glob of split bundles")
     parser.add_argument("--distractors", type=Path, action="append", required=True)
     parser.add_argument("--distractor-cache", type=Path)
+    parser.add_argument("--onnx-cache", type=Path, default=Path("runs/onnx-cache"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[0, 1000, 5000])
     parser.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
@@ -74,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     configs = [(k, b) for k in args.ks for b in args.betas if b > 0 or k == args.ks[0]]
     per_split: list[dict[str, Any]] = []
     for folder in sorted(p for p in glob.glob(args.bundles) if Path(p, "manifest.json").is_file()):
-        bundle = load_bundle(folder)
-        split = heldout_split(bundle, dataset)
+        # ONNX Runtime fp32, as `evaluate --backend onnx`: its distractor cache is this one's.
+        torch_bundle = load_bundle(folder)
+        split = heldout_split(torch_bundle, dataset)
+        bundle = fp32_onnx_runs([(torch_bundle, split)], args.onnx_cache)[0][0]
         e = embed_test_set(bundle.embedder, bundle.translator, dataset, split.test, view=args.view)
         ref = embed_test_set(
             bundle.embedder, bundle.translator, dataset, split.train, view=args.view

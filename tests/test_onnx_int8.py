@@ -313,7 +313,7 @@ def test_float_ends_keep_the_first_and_last_layers_float_and_nothing_else(
         assert floats == sorted(FLOAT_ENDS_NODES)
         assert set(FLOAT_ENDS_NODES) <= set(q.float_nodes[member.file])
         assert check_quantized_graph(path, float_ends=True) == len(weighted)
-        with pytest.raises(BundleError, match="2 of .* layers run in float"):
+        with pytest.raises(BundleError, match=r"2 of .* layers run in float"):
             check_quantized_graph(path)
         # Every layer float (the fp32 export) is refused even under float_ends.
         with pytest.raises(BundleError, match="not an int8 graph"):

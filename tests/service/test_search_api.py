@@ -167,6 +167,15 @@ def test_rerank_left_out_follows_the_searched_gallerys_size(
         assert not any("re-rank" in n for n in off["notes"])
         model = client.get("/api/v1/model", headers=keys.investigator).json()
         assert model["rerank_auto_min_items"] == 10
+        # Left out, k1 / k2 / lambda are the protocol's choice (k2 1: no query expansion),
+        # not the paper's k2 6: the same distances as asking for them, others than k2 6's.
+        assert model["rerank_defaults"] == {"k1": 20, "k2": 1, "lambda_value": 0.3}
+        chosen = _search(client, keys, top_k=5, rerank="true", k1=20, k2=1, lambda_value=0.3)
+        paper = _search(client, keys, top_k=5, rerank="true", k1=20, k2=6, lambda_value=0.3)
+        assert [r["distance"] for r in auto["results"]] == [
+            r["distance"] for r in chosen["results"]
+        ]
+        assert [r["distance"] for r in auto["results"]] != [r["distance"] for r in paper["results"]]
 
 
 def test_automatic_reranking_can_be_turned_off() -> None:

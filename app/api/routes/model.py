@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from app.api.deps import CtxDep, ReaderDep
+from app.ml.retrieval.rerank import DEFAULT_K1, DEFAULT_K2, DEFAULT_LAMBDA
 from app.services.context import index_size
 
 router = APIRouter(tags=["model"])
@@ -26,6 +27,7 @@ def get_model(ctx: CtxDep, _key: ReaderDep) -> dict[str, Any]:
         "centering": ctx.bundle.manifest.centering is not None,
         "rerank_auto_min_items": ctx.settings.RERANK_AUTO_MIN_ITEMS,
         "rerank_candidates": ctx.settings.RERANK_CANDIDATES,
+        "rerank_defaults": {"k1": DEFAULT_K1, "k2": DEFAULT_K2, "lambda_value": DEFAULT_LAMBDA},
         "inference": ctx.bundle.inference,
         "inference_threads": ctx.bundle.embedder.intra_op_threads(),
         "batching": ctx.inference.describe(),

@@ -22,7 +22,6 @@ python scripts/hubness_sweep.py --data-root ../shared/data/pku-sketch-dev \
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import sys
 from pathlib import Path
@@ -32,20 +31,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's app
 
-from app.ml.bundle.store import load_bundle
-from app.ml.data.pku import load_pku_sketch
-from app.ml.evaluation.distractors import (
-    DistractorOptions,
-    _figures,
-    distractors_for,
-    with_distractors,
-)
-from app.ml.evaluation.evaluate import embed_test_set, heldout_split
-from app.ml.evaluation.quantized import fp32_onnx_runs
+from app.ml.evaluation.distractors import _figures, with_distractors
+from app.ml.evaluation.evaluate import embed_test_set
 from app.ml.retrieval.metrics import mean_std
 from app.ml.retrieval.rerank import rerank_top_candidates
-
-FIGURES = ("rank1", "rank10", "rank100", "mAP")
+from scripts.split_galleries import FIGURES, add_arguments, split_galleries
 
 
 def hubness(reference: np.ndarray, gallery: np.ndarray, k: int) -> np.ndarray:
@@ -57,34 +47,19 @@ def hubness(reference: np.ndarray, gallery: np.ndarray, k: int) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", type=Path, required=True)
-    parser.add_argument("--bundles", required=True, help="glob of split bundles")
-    parser.add_argument("--distractors", type=Path, action="append", required=True)
-    parser.add_argument("--distractor-cache", type=Path)
-    parser.add_argument("--onnx-cache", type=Path, default=Path("runs/onnx-cache"))
+    add_arguments(parser)
     parser.add_argument("--sizes", type=int, nargs="+", default=[0, 1000, 5000])
     parser.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    parser.add_argument("--view", default="sketch")
     parser.add_argument("--rerank-candidates", type=int, default=100)
-    parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
-    dataset = load_pku_sketch(args.data_root)
-    opts = DistractorOptions(
-        folders=tuple(args.distractors), max_items=max(args.sizes), cache_dir=args.distractor_cache
-    )
     configs = [(k, b) for k in args.ks for b in args.betas if b > 0 or k == args.ks[0]]
     per_split: list[dict[str, Any]] = []
-    for folder in sorted(p for p in glob.glob(args.bundles) if Path(p, "manifest.json").is_file()):
-        # ONNX Runtime fp32, as `evaluate --backend onnx`: its distractor cache is this one's.
-        torch_bundle = load_bundle(folder)
-        split = heldout_split(torch_bundle, dataset)
-        bundle = fp32_onnx_runs([(torch_bundle, split)], args.onnx_cache)[0][0]
-        e = embed_test_set(bundle.embedder, bundle.translator, dataset, split.test, view=args.view)
+    for sg in split_galleries(args, args.sizes):
+        e, vectors = sg.test, sg.strangers
         ref = embed_test_set(
-            bundle.embedder, bundle.translator, dataset, split.train, view=args.view
+            sg.bundle.embedder, sg.bundle.translator, sg.dataset, sg.split.train, view=args.view
         ).query
-        _, vectors = distractors_for(bundle, opts)
         row: dict[str, Any] = {}
         for n in args.sizes:
             big = with_distractors(e, vectors[:n])
@@ -99,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"{n}/{name}/plain"] = _figures(dist, big)
                 row[f"{n}/{name}/rerank"] = _figures(rr, big)
         per_split.append(row)
-        print(f"{folder} done", file=sys.stderr, flush=True)
     report: dict[str, Any] = {"bundles": args.bundles, "view": args.view, "per_split": per_split}
     print(f"{len(per_split)} splits, view {args.view}; R1 / R10 / R100 / mAP, mAP wins over off")
     print("| strangers | setting | plain | mAP wins | re-ranked | mAP wins |")

@@ -17,7 +17,6 @@ python scripts/rerank_sweep.py --data-root ../shared/data/pku-sketch-dev \
 from __future__ import annotations
 
 import argparse
-import glob
 import itertools
 import json
 import sys
@@ -28,56 +27,28 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's app
 
-from app.ml.bundle.store import load_bundle
-from app.ml.data.pku import load_pku_sketch
-from app.ml.evaluation.distractors import (
-    DistractorOptions,
-    _figures,
-    distractors_for,
-    with_distractors,
-)
-from app.ml.evaluation.evaluate import embed_test_set, heldout_split
-from app.ml.evaluation.quantized import fp32_onnx_runs
+from app.ml.evaluation.distractors import _figures, with_distractors
 from app.ml.retrieval.distances import distances
 from app.ml.retrieval.metrics import mean_std
 from app.ml.retrieval.rerank import rerank_top_candidates
 from scripts.fusion_sweep import leave_one_out
-
-FIGURES = ("rank1", "rank10", "rank100", "mAP")
+from scripts.split_galleries import FIGURES, add_arguments, split_galleries
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", type=Path, required=True)
-    parser.add_argument("--bundles", required=True, help="glob of split bundles")
-    parser.add_argument("--distractors", type=Path, action="append", required=True)
-    parser.add_argument("--distractor-cache", type=Path)
-    parser.add_argument("--onnx-cache", type=Path, default=Path("runs/onnx-cache"))
-    parser.add_argument("--distractors-max", type=int, help="as evaluate's (default: max size)")
+    add_arguments(parser)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--k1", type=int, nargs="+", default=[20])
     parser.add_argument("--k2", type=int, nargs="+", default=[6])
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.3])
     parser.add_argument("--candidates", type=int, nargs="+", default=[100])
-    parser.add_argument("--view", default="sketch")
-    parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
-    dataset = load_pku_sketch(args.data_root)
-    opts = DistractorOptions(
-        folders=tuple(args.distractors),
-        max_items=args.distractors_max or max(args.sizes),
-        cache_dir=args.distractor_cache,
-    )
     configs = list(itertools.product(args.k1, args.k2, args.lambdas, args.candidates))
     names = [f"k1 {a}, k2 {b}, lambda {c:g}, top {n}" for a, b, c, n in configs]
     per_split: list[dict[str, Any]] = []
-    for folder in sorted(p for p in glob.glob(args.bundles) if Path(p, "manifest.json").is_file()):
-        # ONNX Runtime fp32, as `evaluate --backend onnx`: its distractor cache is this one's.
-        torch_bundle = load_bundle(folder)
-        split = heldout_split(torch_bundle, dataset)
-        bundle = fp32_onnx_runs([(torch_bundle, split)], args.onnx_cache)[0][0]
-        e = embed_test_set(bundle.embedder, bundle.translator, dataset, split.test, view=args.view)
-        _, vectors = distractors_for(bundle, opts)
+    for sg in split_galleries(args, args.sizes):
+        e, vectors = sg.test, sg.strangers
         row: dict[str, Any] = {}
         for size in args.sizes:
             big = with_distractors(e, vectors[:size])
@@ -89,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 row[f"{size}/{name}"] = _figures(np.asarray(rr), big)
         per_split.append(row)
-        print(f"{folder} done", file=sys.stderr, flush=True)
     report: dict[str, Any] = {"bundles": args.bundles, "view": args.view, "per_split": per_split}
     print(f"{len(per_split)} splits, view {args.view}; R1 / R10 / R100 / mAP; mAP vs the first")
     print("| strangers | setting | R1 / R10 / R100 / mAP | mAP better / worse |")

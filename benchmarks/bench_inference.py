@@ -24,7 +24,9 @@ the gallery. Per row:
 * translator (when the bundle has one): one sketch, median ms, and the largest difference of
   the uint8 output from fp32 in grey levels;
 * int8 is calibrated on ``--int8-images`` other synthetic people (seed 1), never on the
-  measured ones; the speed ratios to PyTorch fp32 and ONNX Runtime fp32 close the report.
+  measured ones (``--float-ends``: also int8 with the first convolution and the embedding
+  layer in float, same calibration); the speed ratios to PyTorch fp32 and ONNX Runtime fp32
+  close the report.
 """
 
 from __future__ import annotations
@@ -102,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
     parser.add_argument("--no-int8", action="store_true", help="skip ONNX Runtime int8")
     parser.add_argument("--int8-images", type=int, default=64, help="int8 calibration people")
+    parser.add_argument(
+        "--float-ends",
+        action="store_true",
+        help="also int8 with the first convolution and the embedding layer in float",
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
@@ -140,6 +147,19 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 export_s += time.perf_counter() - start
                 backends["onnx int8"] = with_onnx(backends["torch fp32"], tmp_path / "int8")
+                if args.float_ends:  # the same calibration, first and last layers float
+                    quantize_onnx(
+                        backends["torch fp32"],
+                        tmp_path / "onnx",
+                        tmp_path / "int8-ends",
+                        cal.photos,
+                        cal.sketches,
+                        source=cal.source,
+                        float_ends=True,
+                    )
+                    backends["onnx int8 float ends"] = with_onnx(
+                        backends["torch fp32"], tmp_path / "int8-ends"
+                    )
         base = backends["torch fp32"]
         m = base.manifest
         print(
@@ -235,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nspeed ratios (wall time, higher is faster; CPU time in brackets):")
     by_name = {r[0]: r for r in rows}
     for r in rows:
-        bases = ["torch fp32"] + (["onnx fp32"] if r[0] == "onnx int8" else [])
+        bases = ["torch fp32"] + (["onnx fp32"] if str(r[0]).startswith("onnx int8") else [])
         for base_name in bases:
             b = by_name.get(base_name)
             if b is None or b is r:

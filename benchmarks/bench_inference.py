@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         gaps = scores[:, 9] - scores[:, 10]
         embedders = {name: b.embedder for name, b in backends.items()}
         one_ms = interleaved_ms(
-            {k: (lambda e=e: e.embed_tensor(one)) for k, e in embedders.items()}, args.repeats
+            {k: (lambda e=e: e.embed_array(one)) for k, e in embedders.items()}, args.repeats
         )
         batch_ms = interleaved_ms(
             {k: (lambda e=e: e.embed_tensor(batch)) for k, e in embedders.items()}, 3

@@ -33,9 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from app.ml.evaluation.distractors import _figures, with_distractors
 from app.ml.evaluation.evaluate import embed_test_set
-from app.ml.retrieval.metrics import mean_std
 from app.ml.retrieval.rerank import rerank_top_candidates
-from scripts.split_galleries import FIGURES, add_arguments, split_galleries
+from scripts.split_galleries import add_arguments, compare, split_galleries
 
 
 def hubness(reference: np.ndarray, gallery: np.ndarray, k: int) -> np.ndarray:
@@ -84,13 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             cells = []
             for variant in ("plain", "rerank"):
                 key = f"{n}/{name}/{variant}"
-                stats = mean_std([s[key] for s in per_split])
-                base = f"{n}/off/{variant}"
-                wins = sum(s[key]["mAP"] > s[base]["mAP"] for s in per_split)
-                losses = sum(s[key]["mAP"] < s[base]["mAP"] for s in per_split)
+                stats, pair = compare(per_split, key, f"{n}/off/{variant}")
                 report.setdefault("mean", {})[key] = stats
-                cells.append(" / ".join(f"{stats[f]['mean'] * 100:.1f}" for f in FIGURES))
-                cells.append(f"{wins} / {losses}")
+                cells.append(pair)
             print(f"| {n} | {name} | {' | '.join(cells)} |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1, default=str))

@@ -29,10 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from app.ml.evaluation.distractors import _figures, with_distractors
 from app.ml.retrieval.distances import distances
-from app.ml.retrieval.metrics import mean_std
 from app.ml.retrieval.rerank import rerank_top_candidates
 from scripts.fusion_sweep import leave_one_out
-from scripts.split_galleries import FIGURES, add_arguments, split_galleries
+from scripts.split_galleries import FIGURES, add_arguments, compare, split_galleries
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,12 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         base = f"{size}/{names[0]}"
         for name in ["plain", *names]:
             key = f"{size}/{name}"
-            stats = mean_std([s[key] for s in per_split])
+            stats, pair = compare(per_split, key, base)
             report.setdefault("mean", {})[key] = stats
-            wins = sum(s[key]["mAP"] > s[base]["mAP"] for s in per_split)
-            losses = sum(s[key]["mAP"] < s[base]["mAP"] for s in per_split)
-            cells = " / ".join(f"{stats[f]['mean'] * 100:.1f}" for f in FIGURES)
-            print(f"| {size} | {name} | {cells} | {wins} / {losses} |")
+            print(f"| {size} | {name} | {pair} |")
         if len(per_split) > 2:
             loo = leave_one_out([{n: s[f"{size}/{n}"] for n in names} for s in per_split], "mAP")
             report.setdefault("leave_one_out", {})[str(size)] = loo

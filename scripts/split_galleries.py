@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import glob
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from app.ml.data.splits import Split
 from app.ml.evaluation.distractors import DistractorOptions, distractors_for
 from app.ml.evaluation.evaluate import Embedded, embed_test_set, heldout_split
 from app.ml.evaluation.quantized import fp32_onnx_runs
+from app.ml.retrieval.metrics import mean_std
 
 FIGURES = ("rank1", "rank10", "rank100", "mAP")
 
@@ -68,3 +70,14 @@ def split_galleries(args: argparse.Namespace, sizes: list[int]) -> Iterator[Spli
         _, strangers = distractors_for(bundle, opts)
         yield SplitGallery(folder, bundle, split, dataset, test, strangers)
         print(f"{folder} done", file=sys.stderr, flush=True)
+
+
+def compare(per_split: Sequence[dict[str, Any]], key: str, base: str) -> tuple[dict[str, Any], str]:
+    """Mean ± std over the splits of the figures under ``key``, and a markdown cell pair:
+    ``R1 / R10 / R100 / mAP`` (means, %) and on how many splits its mAP beats / trails
+    ``base``'s."""
+    stats = mean_std([s[key] for s in per_split])
+    wins = sum(s[key]["mAP"] > s[base]["mAP"] for s in per_split)
+    losses = sum(s[key]["mAP"] < s[base]["mAP"] for s in per_split)
+    cells = " / ".join(f"{stats[f]['mean'] * 100:.1f}" for f in FIGURES)
+    return stats, f"{cells} | {wins} / {losses}"

@@ -84,10 +84,11 @@ def test_matches_reference_on_random_features(
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_matches_reference_on_clustered_features(seed: int) -> None:
+@pytest.mark.parametrize("k2", [6, 1])  # the paper's, and the service's default
+def test_matches_reference_on_clustered_features(seed: int, k2: int) -> None:
     args = _clustered_case(seed, num_q=15, num_g=200, ids=20)
-    expected = _reference_rerank(*args)
-    got = k_reciprocal_rerank(*args)
+    expected = _reference_rerank(*args, k1=20, k2=k2, lambda_value=0.3)
+    got = k_reciprocal_rerank(*args, k1=20, k2=k2, lambda_value=0.3)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 

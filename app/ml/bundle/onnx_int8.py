@@ -110,7 +110,8 @@ def check_int8_parity(
     return {"embedding_min_cosine": low, "embedding_max_abs": diff}
 
 
-def _float_ends(record: OnnxManifest) -> bool:
+def float_ends_of(record: OnnxManifest) -> bool:
+    """Whether ``record``'s int8 graphs were made with ``float_ends``."""
     return record.quantization is not None and record.quantization.float_ends
 
 
@@ -131,5 +132,5 @@ def check_int8(
     """The int8 checks on a verified int8 folder: every member graph quantised, the folder's
     probe within the int8 bounds of the fp32 ``reference``."""
     for member in record.members:
-        check_quantized_graph(folder / member.file, float_ends=_float_ends(record))
+        check_quantized_graph(folder / member.file, float_ends=float_ends_of(record))
     return check_int8_parity(reference, embedder, read_probe(folder, embedder.input_size))

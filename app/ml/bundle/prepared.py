@@ -38,7 +38,7 @@ from app.ml.bundle.manifest import (
     update_manifest,
 )
 from app.ml.bundle.onnx_files import ONNX_MANIFEST, OnnxManifest, OnnxPrecision, verify_onnx_dir
-from app.ml.bundle.onnx_int8 import check_quantized_graph
+from app.ml.bundle.onnx_int8 import check_quantized_graph, float_ends_of
 from app.ml.bundle.onnx_runtime import load_sessions
 
 PREPARED_DIR = "onnx"
@@ -89,8 +89,7 @@ def load_prepared(
     embedder, translator = load_sessions(folder, record, manifest, threads)
     if precision == "int8":
         for member in record.members:
-            q = record.quantization
-            check_quantized_graph(folder / member.file, float_ends=q is not None and q.float_ends)
+            check_quantized_graph(folder / member.file, float_ends=float_ends_of(record))
     if manifest.translator is not None and translator is None:
         raise BundleError(f"{folder}: the bundle has a translator but the ONNX files do not")
     return Bundle(root, manifest, [], embedder, translator, None)
